@@ -1,0 +1,459 @@
+"""The object users hold: a profiling session over one or more greenlets.
+
+A :class:`Profiler` attaches buffers to the per-thread dispatchers, turns raw
+records into :class:`~greenprof.Snapshot` objects and feeds its sinks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+import attrs
+import greenlet
+
+from ._buffer import GreenletBuffer, Record
+from ._dispatcher import SwitchDispatcher, dispatcher_for_current_thread
+from ._stack import FrameFormatter
+from ._threads import allocate_real_lock, thread_ident
+from .exceptions import (
+    AlreadyProfilingError,
+    ConfigurationError,
+    DeadGreenletError,
+    InvalidSinkError,
+    NotAGreenletError,
+    NotRunningError,
+    UnknownSinkError,
+    WrongThreadError,
+)
+from .sinks._base import Sink
+from .snapshot import EVENTS, Frame, Snapshot
+
+__all__ = [
+    "DEFAULT_FLUSH_TIMEOUT",
+    "DEFAULT_MAX_DEPTH",
+    "DEFAULT_MAX_SNAPSHOTS",
+    "Profiler",
+    "ProfilerStats",
+]
+
+#: Snapshots a session keeps per greenlet; later ones are dropped and counted.
+DEFAULT_MAX_SNAPSHOTS: Final = 10_000
+#: Frames kept per snapshot, innermost first (SkyWalking's agent keeps 500).
+DEFAULT_MAX_DEPTH: Final = 128
+#: Seconds ``stop()`` and ``flush()`` give each sink's ``flush``.
+DEFAULT_FLUSH_TIMEOUT: Final = 5.0
+
+_logger = logging.getLogger("greenprof")
+_formatter = FrameFormatter()
+
+
+@attrs.frozen
+class ProfilerStats:
+    """Counters that tell whether a profile is complete."""
+
+    #: Snapshots recorded and kept.
+    snapshots: int
+    #: Snapshots not kept because a greenlet reached ``max_snapshots``.
+    dropped: int
+    #: ``greenlet_id`` to dropped count, for the greenlets that dropped any.
+    dropped_by_greenlet: dict[int, int]
+    #: Exceptions greenprof swallowed inside its tracer (should stay 0).
+    tracer_errors: int
+    #: Times greenprof found its tracer removed by other code and put it back.
+    tracer_reinstalls: int
+    #: Sink ``export``/``flush`` calls that raised or reported failure.
+    sink_failures: int
+
+
+@attrs.define
+class _Target:
+    key: int
+    dispatcher: SwitchDispatcher
+    buffer: GreenletBuffer
+    ref: weakref.ref[greenlet.greenlet]
+
+
+@attrs.define
+class _SinkState:
+    sink: Sink
+    delivered: int = 0
+    #: Ranges of ``Profiler._snapshots`` whose export failed, to try again.
+    retry: list[tuple[int, int]] = attrs.Factory(list)
+
+
+class Profiler:
+    """Records every switch of the greenlets it is started on.
+
+    Usable on its own (``start``/``stop``) or as a context manager. A session
+    keeps what it recorded in :attr:`snapshots` and hands it to every sink
+    on :meth:`flush` and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        *,
+        sinks: Iterable[Sink] = (),
+        max_snapshots: int = DEFAULT_MAX_SNAPSHOTS,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        flush_timeout: float | None = DEFAULT_FLUSH_TIMEOUT,
+    ) -> None:
+        _check_positive_int("max_snapshots", max_snapshots)
+        _check_positive_int("max_depth", max_depth)
+        if flush_timeout is not None and (
+            isinstance(flush_timeout, bool)
+            or not isinstance(flush_timeout, (int, float))
+            or flush_timeout < 0
+        ):
+            msg = (
+                f"flush_timeout must be a number of seconds >= 0 or None, "
+                f"not {flush_timeout!r}."
+            )
+            raise ConfigurationError(msg)
+        self.max_snapshots = max_snapshots
+        self.max_depth = max_depth
+        self.flush_timeout = flush_timeout
+        #: Identifies this session in every snapshot it records.
+        self.session_id = uuid.uuid4().hex
+        self._lock = allocate_real_lock()
+        self._running: dict[int, _Target] = {}
+        self._buffers: list[GreenletBuffer] = []
+        self._dropped_done: dict[int, int] = {}
+        self._dispatchers: list[SwitchDispatcher] = []
+        self._snapshots: list[Snapshot] = []
+        self._sinks: list[_SinkState] = []
+        self._sink_failures = 0
+        self._wall_anchor = 0
+        self._mono_anchor = 0
+        for sink in sinks:
+            self.add_sink(sink)
+
+    # -- sinks ----------------------------------------------------------------
+
+    def add_sink(self, sink: Sink) -> None:
+        """Send this session's snapshots to ``sink`` from now on (those already
+        recorded included, at the next flush)."""
+        missing = [
+            name
+            for name in ("export", "flush", "close")
+            if not callable(getattr(sink, name, None))
+        ]
+        if missing:
+            msg = (
+                f"{sink!r} is not a sink: it has no callable {', '.join(missing)}. "
+                "A sink needs export(batch), flush(timeout) and close(); "
+                "see greenprof.sinks.Sink."
+            )
+            raise InvalidSinkError(msg)
+        with self._lock:
+            if any(state.sink is sink for state in self._sinks):
+                return
+            self._sinks.append(_SinkState(sink))
+
+    def remove_sink(self, sink: Sink) -> None:
+        """Stop sending to ``sink``; it is not flushed or closed."""
+        with self._lock:
+            for index, state in enumerate(self._sinks):
+                if state.sink is sink:
+                    del self._sinks[index]
+                    return
+        msg = f"{sink!r} was never added to this profiler; nothing to remove."
+        raise UnknownSinkError(msg)
+
+    @property
+    def sinks(self) -> list[Sink]:
+        return [state.sink for state in self._sinks]
+
+    # -- sessions ---------------------------------------------------------------
+
+    def start(self, target: greenlet.greenlet | None = None) -> None:
+        """Profile ``target`` (default: the calling greenlet) until :meth:`stop`.
+
+        Call it from the OS thread that runs ``target``: greenlet tracing is
+        per thread. Several targets may be started on one profiler.
+        """
+        current = greenlet.getcurrent()
+        glet = current if target is None else target
+        _check_target(glet, current)
+        key = id(glet)
+        with self._lock:
+            existing = self._running.get(key)
+            if existing is not None and existing.ref() is glet:
+                msg = (
+                    f"This profiler is already profiling {_describe(glet)}. "
+                    "Stop it first, or use a second Profiler to nest sessions."
+                )
+                raise AlreadyProfilingError(msg)
+            if not self._mono_anchor:
+                self._wall_anchor = time.time_ns()
+                self._mono_anchor = time.perf_counter_ns()
+            dispatcher = dispatcher_for_current_thread()
+            buffer = GreenletBuffer(
+                limit=self.max_snapshots,
+                depth=self.max_depth,
+                greenlet_id=key,
+                greenlet_name=greenlet_name(glet),
+                thread_id=dispatcher.thread_id,
+            )
+            dispatcher.watch(glet, buffer)
+            self._running[key] = _Target(key, dispatcher, buffer, weakref.ref(glet))
+            self._buffers.append(buffer)
+            if dispatcher not in self._dispatchers:
+                self._dispatchers.append(dispatcher)
+
+    def stop(self) -> None:
+        """Stop every target, then hand what was recorded to every sink."""
+        with self._lock:
+            if not self._running:
+                msg = (
+                    "This profiler is not running: call start() before stop(), "
+                    "and stop() only once per start()."
+                )
+                raise NotRunningError(msg)
+            targets = list(self._running.values())
+            self._running.clear()
+        for target in targets:
+            target.dispatcher.unwatch(target.key, target.buffer)
+            target.dispatcher.release()
+        self.flush()
+        self._report_drops(targets)
+
+    @property
+    def is_running(self) -> bool:
+        return bool(self._running)
+
+    def __enter__(self) -> Profiler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._running:
+            self.stop()
+
+    # -- results ------------------------------------------------------------------
+
+    @property
+    def snapshots(self) -> list[Snapshot]:
+        """Everything recorded so far, in order."""
+        self._drain()
+        return list(self._snapshots)
+
+    @property
+    def stats(self) -> ProfilerStats:
+        self._drain()
+        with self._lock:
+            dropped = dict(self._dropped_done)
+            for buffer in self._buffers:
+                if buffer.dropped:
+                    dropped[buffer.greenlet_id] = (
+                        dropped.get(buffer.greenlet_id, 0) + buffer.dropped
+                    )
+            return ProfilerStats(
+                snapshots=len(self._snapshots),
+                dropped=sum(dropped.values()),
+                dropped_by_greenlet=dropped,
+                tracer_errors=sum(d.errors for d in self._dispatchers),
+                tracer_reinstalls=sum(d.reinstalls for d in self._dispatchers),
+                sink_failures=self._sink_failures,
+            )
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Hand everything recorded so far to every sink and flush them.
+
+        Also re-installs greenprof's tracer in the calling thread if other code
+        removed it. Returns False if a sink failed or did not finish in time.
+        """
+        self._recheck_tracer()
+        self._drain()
+        return self._deliver(self.flush_timeout if timeout is None else timeout)
+
+    # -- internals ----------------------------------------------------------------
+
+    def _recheck_tracer(self) -> None:
+        ident = thread_ident()
+        for target in list(self._running.values()):
+            if target.dispatcher.thread_id == ident:
+                target.dispatcher.ensure_installed()
+                return
+
+    def _drain(self) -> None:
+        with self._lock:
+            running = {id(t.buffer) for t in self._running.values()}
+            pending: list[tuple[int, Record, GreenletBuffer]] = []
+            keep: list[GreenletBuffer] = []
+            for buffer in self._buffers:
+                pending.extend((record[1], record, buffer) for record in buffer.drain())
+                if id(buffer) in running:
+                    keep.append(buffer)
+                elif buffer.dropped:
+                    self._dropped_done[buffer.greenlet_id] = (
+                        self._dropped_done.get(buffer.greenlet_id, 0) + buffer.dropped
+                    )
+            self._buffers = keep
+            if not pending:
+                return
+            pending.sort(key=_by_time)
+            stacks: dict[tuple[int, int], tuple[Frame, ...]] = {}
+            sequence = len(self._snapshots)
+            offset = self._wall_anchor - self._mono_anchor
+            out = self._snapshots
+            for stamp, (code, _, raw), buffer in pending:
+                stack_key = (id(raw), buffer.depth)
+                stack = stacks.get(stack_key)
+                if stack is None:
+                    stack = stacks[stack_key] = _formatter.stack(raw, buffer.depth)
+                out.append(
+                    Snapshot(
+                        greenlet_id=buffer.greenlet_id,
+                        greenlet_name=buffer.greenlet_name,
+                        thread_id=buffer.thread_id,
+                        event=EVENTS[code],
+                        sequence=sequence,
+                        timestamp_ns=offset + stamp,
+                        stack=stack,
+                        session_id=self.session_id,
+                    )
+                )
+                sequence += 1
+
+    def _deliver(self, timeout: float | None) -> bool:
+        # Ranges are claimed under the lock and exported outside it: a sink may
+        # do I/O that switches greenlets, and a real lock held across a switch
+        # would deadlock the thread.
+        with self._lock:
+            end = len(self._snapshots)
+            jobs: list[tuple[_SinkState, list[tuple[int, int]]]] = []
+            for state in self._sinks:
+                ranges = state.retry
+                if state.delivered < end:
+                    ranges.append((state.delivered, end))
+                state.retry = []
+                state.delivered = end
+                jobs.append((state, _merge(ranges)))
+            snapshots = self._snapshots
+        ok = True
+        for state, ranges in jobs:
+            for start, stop in ranges:
+                try:
+                    state.sink.export(snapshots[start:stop])
+                except Exception as exc:
+                    ok = False
+                    with self._lock:
+                        state.retry.append((start, stop))
+                        self._sink_failures += 1
+                    _report_sink_failure(state.sink, "export", exc)
+            try:
+                flushed = state.sink.flush(timeout)
+            except Exception as exc:
+                flushed = False
+                _report_sink_failure(state.sink, "flush", exc)
+            if flushed is False:
+                ok = False
+                with self._lock:
+                    self._sink_failures += 1
+        return ok
+
+    def _report_drops(self, targets: Sequence[_Target]) -> None:
+        for target in targets:
+            if target.buffer.dropped:
+                _logger.warning(
+                    "greenprof: kept the first %d snapshots of %s and dropped %d "
+                    "more; raise max_snapshots to keep them.",
+                    target.buffer.limit,
+                    target.buffer.greenlet_name,
+                    target.buffer.dropped,
+                )
+
+
+def _by_time(item: tuple[int, Record, GreenletBuffer]) -> int:
+    return item[0]
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, stop in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(stop, merged[-1][1]))
+        else:
+            merged.append((start, stop))
+    return merged
+
+
+_reported_sinks: weakref.WeakSet[object] = weakref.WeakSet()
+_reported_sink_ids: set[int] = set()
+
+
+def _report_sink_failure(sink: object, action: str, exc: Exception) -> None:
+    """Log a sink's first failure only; later ones are just counted."""
+    try:
+        if sink in _reported_sinks:
+            return
+        _reported_sinks.add(sink)
+    except TypeError:  # not weakly referenceable
+        if id(sink) in _reported_sink_ids:
+            return
+        _reported_sink_ids.add(id(sink))
+    _logger.error(
+        "greenprof: sink %r failed in %s() (%s: %s). Other sinks still receive "
+        "every snapshot, the profiler keeps them, and this sink's batch is "
+        "retried at the next flush; further failures are only counted in "
+        "Profiler.stats.sink_failures.",
+        sink,
+        action,
+        type(exc).__name__,
+        exc,
+        exc_info=exc,
+    )
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        msg = f"{name} must be a whole number >= 1, not {value!r}."
+        raise ConfigurationError(msg)
+
+
+def _root(glet: greenlet.greenlet) -> greenlet.greenlet:
+    while glet.parent is not None:
+        glet = glet.parent
+    return glet
+
+
+def _describe(glet: greenlet.greenlet) -> str:
+    return f"greenlet {greenlet_name(glet)!r}"
+
+
+def _check_target(glet: object, current: greenlet.greenlet) -> None:
+    if not isinstance(glet, greenlet.greenlet):
+        msg = (
+            f"greenprof profiles greenlets, not {type(glet).__name__} objects "
+            f"({glet!r}). Pass a greenlet.greenlet or gevent.Greenlet, or "
+            "nothing to profile the calling greenlet."
+        )
+        raise NotAGreenletError(msg)
+    if glet.dead:
+        msg = (
+            f"{_describe(glet)} has already finished, so it will never switch "
+            "again. Start profiling before it ends, e.g. before start()/spawn()."
+        )
+        raise DeadGreenletError(msg)
+    if _root(glet) is not _root(current):
+        msg = (
+            f"{_describe(glet)} belongs to another OS thread. greenlet.settrace "
+            "works per thread, so start() must be called from the thread that "
+            "runs the greenlet (for example from inside it)."
+        )
+        raise WrongThreadError(msg)
+
+
+def greenlet_name(glet: greenlet.greenlet) -> str:
+    """gevent's ``name`` where there is one, else the type and address."""
+    name = getattr(glet, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    if glet.parent is None:
+        return "main"
+    return f"{type(glet).__name__}-{id(glet):#x}"

@@ -1,0 +1,163 @@
+"""``greenprof.profile``: a context manager and a decorator over :class:`Profiler`."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
+
+import greenlet
+
+from ._profiler import (
+    DEFAULT_FLUSH_TIMEOUT,
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_SNAPSHOTS,
+    Profiler,
+)
+from .exceptions import ConfigurationError, NotAGreenletError
+from .sinks._base import Sink
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ProfileScope:
+    """What :func:`profile` returns: enter it, or decorate a function with it.
+
+    Every ``with`` block and every call of a decorated function gets a fresh
+    :class:`Profiler` sharing this scope's sinks and options.
+    """
+
+    def __init__(
+        self,
+        target: greenlet.greenlet | None,
+        *,
+        sinks: Iterable[Sink],
+        max_snapshots: int,
+        max_depth: int,
+        flush_timeout: float | None,
+    ) -> None:
+        self.target = target
+        self.sinks = list(sinks)
+        self._options: dict[str, Any] = {
+            "max_snapshots": max_snapshots,
+            "max_depth": max_depth,
+            "flush_timeout": flush_timeout,
+        }
+        # Validate now, not at the first request.
+        self._new_profiler()
+        # Profilers of the open ``with`` blocks, per greenlet: one scope may
+        # be entered by many greenlets at once.
+        self._open: dict[int, list[Profiler]] = {}
+
+    def _new_profiler(self) -> Profiler:
+        return Profiler(sinks=self.sinks, **self._options)
+
+    def __enter__(self) -> Profiler:
+        profiler = self._new_profiler()
+        profiler.start(self.target)
+        self._open.setdefault(id(greenlet.getcurrent()), []).append(profiler)
+        return profiler
+
+    def __exit__(self, *exc_info: object) -> None:
+        key = id(greenlet.getcurrent())
+        stack = self._open.get(key)
+        if not stack:
+            return
+        profiler = stack.pop()
+        if not stack:
+            del self._open[key]
+        if profiler.is_running:
+            profiler.stop()
+
+    def __call__(self, func: F) -> F:
+        if self.target is not None:
+            msg = (
+                "profile(greenlet) profiles that greenlet in a with block; to "
+                "decorate a function use @profile or @profile(sinks=...), which "
+                "profile whichever greenlet runs each call."
+            )
+            raise ConfigurationError(msg)
+        if not callable(func):
+            msg = f"@profile decorates functions, not {type(func).__name__} objects."
+            raise ConfigurationError(msg)
+        if inspect.isgeneratorfunction(func) or inspect.iscoroutinefunction(func):
+            msg = (
+                f"@profile cannot decorate {func.__qualname__}: it is a generator "
+                "or coroutine function, whose body runs after the call returns. "
+                "Use `with greenprof.profile():` inside it instead."
+            )
+            raise ConfigurationError(msg)
+
+        @functools.wraps(func)
+        def profiled(*args: Any, **kwargs: Any) -> Any:
+            profiler = self._new_profiler()
+            profiler.start()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                profiler.stop()
+
+        return profiled  # type: ignore[return-value]
+
+
+@overload
+def profile(
+    target: None = None,
+    /,
+    *,
+    sinks: Iterable[Sink] = (),
+    max_snapshots: int = DEFAULT_MAX_SNAPSHOTS,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    flush_timeout: float | None = DEFAULT_FLUSH_TIMEOUT,
+) -> ProfileScope: ...
+@overload
+def profile(
+    target: greenlet.greenlet,
+    /,
+    *,
+    sinks: Iterable[Sink] = (),
+    max_snapshots: int = DEFAULT_MAX_SNAPSHOTS,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    flush_timeout: float | None = DEFAULT_FLUSH_TIMEOUT,
+) -> ProfileScope: ...
+@overload
+def profile(target: F, /) -> F: ...
+def profile(
+    target: Any = None,
+    /,
+    *,
+    sinks: Iterable[Sink] = (),
+    max_snapshots: int = DEFAULT_MAX_SNAPSHOTS,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    flush_timeout: float | None = DEFAULT_FLUSH_TIMEOUT,
+) -> Any:
+    """Profile a greenlet in a ``with`` block, or every call of a function.
+
+    - ``with profile(g) as profiler:`` profiles ``g`` (default: the current
+      greenlet) for the block; ``profiler`` is a :class:`Profiler`.
+    - ``@profile`` / ``@profile(sinks=[...])`` on a function profiles the
+      greenlet running each call, from entry to return, and hands the result
+      to the sinks when the call returns.
+    """
+    if target is None or isinstance(target, greenlet.greenlet):
+        return ProfileScope(
+            target,
+            sinks=sinks,
+            max_snapshots=max_snapshots,
+            max_depth=max_depth,
+            flush_timeout=flush_timeout,
+        )
+    if callable(target):
+        return ProfileScope(
+            None,
+            sinks=sinks,
+            max_snapshots=max_snapshots,
+            max_depth=max_depth,
+            flush_timeout=flush_timeout,
+        )(target)
+    msg = (
+        f"profile() takes a greenlet to profile, a function to decorate, or "
+        f"nothing (the current greenlet), not {type(target).__name__} {target!r}."
+    )
+    raise NotAGreenletError(msg)

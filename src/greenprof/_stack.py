@@ -1,0 +1,68 @@
+"""Raw stacks on the switch path, readable frames later.
+
+The switch path keeps ``[code, f_lasti, code, f_lasti, ...]`` leaf first; the
+formatter turns those into :class:`~greenprof.Frame` tuples, cached per code
+object and offset.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import CodeType, FrameType
+from typing import Union
+
+from .snapshot import Frame
+
+#: Leaf first, alternating code object and ``f_lasti``.
+RawStack = list[Union[CodeType, int]]
+
+EMPTY_STACK: RawStack = []
+
+_HAS_QUALNAME = sys.version_info >= (3, 11)
+
+
+def capture(frame: FrameType | None, limit: int) -> RawStack:
+    """Keep ``limit`` frames from ``frame`` outward, without formatting anything."""
+    raw: RawStack = []
+    append = raw.append
+    while frame is not None and limit:
+        append(frame.f_code)
+        append(frame.f_lasti)
+        frame = frame.f_back
+        limit -= 1
+    return raw
+
+
+def _line_for_offset(code: CodeType, offset: int) -> int:
+    for start, end, line in code.co_lines():
+        if start <= offset < end:
+            return line if line is not None else code.co_firstlineno
+    return code.co_firstlineno
+
+
+class FrameFormatter:
+    """Turns raw stacks into ``Frame`` tuples; caches are bounded and per formatter."""
+
+    def __init__(self, max_entries: int = 1 << 16) -> None:
+        self._max_entries = max_entries
+        self._frames: dict[tuple[CodeType, int], Frame] = {}
+
+    def frame(self, code: CodeType, offset: int) -> Frame:
+        key = (code, offset)
+        found = self._frames.get(key)
+        if found is None:
+            if len(self._frames) >= self._max_entries:
+                self._frames.clear()
+            name = code.co_qualname if _HAS_QUALNAME else code.co_name
+            found = Frame(code.co_filename, name, _line_for_offset(code, offset))
+            self._frames[key] = found
+        return found
+
+    def stack(self, raw: RawStack, depth: int) -> tuple[Frame, ...]:
+        """Outermost first, keeping at most the ``depth`` innermost frames."""
+        frame = self.frame
+        pairs = min(len(raw) // 2, depth)
+        return tuple(
+            frame(raw[2 * i], raw[2 * i + 1])  # type: ignore[arg-type]
+            for i in range(pairs - 1, -1, -1)
+        )

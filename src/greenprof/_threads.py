@@ -1,0 +1,33 @@
+"""Real OS-thread primitives, even after ``gevent.monkey.patch_all()``.
+
+gevent replaces ``_thread.get_ident`` and locks with greenlet-based versions;
+greenprof's bookkeeping needs the originals and never imports gevent itself.
+"""
+
+from __future__ import annotations
+
+import _thread
+import sys
+from typing import Any
+
+
+def _original(name: str) -> Any:
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        try:
+            return monkey.get_original("_thread", name)
+        except Exception:  # pragma: no cover - gevent API drift; fall back to the module
+            pass
+    return getattr(_thread, name)
+
+
+def thread_ident() -> int:
+    """The calling OS thread's identifier, as ``sys._current_frames()`` keys it."""
+    ident: int = _original("get_ident")()
+    return ident
+
+
+def allocate_real_lock() -> _thread.LockType:
+    """A lock that blocks the OS thread; never held across a greenlet switch."""
+    lock: _thread.LockType = _original("allocate_lock")()
+    return lock

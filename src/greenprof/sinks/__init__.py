@@ -1,0 +1,9 @@
+"""Where a profiler sends its snapshots: any object with the :class:`Sink` methods."""
+
+from __future__ import annotations
+
+from ._base import Sink
+from ._json import JSONSink
+from ._memory import MemorySink
+
+__all__ = ["JSONSink", "MemorySink", "Sink"]

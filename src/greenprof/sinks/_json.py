@@ -1,0 +1,49 @@
+"""A sink that appends snapshots to a JSON Lines file (see ``greenprof._schema``)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+
+from .._schema import encode_header, encode_snapshot
+from ..exceptions import SinkClosedError
+from ..snapshot import Snapshot
+
+
+class JSONSink:
+    """Appends snapshots to ``path``, one JSON object a line.
+
+    The file starts with a header line naming the format and its version;
+    :func:`greenprof.load` reads it back. Each export opens the file in append
+    mode and writes its whole batch with one ``write``, so the file is complete
+    after every export, several profilers (and processes) can share it, and no
+    file handle stays open between requests.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def export(self, batch: Sequence[Snapshot]) -> None:
+        if self._closed:
+            msg = f"JSONSink({self.path!r}) is closed; create a new one to write again."
+            raise SinkClosedError(msg)
+        if not batch:
+            return
+        text = "".join(encode_snapshot(snapshot) + "\n" for snapshot in batch)
+        with self._lock, open(self.path, "a", encoding="utf-8") as file:
+            if file.tell() == 0:
+                text = encode_header() + "\n" + text
+            file.write(text)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        # Every export closes the file, so there is never anything pending.
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __repr__(self) -> str:
+        return f"JSONSink({self.path!r})"

@@ -1,0 +1,62 @@
+"""The recorded data: one :class:`Snapshot` per switch of a profiled greenlet.
+
+Value objects only; they are built outside the switch path from raw frames.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import attrs
+
+__all__ = ["EVENTS", "Frame", "Snapshot"]
+
+#: Every value :attr:`Snapshot.event` can take.
+#:
+#: - ``switch_in``: the greenlet resumed (or, with an empty stack, ran for the
+#:   first time) because another greenlet switched to it.
+#: - ``throw``: the greenlet resumed because an exception was thrown into it
+#:   (``greenlet.throw()``, gevent's ``kill()`` raising ``GreenletExit``).
+#: - ``switch_out``: the greenlet was suspended; ``stack`` is its wait site.
+#: - ``exit``: the greenlet finished and left for good; ``stack`` is empty.
+EVENTS: Final = ("switch_in", "throw", "switch_out", "exit")
+
+
+@attrs.frozen(slots=True)
+class Frame:
+    """One frame of a stack: where a function was when the snapshot was taken."""
+
+    filename: str
+    #: The qualified name (``Class.method``) on Python 3.11+, the bare name on 3.10.
+    function: str
+    lineno: int
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.lineno} in {self.function}"
+
+
+def _check_event(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in EVENTS:
+        msg = f"Snapshot.event must be one of {', '.join(EVENTS)}, not {value!r}."
+        raise ValueError(msg)
+
+
+@attrs.frozen(slots=True)
+class Snapshot:
+    """The stack of one profiled greenlet at the moment it switched in or out."""
+
+    greenlet_id: int
+    greenlet_name: str
+    #: The OS thread the greenlet runs in (``threading.get_ident()`` of that
+    #: thread, as it was before any gevent monkey-patching).
+    thread_id: int
+    event: str = attrs.field(validator=_check_event)
+    #: Position in the profiling session, from 0, without gaps.
+    sequence: int
+    #: Wall-clock time in nanoseconds since the epoch, monotonic within a
+    #: session (derived from a monotonic clock anchored at session start).
+    timestamp_ns: int
+    #: Outermost frame first, the frame that switched last.
+    stack: tuple[Frame, ...]
+    #: Identifies the profiling session (one :class:`~greenprof.Profiler`).
+    session_id: str = ""

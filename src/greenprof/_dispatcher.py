@@ -17,7 +17,7 @@ from typing import Any
 import greenlet
 
 from ._buffer import EXIT, SWITCH_IN, SWITCH_OUT, THROW, GreenletBuffer
-from ._stack import EMPTY_STACK, RawStack, capture
+from ._stack import EMPTY_STACK, RawStack, StackTracker
 from ._threads import allocate_real_lock, thread_ident
 
 TraceFunction = Callable[[str, Any], Any]
@@ -28,20 +28,40 @@ _MAX_CHAIN = 32
 
 
 class GreenletWatch:
-    """The switch path's view of one watched greenlet.
+    """The switch path's view of one watched greenlet, and its key.
 
-    ``last_stack`` is the stack the greenlet was suspended in: a greenlet
-    always resumes exactly where it switched out, so switch-in reuses it
+    A watch hashes like its greenlet and compares equal to it, so
+    ``watches.get(greenlet)`` finds it while the dispatcher holds the greenlet
+    only weakly. A miss (an unwatched greenlet) never runs Python code: the
+    hashes differ. ``last_stack`` is where the greenlet is suspended: a
+    greenlet resumes exactly where it switched out, so switch-in reuses it
     instead of walking frames again.
     """
 
-    __slots__ = ("buffers", "depth", "last_stack", "ref")
+    __slots__ = ("_hash", "buffers", "last_stack", "ref", "tracker")
 
-    def __init__(self, last_stack: RawStack, depth: int) -> None:
+    def __init__(self, glet: greenlet.greenlet, depth: int) -> None:
+        self._hash = hash(glet)
         self.buffers: tuple[GreenletBuffer, ...] = ()
-        self.depth = depth
-        self.last_stack = last_stack
-        self.ref: weakref.ref[greenlet.greenlet] | None = None
+        self.tracker = StackTracker(depth)
+        self.last_stack: RawStack = EMPTY_STACK
+        self.ref: weakref.ref[greenlet.greenlet] = _DEAD_REF
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return other is self or other is self.ref()
+
+
+def _dead_ref() -> weakref.ref[greenlet.greenlet]:
+    glet = greenlet.greenlet()
+    ref = weakref.ref(glet)
+    del glet
+    return ref
+
+
+_DEAD_REF = _dead_ref()
 
 
 class SwitchDispatcher:
@@ -49,7 +69,7 @@ class SwitchDispatcher:
 
     def __init__(self, thread_id: int) -> None:
         self.thread_id = thread_id
-        self.watches: dict[int, GreenletWatch] = {}
+        self.watches: dict[object, GreenletWatch] = {}
         self.previous: TraceFunction | None = None
         self.installed = False
         self.detach_requested = False
@@ -59,13 +79,14 @@ class SwitchDispatcher:
         self.previous_errors = 0
         #: Times greenprof found its tracer removed by someone else and put it back.
         self.reinstalls = 0
-        self.trace: TraceFunction = _make_trace(self)
+        self.trace: TraceFunction = _make_trace(self, None)
+        self.set_running: Callable[[GreenletWatch | None], None] = _ignore
 
     # -- installation (always from the dispatcher's own thread) -------------
 
     def ensure_installed(self) -> None:
         """Install the tracer, or re-install it if something dropped it."""
-        current = greenlet.gettrace()
+        current: TraceFunction | None = greenlet.gettrace()  # type: ignore[assignment]
         if current is self.trace:
             self.installed = True
             return
@@ -73,7 +94,10 @@ class SwitchDispatcher:
             return
         if self.installed:
             self.reinstalls += 1
-        self.previous = greenlet.settrace(self.trace)
+        self.previous = current
+        self.trace = _make_trace(self, current)
+        self.set_running(self.watches.get(greenlet.getcurrent()))
+        greenlet.settrace(self.trace)
         self.detach_requested = False
         self.installed = True
 
@@ -91,23 +115,16 @@ class SwitchDispatcher:
         # An unknown tracer on top: switch into a throwaway greenlet and see
         # whether our tracer hears of it.
         probe = greenlet.greenlet(_return_none)
-        watch = GreenletWatch(EMPTY_STACK, 1)
-        buffer = GreenletBuffer(
-            limit=4, depth=1, greenlet_id=0, greenlet_name="probe", thread_id=0
-        )
-        watch.buffers = (buffer,)
-        key = id(probe)
+        buffer = GreenletBuffer(limit=4, depth=1, greenlet_id=0, greenlet_name="probe", thread_id=0)
         # The probe's switches must not show up in the caller's own profile.
-        caller_key = id(greenlet.getcurrent())
-        caller_watch = self.watches.pop(caller_key, None)
-        self.watches[key] = watch
+        caller_watch = self.watches.pop(greenlet.getcurrent(), None)
+        watch = self.watch(probe, buffer)
         try:
             probe.switch()
         finally:
-            if self.watches.get(key) is watch:
-                del self.watches[key]
+            self.unwatch(watch, buffer)
             if caller_watch is not None:
-                self.watches[caller_key] = caller_watch
+                self.watches[caller_watch] = caller_watch
         return buffer.count > 0
 
     def release(self) -> None:
@@ -133,50 +150,56 @@ class SwitchDispatcher:
 
     # -- watches ------------------------------------------------------------
 
-    def watch(self, glet: greenlet.greenlet, buffer: GreenletBuffer) -> None:
-        key = id(glet)
-        watch = self.watches.get(key)
+    def watch(self, glet: greenlet.greenlet, buffer: GreenletBuffer) -> GreenletWatch:
+        """Start recording ``glet``'s switches into ``buffer``."""
+        watch = self.watches.get(glet)
+        running = glet is greenlet.getcurrent()
         if watch is None:
-            if glet is greenlet.getcurrent() or glet.gr_frame is None:
-                # Running now (its next event is a switch-out, which captures
-                # its stack) or not started yet (it will start with no stack).
-                last = EMPTY_STACK
-            else:
-                last = capture(glet.gr_frame, buffer.depth)
-            watch = GreenletWatch(last, buffer.depth)
-            watch.ref = weakref.ref(glet, _forgetter(self.watches, key))
-        watch.depth = max(watch.depth, buffer.depth)
+            watch = GreenletWatch(glet, buffer.depth)
+            watch.ref = weakref.ref(glet, _forgetter(self.watches, watch))
+            if not running and glet.gr_frame is not None:
+                # Suspended: it will resume right here. (Running now: its next
+                # event is a switch-out, which captures its stack. Not started:
+                # it starts with no stack.)
+                watch.last_stack = watch.tracker.capture(glet.gr_frame)
+        watch.tracker.depth = max(watch.tracker.depth, buffer.depth)
         watch.buffers = (*watch.buffers, buffer)
-        self.watches[key] = watch
+        self.watches[watch] = watch
+        if running:
+            self.set_running(watch)
+        return watch
 
-    def unwatch(self, key: int, buffer: GreenletBuffer) -> None:
-        watch = self.watches.get(key)
-        if watch is None:
-            return
+    def unwatch(self, watch: GreenletWatch, buffer: GreenletBuffer) -> None:
+        """Stop recording into ``buffer``; forget the greenlet if nothing else watches it."""
         remaining = tuple(b for b in watch.buffers if b is not buffer)
-        if remaining:
-            watch.buffers = remaining
-        elif self.watches.get(key) is watch:
-            del self.watches[key]
+        watch.buffers = remaining
+        if not remaining and self.watches.get(watch) is watch:
+            del self.watches[watch]
+            watch.tracker.clear()
+            watch.ref = _DEAD_REF  # breaks the watch -> ref -> forget -> watch cycle
 
 
 def _return_none() -> None:
     return None
 
 
+def _ignore(watch: GreenletWatch | None) -> None:
+    return None
+
+
 def _forgetter(
-    watches: dict[int, GreenletWatch], key: int
+    watches: dict[object, GreenletWatch], watch: GreenletWatch
 ) -> Callable[[weakref.ref[greenlet.greenlet]], None]:
-    # Runs when the greenlet is freed, before its id can be reused.
+    # Runs when the greenlet is freed: it will never switch again.
     def forget(ref: weakref.ref[greenlet.greenlet]) -> None:
-        watch = watches.get(key)
-        if watch is not None and watch.ref is ref:
-            del watches[key]
+        if watches.get(watch) is watch:
+            del watches[watch]
 
     return forget
 
 
 def _redeliver(exc: BaseException) -> None:
+    """Swallow ``exc``, except that a Ctrl-C still reaches the program."""
     # A Ctrl-C that lands inside our tracer belongs to the program: raising it
     # here would make greenlet drop the tracer and throw it into whichever
     # greenlet is being switched to. Raise it again at the next safe point.
@@ -184,73 +207,113 @@ def _redeliver(exc: BaseException) -> None:
         _thread.interrupt_main()
 
 
-def _make_trace(dispatcher: SwitchDispatcher) -> TraceFunction:
-    """Build the tracer closure; everything it touches is bound up front."""
+def _make_trace(dispatcher: SwitchDispatcher, previous: TraceFunction | None) -> TraceFunction:
+    """Build the tracer; everything it touches is bound up front.
+
+    A fresh closure is built at each install, so the chained ``previous``
+    tracer is a constant of the switch path, and with nothing to chain the
+    tracer has no chaining code at all. ``running`` is the watch of the
+    greenlet running now (the target of the last switch), so a switch costs
+    one dict lookup, for the target; a miss runs no Python code.
+    """
     watches = dispatcher.watches
     get = watches.get
     now = time.perf_counter_ns
     gettrace = greenlet.gettrace
     settrace = greenlet.settrace
+    running: GreenletWatch | None = None
 
-    def trace(event: str, args: Any) -> None:
-        if event == "switch" or event == "throw":
-            try:
-                if watches:
+    def set_running(watch: GreenletWatch | None) -> None:
+        nonlocal running
+        running = watch
+
+    dispatcher.set_running = set_running
+
+    def switched_out(
+        watch: GreenletWatch, origin: greenlet.greenlet, target: greenlet.greenlet
+    ) -> None:
+        if origin is target:
+            return
+        if watch.ref() is not origin:
+            # Switches happened while this tracer was not installed.
+            found = get(origin)
+            if found is None:
+                return
+            watch = found
+        frame = origin.gr_frame
+        if frame is None:
+            code = EXIT
+            stack = EMPTY_STACK
+            watch.tracker.clear()
+        else:
+            code = SWITCH_OUT
+            stack = watch.last_stack = watch.tracker.capture(frame)
+        record = (code, now(), stack)
+        for buffer in watch.buffers:
+            if buffer.count < buffer.limit:
+                buffer.count += 1
+                buffer.records.append(record)
+            else:
+                buffer.dropped += 1
+
+    def switched_in(watch: GreenletWatch, event: str, origin: greenlet.greenlet) -> None:
+        if watch == origin:  # a greenlet "switching" to itself
+            return
+        record = (SWITCH_IN if event == "switch" else THROW, now(), watch.last_stack)
+        for buffer in watch.buffers:
+            if buffer.count < buffer.limit:
+                buffer.count += 1
+                buffer.records.append(record)
+            else:
+                buffer.dropped += 1
+
+    def detach_if_requested() -> None:
+        # The last session here was stopped from another thread.
+        if dispatcher.detach_requested:
+            dispatcher.detach_requested = False
+            if gettrace() is trace:
+                settrace(previous)
+                dispatcher.installed = False
+
+    def failed(exc: BaseException) -> None:
+        dispatcher.errors += 1
+        _redeliver(exc)
+
+    if previous is None:
+
+        def trace(event: str, args: Any) -> None:
+            nonlocal running
+            if event == "switch" or event == "throw":
+                try:
                     origin, target = args
-                    if origin is not target:
-                        watch = get(id(origin))
-                        if watch is not None:
-                            frame = origin.gr_frame
-                            if frame is None:
-                                code = EXIT
-                                stack = EMPTY_STACK
-                            else:
-                                code = SWITCH_OUT
-                                stack = []
-                                append = stack.append
-                                limit = watch.depth
-                                while frame is not None and limit:
-                                    append(frame.f_code)
-                                    append(frame.f_lasti)
-                                    frame = frame.f_back
-                                    limit -= 1
-                                watch.last_stack = stack
-                            record = (code, now(), stack)
-                            for buffer in watch.buffers:
-                                if buffer.count < buffer.limit:
-                                    buffer.count += 1
-                                    buffer.records.append(record)
-                                else:
-                                    buffer.dropped += 1
-                        watch = get(id(target))
-                        if watch is not None:
-                            record = (
-                                SWITCH_IN if event == "switch" else THROW,
-                                now(),
-                                watch.last_stack,
-                            )
-                            for buffer in watch.buffers:
-                                if buffer.count < buffer.limit:
-                                    buffer.count += 1
-                                    buffer.records.append(record)
-                                else:
-                                    buffer.dropped += 1
-                elif dispatcher.detach_requested:
-                    dispatcher.detach_requested = False
-                    if gettrace() is trace:
-                        settrace(dispatcher.previous)
-                        dispatcher.installed = False
-            except Exception:
-                dispatcher.errors += 1
-            except BaseException as exc:
-                dispatcher.errors += 1
-                _redeliver(exc)
-        previous = dispatcher.previous
-        if previous is not None:
+                    if running is not None:
+                        switched_out(running, origin, target)
+                    watch = running = get(target)
+                    if watch is not None:
+                        switched_in(watch, event, origin)
+                    elif not watches:
+                        detach_if_requested()
+                except BaseException as exc:
+                    failed(exc)
+
+    else:
+
+        def trace(event: str, args: Any) -> None:
+            nonlocal running
+            if event == "switch" or event == "throw":
+                try:
+                    origin, target = args
+                    if running is not None:
+                        switched_out(running, origin, target)
+                    watch = running = get(target)
+                    if watch is not None:
+                        switched_in(watch, event, origin)
+                    elif not watches:
+                        detach_if_requested()
+                except BaseException as exc:
+                    failed(exc)
             try:
                 previous(event, args)
-            except Exception:
-                dispatcher.previous_errors += 1
             except BaseException as exc:
                 dispatcher.previous_errors += 1
                 _redeliver(exc)

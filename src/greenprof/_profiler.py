@@ -17,7 +17,7 @@ import attrs
 import greenlet
 
 from ._buffer import GreenletBuffer, Record
-from ._dispatcher import SwitchDispatcher, dispatcher_for_current_thread
+from ._dispatcher import GreenletWatch, SwitchDispatcher, dispatcher_for_current_thread
 from ._stack import FrameFormatter
 from ._threads import allocate_real_lock, thread_ident
 from .exceptions import (
@@ -72,7 +72,7 @@ class ProfilerStats:
 
 @attrs.define
 class _Target:
-    key: int
+    watch: GreenletWatch
     dispatcher: SwitchDispatcher
     buffer: GreenletBuffer
     ref: weakref.ref[greenlet.greenlet]
@@ -109,10 +109,7 @@ class Profiler:
             or not isinstance(flush_timeout, (int, float))
             or flush_timeout < 0
         ):
-            msg = (
-                f"flush_timeout must be a number of seconds >= 0 or None, "
-                f"not {flush_timeout!r}."
-            )
+            msg = f"flush_timeout must be a number of seconds >= 0 or None, not {flush_timeout!r}."
             raise ConfigurationError(msg)
         self.max_snapshots = max_snapshots
         self.max_depth = max_depth
@@ -138,9 +135,7 @@ class Profiler:
         """Send this session's snapshots to ``sink`` from now on (those already
         recorded included, at the next flush)."""
         missing = [
-            name
-            for name in ("export", "flush", "close")
-            if not callable(getattr(sink, name, None))
+            name for name in ("export", "flush", "close") if not callable(getattr(sink, name, None))
         ]
         if missing:
             msg = (
@@ -199,8 +194,8 @@ class Profiler:
                 greenlet_name=greenlet_name(glet),
                 thread_id=dispatcher.thread_id,
             )
-            dispatcher.watch(glet, buffer)
-            self._running[key] = _Target(key, dispatcher, buffer, weakref.ref(glet))
+            watch = dispatcher.watch(glet, buffer)
+            self._running[key] = _Target(watch, dispatcher, buffer, weakref.ref(glet))
             self._buffers.append(buffer)
             if dispatcher not in self._dispatchers:
                 self._dispatchers.append(dispatcher)
@@ -217,7 +212,7 @@ class Profiler:
             targets = list(self._running.values())
             self._running.clear()
         for target in targets:
-            target.dispatcher.unwatch(target.key, target.buffer)
+            target.dispatcher.unwatch(target.watch, target.buffer)
             target.dispatcher.release()
         self.flush()
         self._report_drops(targets)

@@ -102,6 +102,8 @@ class ProfileScope:
 
 
 @overload
+def profile(target: F, /) -> F: ...
+@overload
 def profile(
     target: None = None,
     /,
@@ -121,8 +123,6 @@ def profile(
     max_depth: int = DEFAULT_MAX_DEPTH,
     flush_timeout: float | None = DEFAULT_FLUSH_TIMEOUT,
 ) -> ProfileScope: ...
-@overload
-def profile(target: F, /) -> F: ...
 def profile(
     target: Any = None,
     /,

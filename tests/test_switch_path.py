@@ -1,0 +1,561 @@
+"""The switch path: what is recorded, for whom, and that the program never notices."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+import traceback
+import weakref
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import greenlet
+import pytest
+
+import greenprof
+from greenprof import Frame, Snapshot
+from greenprof._dispatcher import installed_dispatcher
+from greenprof._threads import thread_ident
+
+from .conftest import function_name, line_of
+
+
+class SwitchCounter:
+    """An independent greenlet tracer that classifies switches of one greenlet
+    the way greenprof's events are defined."""
+
+    def __init__(self, watched: greenlet.greenlet) -> None:
+        self.watched = watched
+        self.counts: Counter[str] = Counter()
+        self.stacks: list[list[tuple[str, str, int]]] = []
+        self.previous: Any = None
+
+    def __call__(self, event: str, args: Any) -> None:
+        if event in ("switch", "throw"):
+            origin, target = args
+            if origin is not target:
+                if target is self.watched:
+                    self.counts["switch_in" if event == "switch" else "throw"] += 1
+                if origin is self.watched:
+                    if origin.gr_frame is None:
+                        self.counts["exit"] += 1
+                    else:
+                        self.counts["switch_out"] += 1
+                        self.stacks.append(
+                            [
+                                (f.filename, f.name, f.lineno)
+                                for f in traceback.extract_stack(origin.gr_frame)
+                            ]
+                        )
+        if self.previous is not None:
+            self.previous(event, args)
+
+    def install(self) -> None:
+        self.previous = greenlet.settrace(self)
+
+    def uninstall(self) -> None:
+        greenlet.settrace(self.previous)
+
+
+def events(snapshots: list[Snapshot]) -> Counter[str]:
+    return Counter(s.event for s in snapshots)
+
+
+# -- contamination under gevent ---------------------------------------------------
+
+
+def alpha_wait() -> None:
+    gevent.sleep(0)
+
+
+def alpha_work(rounds: int) -> None:
+    for _ in range(rounds):
+        alpha_wait()
+
+
+def beta_wait() -> None:
+    gevent.sleep(0)  # beta waits here
+
+
+def beta_work(rounds: int) -> None:
+    for _ in range(rounds):
+        beta_wait()
+        sum(range(100))
+
+
+def gamma_wait() -> None:
+    gevent.sleep(0.0005)
+
+
+def gamma_work(rounds: int) -> None:
+    for _ in range(rounds):
+        gamma_wait()
+
+
+def test_profiled_greenlet_records_only_its_own_frames_and_every_switch() -> None:
+    alpha = gevent.spawn(alpha_work, 40)
+    beta = gevent.spawn(beta_work, 25)
+    gamma = gevent.spawn(gamma_work, 30)
+    counter = SwitchCounter(beta)
+    counter.install()
+    profiler = greenprof.Profiler()
+    try:
+        profiler.start(beta)
+        gevent.joinall([alpha, beta, gamma])
+        profiler.stop()
+    finally:
+        counter.uninstall()
+
+    snapshots = profiler.snapshots
+    assert events(snapshots) == counter.counts
+    assert counter.counts["switch_out"] == 25  # one per gevent.sleep(0)
+    assert counter.counts["exit"] == 1
+    assert {s.greenlet_id for s in snapshots} == {id(beta)}
+    assert {s.thread_id for s in snapshots} == {threading.get_ident()}
+    ours = {(f.filename, f.function) for s in snapshots for f in s.stack if f.filename == __file__}
+    assert ours == {(__file__, function_name(beta_work)), (__file__, function_name(beta_wait))}
+    others = {f.filename for s in snapshots for f in s.stack if f.filename != __file__}
+    assert all("/gevent/" in name for name in others)  # gevent.sleep itself
+    assert [s.sequence for s in snapshots] == list(range(len(snapshots)))
+    stamps = [s.timestamp_ns for s in snapshots]
+    assert stamps == sorted(stamps)
+
+
+def test_switch_out_records_the_wait_site_file_function_and_line() -> None:
+    beta = gevent.spawn(beta_work, 3)
+    with greenprof.profile(beta) as profiler:
+        beta.join()
+    outs = [s for s in profiler.snapshots if s.event == "switch_out"]
+    assert len(outs) == 3
+    wait_site = Frame(__file__, function_name(beta_wait), line_of(beta_wait, "beta waits here"))
+    caller = Frame(__file__, function_name(beta_work), line_of(beta_work, "beta_wait()"))
+    for snapshot in outs:
+        # outermost first; gevent.sleep's own frame is innermost
+        assert snapshot.stack[:2] == (caller, wait_site)
+        assert [f.function for f in snapshot.stack[2:]] == ["sleep"]
+
+
+def test_switch_in_resumes_where_the_greenlet_switched_out() -> None:
+    beta = gevent.spawn(beta_work, 4)
+    with greenprof.profile(beta) as profiler:
+        beta.join()
+    snapshots = profiler.snapshots
+    assert snapshots[0].event == "switch_in"
+    assert snapshots[0].stack == ()  # the first run starts with no stack
+    assert snapshots[-1].event == "exit"
+    assert snapshots[-1].stack == ()
+    for out, back in zip(snapshots[1:-1:2], snapshots[2:-1:2]):
+        assert (out.event, back.event) == ("switch_out", "switch_in")
+        assert back.stack == out.stack
+        assert back.timestamp_ns >= out.timestamp_ns
+
+
+def test_kill_is_recorded_as_throw_then_exit() -> None:
+    sleeper = gevent.spawn(gevent.sleep, 30)
+    gevent.sleep(0)  # let it start and block
+    with greenprof.profile(sleeper) as profiler:
+        sleeper.kill()
+    assert [s.event for s in profiler.snapshots] == ["throw", "exit"]
+    assert sleeper.dead
+
+
+def test_raw_greenlet_throw_into_a_suspended_greenlet_is_recorded() -> None:
+    main = greenlet.getcurrent()
+
+    def body() -> None:
+        try:
+            main.switch()
+        except ValueError:
+            main.switch("caught")
+
+    glet = greenlet.greenlet(body)
+    glet.switch()
+    profiler = greenprof.Profiler()
+    profiler.start(glet)
+    assert glet.throw(ValueError("boom")) == "caught"
+    glet.switch()
+    profiler.stop()
+    assert [s.event for s in profiler.snapshots] == ["throw", "switch_out", "switch_in", "exit"]
+
+
+def test_stacks_match_traceback_through_recursion_and_generators() -> None:
+    main = greenlet.getcurrent()
+
+    def produce(n: int) -> Iterator[int]:
+        for i in range(n):
+            main.switch()  # a generator frame suspended mid-stack
+            yield i
+
+    def consume_here(gen: Iterator[int]) -> int:
+        return next(gen)
+
+    def consume_there(gen: Iterator[int]) -> int:
+        return next(gen)
+
+    def recurse(depth: int) -> None:
+        if depth:
+            recurse(depth - 1)
+        else:
+            main.switch()
+
+    def body() -> None:
+        for depth in (0, 3, 1, 7, 7, 2):
+            recurse(depth)
+        gen = produce(6)
+        # The same generator is resumed from two different callers.
+        for i in range(6):
+            (consume_here if i % 2 else consume_there)(gen)
+            recurse(i % 3)
+
+    glet = greenlet.greenlet(body)
+    counter = SwitchCounter(glet)
+    counter.install()
+    try:
+        with greenprof.profile(glet, max_depth=500) as profiler:
+            while not glet.dead:
+                glet.switch()
+    finally:
+        counter.uninstall()
+    outs = [s for s in profiler.snapshots if s.event == "switch_out"]
+    expected = [[(f.filename, f.function, f.lineno) for f in s.stack] for s in outs]
+    # traceback names functions by co_name; compare the last name component.
+    got = [[(f, n.rsplit(".", 1)[-1], line) for f, n, line in stack] for stack in expected]
+    assert got == counter.stacks
+    assert len(outs) == 6 + 12
+
+
+def test_max_depth_keeps_the_innermost_frames() -> None:
+    main = greenlet.getcurrent()
+
+    def recurse(depth: int) -> None:
+        if depth:
+            recurse(depth - 1)
+        else:
+            main.switch()  # innermost
+
+    glet = greenlet.greenlet(lambda: recurse(20))
+    with greenprof.profile(glet, max_depth=5) as profiler:
+        glet.switch()
+        glet.switch()
+    out = next(s for s in profiler.snapshots if s.event == "switch_out")
+    assert len(out.stack) == 5
+    assert out.stack[-1].lineno == line_of(recurse, "# innermost")
+    assert all(frame.function == function_name(recurse) for frame in out.stack)
+
+
+# -- many sessions --------------------------------------------------------------------
+
+
+def request(rounds: int, results: dict[int, greenprof.Profiler]) -> None:
+    with greenprof.profile() as profiler:
+        for _ in range(rounds):
+            gevent.sleep(0)
+    results[id(greenlet.getcurrent())] = profiler
+
+
+def test_fifty_concurrent_sessions_each_see_only_their_own_greenlet() -> None:
+    results: dict[int, greenprof.Profiler] = {}
+    workers = [gevent.spawn(request, 1 + i % 5, results) for i in range(50)]
+    gevent.joinall(workers)
+    assert len(results) == 50
+    for i, worker in enumerate(workers):
+        snapshots = results[id(worker)].snapshots
+        rounds = 1 + i % 5
+        assert {s.greenlet_id for s in snapshots} == {id(worker)}
+        assert events(snapshots) == Counter(switch_out=rounds, switch_in=rounds)
+    assert installed_dispatcher(thread_ident()) is None
+
+
+def test_nested_sessions_on_one_greenlet_both_record() -> None:
+    beta = gevent.spawn(beta_work, 6)
+    outer = greenprof.Profiler()
+    inner = greenprof.Profiler()
+    outer.start(beta)
+    gevent.sleep(0)
+    gevent.sleep(0)
+    inner.start(beta)
+    gevent.sleep(0)
+    gevent.sleep(0)
+    inner.stop()
+    beta.join()
+    outer.stop()
+    outer_snaps = outer.snapshots
+    inner_snaps = inner.snapshots
+    assert events(outer_snaps)["switch_out"] == 6
+    assert 0 < len(inner_snaps) < len(outer_snaps)
+    # The inner session saw exactly a contiguous part of what the outer one saw.
+    outer_view = [(s.event, s.stack) for s in outer_snaps]
+    inner_view = [(s.event, s.stack) for s in inner_snaps]
+    starts = [
+        k for k in range(len(outer_view)) if outer_view[k : k + len(inner_view)] == inner_view
+    ]
+    assert starts
+    assert events(inner_snaps) == Counter(switch_in=2, switch_out=2)
+
+
+def test_sessions_in_several_threads_at_once() -> None:
+    barrier = threading.Barrier(3)
+    results: dict[int, tuple[int, greenprof.Profiler, int]] = {}
+
+    def thread_body(index: int) -> None:
+        def wait_in_thread() -> None:
+            gevent.sleep(0)
+
+        def work() -> None:
+            for _ in range(5 + index):
+                wait_in_thread()
+
+        worker = gevent.spawn(work)
+        noise = gevent.spawn(alpha_work, 20)
+        barrier.wait()
+        with greenprof.profile(worker) as profiler:
+            gevent.joinall([worker, noise])
+        results[index] = (threading.get_ident(), profiler, id(worker))
+        results_trace[index] = greenlet.gettrace()
+
+    results_trace: dict[int, object] = {}
+    threads = [threading.Thread(target=thread_body, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 3
+    for index, (ident, profiler, worker_id) in results.items():
+        snapshots = profiler.snapshots
+        assert {s.thread_id for s in snapshots} == {ident}
+        assert {s.greenlet_id for s in snapshots} == {worker_id}
+        assert events(snapshots)["switch_out"] == 5 + index
+        assert {f.function.rsplit(".", 1)[-1] for s in snapshots for f in s.stack} == {
+            "work",
+            "wait_in_thread",
+            "sleep",  # gevent.sleep
+        }
+        assert results_trace[index] is None
+
+
+def test_stop_from_another_thread_uninstalls_at_that_threads_next_switch() -> None:
+    ready = threading.Event()
+    stopped = threading.Event()
+    seen: dict[str, object] = {}
+    box: dict[str, greenprof.Profiler] = {}
+
+    def thread_body() -> None:
+        main = greenlet.getcurrent()
+        glet = greenlet.greenlet(lambda: main.switch())
+        profiler = greenprof.Profiler()
+        profiler.start(glet)
+        box["profiler"] = profiler
+        ready.set()
+        stopped.wait()
+        seen["before"] = greenlet.gettrace()
+        glet.switch()  # the first switch after the stop
+        seen["after"] = greenlet.gettrace()
+
+    thread = threading.Thread(target=thread_body)
+    thread.start()
+    ready.wait()
+    box["profiler"].stop()
+    stopped.set()
+    thread.join()
+    assert seen["before"] is not None
+    assert seen["after"] is None
+
+
+# -- bounds and lifetimes -------------------------------------------------------------
+
+
+def test_a_million_switches_keep_the_first_max_snapshots_and_count_the_rest() -> None:
+    main = greenlet.getcurrent()
+
+    def body() -> None:
+        while True:
+            main.switch()
+
+    glet = greenlet.greenlet(body)
+    profiler = greenprof.Profiler(max_snapshots=1000)
+    profiler.start(glet)
+    switch = glet.switch
+    for _ in range(500_000):  # 1,000,000 switches of glet, in and out
+        switch()
+    watch = installed_dispatcher(thread_ident()).watches[glet]  # type: ignore[union-attr]
+    assert len(watch.buffers[0].records) == 1000
+    profiler.stop()
+    stats = profiler.stats
+    assert stats.snapshots == 1000
+    assert stats.dropped == 1_000_000 - 1000
+    assert stats.dropped_by_greenlet == {id(glet): 999_000}
+    glet.throw(greenlet.GreenletExit)
+
+
+def test_finished_greenlets_are_freed_while_the_session_runs() -> None:
+    profiler = greenprof.Profiler()
+    keeper = greenlet.greenlet(lambda: None)
+    profiler.start(keeper)  # a target that stays alive
+    done = gevent.spawn(beta_work, 2)
+    profiler.start(done)
+    done.join()
+    never_ran = gevent.spawn(beta_work, 2)
+    profiler.start(never_ran)
+    refs = [weakref.ref(done), weakref.ref(never_ran)]
+    never_ran.kill()  # killed before it ever ran: greenlet reports no event
+    assert never_ran.dead
+    del done, never_ran
+    gevent.sleep(0)  # let the hub run the links that still hold them
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
+    dispatcher = installed_dispatcher(thread_ident())
+    assert dispatcher is not None
+    assert len(dispatcher.watches) == 1
+    profiler.stop()
+    assert events(profiler.snapshots)["switch_out"] == 2
+
+
+def test_no_tracer_and_no_dispatcher_once_every_session_stopped() -> None:
+    glet = greenlet.greenlet(lambda: None)
+    with greenprof.profile(glet):
+        assert greenlet.gettrace() is not None
+    assert greenlet.gettrace() is None
+    assert installed_dispatcher(thread_ident()) is None
+
+
+# -- living with other tracers --------------------------------------------------------
+
+
+def test_previous_tracer_keeps_working_and_is_restored() -> None:
+    seen: list[str] = []
+
+    def mine(event: str, args: Any) -> None:
+        seen.append(event)
+
+    previous = greenlet.settrace(mine)
+    try:
+        beta = gevent.spawn(beta_work, 3)
+        with greenprof.profile(beta) as profiler:
+            assert greenlet.gettrace() is not mine
+            beta.join()
+        assert greenlet.gettrace() is mine
+    finally:
+        greenlet.settrace(previous)
+    assert len(seen) >= 8
+    assert events(profiler.snapshots)["switch_out"] == 3
+
+
+def test_replaced_tracer_is_noticed_and_reinstalled_chaining_the_new_one() -> None:
+    calls: list[str] = []
+
+    def intruder(event: str, args: Any) -> None:  # chains nothing
+        calls.append(event)
+
+    beta = gevent.spawn(beta_work, 6)
+    profiler = greenprof.Profiler()
+    profiler.start(beta)
+    gevent.sleep(0)
+    ours = greenlet.settrace(intruder)
+    gevent.sleep(0)
+    gevent.sleep(0)  # missed: our tracer is not installed
+    assert profiler.flush() is True  # notices and re-installs, chaining intruder
+    assert greenlet.gettrace() is not intruder
+    before = len(calls)
+    beta.join()
+    profiler.stop()
+    assert greenlet.gettrace() is intruder
+    greenlet.settrace(ours and None)
+    assert profiler.stats.tracer_reinstalls == 1
+    assert len(calls) > before
+    # the switches after the re-install were recorded, through to the exit
+    assert profiler.snapshots[-1].event == "exit"
+
+
+def test_a_tracer_on_top_that_chains_ours_is_not_doubled() -> None:
+    beta = gevent.spawn(beta_work, 5)
+    profiler = greenprof.Profiler()
+    profiler.start(beta)
+    ours = greenlet.gettrace()
+
+    def on_top(event: str, args: Any) -> None:
+        ours(event, args)
+
+    greenlet.settrace(on_top)
+    assert profiler.flush() is True  # probes: our tracer still hears switches
+    assert greenlet.gettrace() is on_top
+    beta.join()
+    profiler.stop()
+    # ours could not be taken out from under on_top: it stays, passing through
+    assert greenlet.gettrace() is on_top
+    greenlet.settrace(ours)
+    profiler2 = greenprof.Profiler()
+    profiler2.start(greenlet.greenlet(lambda: None))
+    profiler2.stop()  # reuses the dispatcher and now removes it cleanly
+    assert greenlet.gettrace() is None
+    assert profiler.stats.tracer_reinstalls == 0
+    assert events(profiler.snapshots) == Counter(switch_in=6, switch_out=5, exit=1)
+
+
+class FaultyGreenlet(greenlet.greenlet):  # type: ignore[misc]
+    """A greenlet whose frame cannot be read once it runs: recording it fails."""
+
+    @property
+    def gr_frame(self) -> Any:
+        if self:  # started and not dead
+            raise RuntimeError("no frame for you")
+        return None
+
+
+def test_an_error_inside_the_tracer_never_reaches_the_program() -> None:
+    main = greenlet.getcurrent()
+    results: list[int] = []
+
+    def body() -> None:
+        for i in range(5):
+            results.append(i)
+            main.switch(i)
+
+    glet = FaultyGreenlet(body)
+    profiler = greenprof.Profiler()
+    profiler.start(glet)
+    values = [glet.switch() for _ in range(5)]
+    glet.switch()
+    tracer_during = greenlet.gettrace()
+    profiler.stop()
+    assert values == [0, 1, 2, 3, 4]
+    assert results == [0, 1, 2, 3, 4]
+    assert tracer_during is not None  # greenlet did not uninstall it
+    assert profiler.stats.tracer_errors == 5  # each switch-out failed
+    assert events(profiler.snapshots) == Counter(switch_in=6, exit=1)
+
+
+class InterruptingGreenlet(greenlet.greenlet):  # type: ignore[misc]
+    @property
+    def gr_frame(self) -> Any:
+        if self:
+            raise KeyboardInterrupt
+        return None
+
+
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="needs the main thread"
+)
+def test_ctrl_c_inside_the_tracer_still_reaches_the_program() -> None:
+    main = greenlet.getcurrent()
+    glet = InterruptingGreenlet(lambda: main.switch())
+    profiler = greenprof.Profiler()
+    profiler.start(glet)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            glet.switch()  # the tracer swallows it and re-raises it in the main thread
+            for _ in range(1000):
+                sum(range(10))
+    finally:
+        profiler.stop()
+        glet.throw(greenlet.GreenletExit)
+
+
+def test_greenprof_does_not_import_gevent() -> None:
+    import subprocess
+
+    code = "import sys, greenprof; print('gevent' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

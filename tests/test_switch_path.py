@@ -147,7 +147,7 @@ def test_switch_in_resumes_where_the_greenlet_switched_out() -> None:
     assert snapshots[0].stack == ()  # the first run starts with no stack
     assert snapshots[-1].event == "exit"
     assert snapshots[-1].stack == ()
-    for out, back in zip(snapshots[1:-1:2], snapshots[2:-1:2]):
+    for out, back in zip(snapshots[1:-1:2], snapshots[2:-1:2], strict=True):
         assert (out.event, back.event) == ("switch_out", "switch_in")
         assert back.stack == out.stack
         assert back.timestamp_ns >= out.timestamp_ns
@@ -544,7 +544,7 @@ def test_ctrl_c_inside_the_tracer_still_reaches_the_program() -> None:
     profiler = greenprof.Profiler()
     profiler.start(glet)
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):  # noqa: PT012 - it arrives a little later
             glet.switch()  # the tracer swallows it and re-raises it in the main thread
             for _ in range(1000):
                 sum(range(10))

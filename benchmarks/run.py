@@ -1,0 +1,22 @@
+"""Run every greenprof benchmark; ``--quick`` for a short run (``tox -e bench``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+BENCHMARKS = ["bench_switch.py"]
+
+
+def main() -> int:
+    failed = 0
+    for name in BENCHMARKS:
+        print(f"== {name}", flush=True)
+        failed |= subprocess.call([sys.executable, str(HERE / name), *sys.argv[1:]])
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,7 @@ Run: ``python examples/demo.py [output.jsonl]``
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections import defaultdict
 
@@ -56,8 +57,10 @@ def main() -> int:
 
     snapshots = profiler.snapshots
     print(f"Profiled {profiled.name} among {len(requests)} concurrent requests.")
-    print(f"{len(snapshots)} snapshots, all of greenlet(s): "
-          f"{sorted({s.greenlet_name for s in snapshots})}\n")
+    print(
+        f"{len(snapshots)} snapshots, all of greenlet(s): "
+        f"{sorted({s.greenlet_name for s in snapshots})}\n"
+    )
 
     start = snapshots[0].timestamp_ns
     print(f"{'t (ms)':>8}  {'event':<10} where")
@@ -70,7 +73,7 @@ def main() -> int:
 
     # Off-CPU time per wait site: from each switch-out to the next switch-in.
     waits: dict[str, float] = defaultdict(float)
-    for out, back in zip(snapshots, snapshots[1:]):
+    for out, back in itertools.pairwise(snapshots):
         if out.event == "switch_out" and back.event in ("switch_in", "throw"):
             user_frames = [f for f in out.stack if f.filename == __file__]
             site = user_frames[-1] if user_frames else out.stack[-1]
@@ -86,7 +89,7 @@ def main() -> int:
     foreign = demo_frames - own
     print(f"\nFrames from other requests' code in this profile: {len(foreign)}")
     print(f"Wrote {len(snapshots)} snapshots to {path}; read them back with greenprof.load().")
-    assert greenprof.load(path)[-len(snapshots):] == snapshots
+    assert greenprof.load(path)[-len(snapshots) :] == snapshots
     return 0 if not foreign else 1
 
 

@@ -6,11 +6,12 @@ records into :class:`~greenprof.Snapshot` objects and feeds its sinks.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 import attrs
@@ -346,6 +347,9 @@ class Profiler:
             except Exception as exc:
                 flushed = False
                 _report_sink_failure(state.sink, "flush", exc)
+            else:
+                if flushed is False:
+                    _report_sink_failure(state.sink, "flush", "it returned False")
             if flushed is False:
                 ok = False
                 with self._lock:
@@ -378,31 +382,40 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
-_reported_sinks: weakref.WeakSet[object] = weakref.WeakSet()
-_reported_sink_ids: set[int] = set()
+# id(sink) -> a weak (or, for sinks that refuse weak references, strong)
+# reference to the sink whose first failure was logged. Identity, not
+# equality: two equal sinks are two sinks.
+_reported_sinks: dict[int, Callable[[], object]] = {}
 
 
-def _report_sink_failure(sink: object, action: str, exc: Exception) -> None:
+def _report_sink_failure(sink: object, action: str, problem: Exception | str) -> None:
     """Log a sink's first failure only; later ones are just counted."""
+    key = id(sink)
+    seen = _reported_sinks.get(key)
+    if seen is not None and seen() is sink:
+        return
+    if len(_reported_sinks) > 256:
+        for stale in [k for k, ref in _reported_sinks.items() if ref() is None]:
+            del _reported_sinks[stale]
     try:
-        if sink in _reported_sinks:
-            return
-        _reported_sinks.add(sink)
-    except TypeError:  # not weakly referenceable
-        if id(sink) in _reported_sink_ids:
-            return
-        _reported_sink_ids.add(id(sink))
+        _reported_sinks[key] = weakref.ref(sink)
+    except TypeError:
+        _reported_sinks[key] = functools.partial(_same, sink)
+    detail = problem if isinstance(problem, str) else f"{type(problem).__name__}: {problem}"
     _logger.error(
-        "greenprof: sink %r failed in %s() (%s: %s). Other sinks still receive "
+        "greenprof: sink %r failed in %s() (%s). Other sinks still receive "
         "every snapshot, the profiler keeps them, and this sink's batch is "
         "retried at the next flush; further failures are only counted in "
         "Profiler.stats.sink_failures.",
         sink,
         action,
-        type(exc).__name__,
-        exc,
-        exc_info=exc,
+        detail,
+        exc_info=problem if isinstance(problem, Exception) else None,
     )
+
+
+def _same(value: object) -> object:
+    return value
 
 
 def _check_positive_int(name: str, value: object) -> None:

@@ -72,7 +72,7 @@ def load(path: str | os.PathLike[str]) -> list[Snapshot]:
             if not isinstance(obj, dict):
                 msg = f"{name}, line {number}: expected a JSON object, got {line.strip()[:60]!r}."
                 raise LoadError(msg)
-            if "format" in obj:
+            if "format" in obj and "type" not in obj:
                 _check_header(name, number, obj)
                 seen_header = True
                 continue
@@ -85,6 +85,9 @@ def load(path: str | os.PathLike[str]) -> list[Snapshot]:
             if obj.get("type") != "snapshot":
                 continue
             snapshots.append(_decode_snapshot(name, number, obj, frames))
+    if not seen_header:
+        msg = f"{name} is empty; a greenprof.sinks.JSONSink file starts with a header line."
+        raise LoadError(msg)
     return snapshots
 
 

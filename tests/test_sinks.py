@@ -1,0 +1,557 @@
+"""Sinks: what each one receives, how failures are contained, and the JSON snapshot file."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import greenlet
+import pytest
+
+import greenprof
+from greenprof import Frame, Snapshot
+from greenprof.exceptions import LoadError, SinkClosedError, UnsupportedFormatError
+from greenprof.sinks import JSONSink, MemorySink
+
+from .conftest import function_name, line_of
+
+# -- a deterministic workload -----------------------------------------------------
+
+
+def wait_in_main(main: greenlet.greenlet) -> None:
+    main.switch()  # the worker waits here
+
+
+def worker(main: greenlet.greenlet, waits: int) -> None:
+    for _ in range(waits):
+        wait_in_main(main)  # the worker calls here
+
+
+def snapshots_for(waits: int) -> int:
+    """Snapshots ``worker`` yields: first switch_in, a switch_out and a
+    switch_in per wait, and the exit."""
+    return 2 * waits + 2
+
+
+def make_worker(waits: int) -> greenlet.greenlet:
+    # A partial adds no Python frame: ``worker`` is the greenlet's outermost frame.
+    return greenlet.greenlet(functools.partial(worker, greenlet.getcurrent(), waits))
+
+
+def run(glet: greenlet.greenlet, switches: int | None = None) -> None:
+    """Switch into ``glet`` ``switches`` times, or until it finishes."""
+    done = 0
+    while not glet.dead and (switches is None or done < switches):
+        glet.switch()
+        done += 1
+
+
+def profile_worker(waits: int, **options: object) -> greenprof.Profiler:
+    glet = make_worker(waits)
+    profiler = greenprof.Profiler(**options)  # type: ignore[arg-type]
+    profiler.start(glet)
+    run(glet)
+    profiler.stop()
+    return profiler
+
+
+def wait_stack() -> tuple[Frame, ...]:
+    return (
+        Frame(__file__, function_name(worker), line_of(worker, "the worker calls here")),
+        Frame(__file__, function_name(wait_in_main), line_of(wait_in_main, "the worker waits")),
+    )
+
+
+# -- sinks used by the tests ----------------------------------------------------
+
+
+class FailingSink(MemorySink):
+    """A MemorySink whose first ``failures`` exports raise."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.export_calls = 0
+
+    def export(self, batch: Sequence[Snapshot]) -> None:
+        self.export_calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise OSError("the collector is down")
+        super().export(batch)
+
+
+class UnflushableSink(MemorySink):
+    def flush(self, timeout: float | None = None) -> bool:
+        return False
+
+
+def sequences(snapshots: list[Snapshot]) -> list[int]:
+    return [s.sequence for s in snapshots]
+
+
+# -- MemorySink and the ways to attach sinks ------------------------------------
+
+
+def test_memory_sink_receives_exactly_the_profilers_snapshots() -> None:
+    sink = MemorySink()
+    profiler = profile_worker(3, sinks=[sink])
+    assert len(profiler.snapshots) == snapshots_for(3)
+    assert sink.snapshots == profiler.snapshots
+    assert [s.event for s in sink.snapshots] == [
+        "switch_in",
+        "switch_out",
+        "switch_in",
+        "switch_out",
+        "switch_in",
+        "switch_out",
+        "switch_in",
+        "exit",
+    ]
+    assert sequences(sink.snapshots) == list(range(8))
+    assert sink.snapshots[1].stack == wait_stack()
+
+
+def test_sink_added_with_add_sink_receives_snapshots_recorded_before_it_was_added() -> None:
+    glet = make_worker(2)
+    profiler = greenprof.Profiler()
+    profiler.start(glet)
+    run(glet, switches=2)
+    sink = MemorySink()
+    profiler.add_sink(sink)
+    run(glet)
+    profiler.stop()
+    assert profiler.sinks == [sink]
+    assert len(sink.snapshots) == snapshots_for(2)
+    assert sink.snapshots == profiler.snapshots
+
+
+def test_profile_context_manager_delivers_to_its_sinks() -> None:
+    sink = MemorySink()
+    glet = make_worker(2)
+    with greenprof.profile(glet, sinks=[sink]) as profiler:
+        run(glet)
+    assert not profiler.is_running
+    assert len(sink.snapshots) == snapshots_for(2)
+    assert sink.snapshots == profiler.snapshots
+
+
+def test_profile_decorator_delivers_every_call_to_its_sinks() -> None:
+    sink = MemorySink()
+
+    @greenprof.profile(sinks=[sink])
+    def waits_twice(main: greenlet.greenlet) -> str:
+        wait_in_main(main)
+        wait_in_main(main)
+        return "done"
+
+    main = greenlet.getcurrent()
+    results = []
+    for _ in range(2):
+        glet = greenlet.greenlet(lambda: results.append(waits_twice(main)))
+        run(glet)
+    assert results == ["done", "done"]
+    # Each call profiles the greenlet running it from entry to return: two
+    # (switch_out, switch_in) pairs, no first switch_in and no exit.
+    per_call = ["switch_out", "switch_in", "switch_out", "switch_in"]
+    assert [s.event for s in sink.snapshots] == per_call + per_call
+    first, second = sink.snapshots[:4], sink.snapshots[4:]
+    assert sequences(first) == sequences(second) == list(range(4))
+    assert len({s.session_id for s in first}) == 1
+    assert len({s.session_id for s in second}) == 1
+    assert first[0].session_id != second[0].session_id
+
+
+def test_removed_sink_receives_nothing_after_removal() -> None:
+    kept, removed = MemorySink(), MemorySink()
+    glet = make_worker(3)
+    profiler = greenprof.Profiler(sinks=[kept, removed])
+    profiler.start(glet)
+    run(glet, switches=2)
+    assert profiler.flush() is True
+    delivered_before_removal = list(profiler.snapshots)
+    assert len(delivered_before_removal) == 4
+    profiler.remove_sink(removed)
+    run(glet)
+    profiler.stop()
+    assert profiler.sinks == [kept]
+    assert removed.snapshots == delivered_before_removal
+    assert kept.snapshots == profiler.snapshots
+    assert len(kept.snapshots) == snapshots_for(3)
+
+
+def test_sink_added_twice_receives_each_snapshot_once() -> None:
+    sink = MemorySink()
+    glet = make_worker(2)
+    profiler = greenprof.Profiler(sinks=[sink, sink])
+    profiler.add_sink(sink)
+    profiler.start(glet)
+    run(glet)
+    profiler.stop()
+    assert profiler.sinks == [sink]
+    assert sink.snapshots == profiler.snapshots
+    assert sequences(sink.snapshots) == list(range(snapshots_for(2)))
+
+
+def test_profile_scope_with_same_sink_twice_delivers_once() -> None:
+    sink = MemorySink()
+    glet = make_worker(1)
+    with greenprof.profile(glet, sinks=[sink, sink]) as profiler:
+        run(glet)
+    assert sink.snapshots == profiler.snapshots
+    assert len(sink.snapshots) == snapshots_for(1)
+
+
+# -- failing sinks -----------------------------------------------------------------
+
+
+def test_failing_sink_does_not_affect_other_sinks_or_the_profiler() -> None:
+    failing = FailingSink(failures=10)
+    healthy = MemorySink()
+    glet = make_worker(3)
+    profiler = greenprof.Profiler(sinks=[failing, healthy])
+    profiler.start(glet)
+    run(glet, switches=2)
+    assert profiler.flush() is False
+    run(glet)
+    profiler.stop()
+    assert failing.snapshots == []
+    assert failing.export_calls == 2
+    assert healthy.snapshots == profiler.snapshots
+    assert len(profiler.snapshots) == snapshots_for(3)
+    assert profiler.stats.sink_failures == 2
+    assert profiler.stats.snapshots == snapshots_for(3)
+
+
+def test_sink_failure_is_logged_once_across_flushes_and_profilers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failing = FailingSink(failures=10)
+    caplog.set_level(logging.ERROR, logger="greenprof")
+    first = profile_worker(1, sinks=[failing])
+    assert first.flush() is False
+    second = profile_worker(1, sinks=[failing])
+    assert first.stats.sink_failures == 2
+    assert second.stats.sink_failures == 1
+    assert failing.export_calls == 3
+    records = [r for r in caplog.records if r.name == "greenprof"]
+    assert len(records) == 1
+    assert records[0].levelno == logging.ERROR
+    message = records[0].getMessage()
+    assert "failed in export()" in message
+    assert "OSError: the collector is down" in message
+    assert "retried at the next flush" in message
+
+
+@dataclasses.dataclass(frozen=True)
+class EqualBrokenSink:
+    """Equal to any other with the same url."""
+
+    url: str
+
+    def export(self, batch: Sequence[Snapshot]) -> None:
+        raise OSError(f"{self.url} is down")
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def close(self) -> None:
+        return None
+
+
+class UnhashableBrokenSink(EqualBrokenSink):
+    __hash__ = None  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("sink_type", [EqualBrokenSink, UnhashableBrokenSink])
+def test_equal_but_distinct_sinks_each_get_their_first_failure_logged(
+    caplog: pytest.LogCaptureFixture, sink_type: type[EqualBrokenSink]
+) -> None:
+    caplog.set_level(logging.ERROR, logger="greenprof")
+    first, second = sink_type("http://collector"), sink_type("http://collector")
+    assert first == second
+    profile_worker(1, sinks=[first])
+    profile_worker(1, sinks=[first])
+    profile_worker(1, sinks=[second])
+    records = [r for r in caplog.records if r.name == "greenprof"]
+    assert len(records) == 2
+
+
+def test_a_sink_whose_flush_returns_false_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="greenprof")
+    sink = UnflushableSink()
+    profile_worker(1, sinks=[sink])
+    profile_worker(1, sinks=[sink])
+    records = [r.getMessage() for r in caplog.records if r.name == "greenprof"]
+    assert len(records) == 1
+    assert "failed in flush() (it returned False)" in records[0]
+
+
+def test_export_failure_is_retried_at_next_flush() -> None:
+    recovering = FailingSink(failures=1)
+    glet = make_worker(3)
+    profiler = greenprof.Profiler(sinks=[recovering])
+    profiler.start(glet)
+    run(glet, switches=2)
+    assert profiler.flush() is False
+    assert recovering.snapshots == []
+    run(glet)
+    profiler.stop()
+    assert recovering.export_calls == 2
+    assert recovering.snapshots == profiler.snapshots
+    assert sequences(recovering.snapshots) == list(range(snapshots_for(3)))
+    assert profiler.stats.sink_failures == 1
+
+
+def test_batch_that_failed_at_stop_is_delivered_by_a_later_flush() -> None:
+    recovering = FailingSink(failures=1)
+    profiler = profile_worker(2, sinks=[recovering])
+    assert recovering.snapshots == []
+    assert profiler.flush() is True
+    assert profiler.flush() is True
+    assert recovering.snapshots == profiler.snapshots
+    assert sequences(recovering.snapshots) == list(range(snapshots_for(2)))
+    assert recovering.export_calls == 2
+    assert profiler.stats.sink_failures == 1
+
+
+def test_sink_flush_returning_false_makes_profiler_flush_return_false() -> None:
+    unflushable, healthy = UnflushableSink(), MemorySink()
+    glet = make_worker(1)
+    profiler = greenprof.Profiler(sinks=[unflushable, healthy])
+    profiler.start(glet)
+    run(glet, switches=1)
+    assert profiler.flush() is False
+    run(glet)
+    profiler.stop()
+    assert unflushable.snapshots == healthy.snapshots == profiler.snapshots
+    assert profiler.stats.sink_failures == 2
+
+
+def test_profiler_flush_returns_true_when_every_sink_flushes() -> None:
+    sink = MemorySink()
+    glet = make_worker(1)
+    profiler = greenprof.Profiler(sinks=[sink])
+    profiler.start(glet)
+    run(glet, switches=1)
+    assert profiler.flush() is True
+    run(glet)
+    profiler.stop()
+    assert profiler.flush() is True
+    assert profiler.stats.sink_failures == 0
+
+
+# -- the JSON snapshot file -------------------------------------------------------
+
+
+def test_json_file_loads_back_equal_to_the_profilers_snapshots(tmp_path: Path) -> None:
+    path = tmp_path / "profile.jsonl"
+    sink = JSONSink(path)
+    profiler = profile_worker(3, sinks=[sink])
+    loaded = greenprof.load(path)
+    assert len(loaded) == snapshots_for(3)
+    assert loaded == profiler.snapshots
+    assert loaded[1].stack == wait_stack()
+    assert {s.session_id for s in loaded} == {profiler.session_id}
+
+
+def test_json_file_starts_with_the_format_header(tmp_path: Path) -> None:
+    path = tmp_path / "profile.jsonl"
+    profile_worker(1, sinks=[JSONSink(path)])
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert json.loads(lines[0]) == {"format": "greenprof-snapshots", "version": 1}
+    assert len(lines) == 1 + snapshots_for(1)
+    assert all(json.loads(line)["type"] == "snapshot" for line in lines[1:])
+
+
+def test_json_file_written_over_several_flushes_has_one_header(tmp_path: Path) -> None:
+    path = tmp_path / "profile.jsonl"
+    glet = make_worker(2)
+    profiler = greenprof.Profiler(sinks=[JSONSink(path)])
+    profiler.start(glet)
+    run(glet, switches=1)
+    assert profiler.flush() is True
+    run(glet)
+    profiler.stop()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    headers = [line for line in lines if "format" in json.loads(line)]
+    assert len(headers) == 1
+    assert greenprof.load(path) == profiler.snapshots
+
+
+def test_two_sessions_appended_to_one_file_load_back_as_both(tmp_path: Path) -> None:
+    path = tmp_path / "profile.jsonl"
+    first = profile_worker(1, sinks=[JSONSink(path)])
+    second = profile_worker(2, sinks=[JSONSink(path)])
+    loaded = greenprof.load(path)
+    assert loaded == first.snapshots + second.snapshots
+    assert first.session_id != second.session_id
+    by_session = {
+        session: [s.sequence for s in loaded if s.session_id == session]
+        for session in (first.session_id, second.session_id)
+    }
+    assert by_session == {
+        first.session_id: list(range(snapshots_for(1))),
+        second.session_id: list(range(snapshots_for(2))),
+    }
+
+
+def test_closed_json_sink_refuses_to_export(tmp_path: Path) -> None:
+    path = tmp_path / "profile.jsonl"
+    sink = JSONSink(path)
+    profiler = profile_worker(1)
+    sink.close()
+    sink.close()  # idempotent
+    with pytest.raises(SinkClosedError, match="is closed; create a new one"):
+        sink.export(profiler.snapshots)
+    assert not path.exists()
+
+
+def test_closed_json_sink_counts_as_a_failing_sink(tmp_path: Path) -> None:
+    sink = JSONSink(tmp_path / "profile.jsonl")
+    sink.close()
+    profiler = profile_worker(1, sinks=[sink])
+    assert profiler.stats.sink_failures == 1
+    assert len(profiler.snapshots) == snapshots_for(1)
+
+
+def write_lines(path: Path, *objects: object) -> None:
+    path.write_text(
+        "".join((o if isinstance(o, str) else json.dumps(o)) + "\n" for o in objects),
+        encoding="utf-8",
+    )
+
+
+HEADER = {"format": "greenprof-snapshots", "version": 1}
+
+
+def snapshot_line(**overrides: object) -> dict[str, object]:
+    line: dict[str, object] = {
+        "type": "snapshot",
+        "session_id": "abc",
+        "sequence": 0,
+        "timestamp_ns": 1_700_000_000_000_000_000,
+        "event": "switch_out",
+        "greenlet_id": 7,
+        "greenlet_name": "worker",
+        "thread_id": 11,
+        "stack": [["app.py", "serve", 10], ["app.py", "handle", 20]],
+    }
+    line.update(overrides)
+    return line
+
+
+EXPECTED = Snapshot(
+    greenlet_id=7,
+    greenlet_name="worker",
+    thread_id=11,
+    event="switch_out",
+    sequence=0,
+    timestamp_ns=1_700_000_000_000_000_000,
+    stack=(Frame("app.py", "serve", 10), Frame("app.py", "handle", 20)),
+    session_id="abc",
+)
+
+
+def test_load_rejects_a_newer_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "future.jsonl"
+    write_lines(path, {"format": "greenprof-snapshots", "version": 2}, snapshot_line())
+    with pytest.raises(UnsupportedFormatError, match=r"line 1: schema version 2") as info:
+        greenprof.load(path)
+    assert "Upgrade greenprof" in str(info.value)
+    assert isinstance(info.value, LoadError)
+
+
+def test_load_rejects_another_format(tmp_path: Path) -> None:
+    path = tmp_path / "other.jsonl"
+    write_lines(path, {"format": "someone-else", "version": 1})
+    with pytest.raises(UnsupportedFormatError, match="'someone-else' is not"):
+        greenprof.load(path)
+
+
+def test_load_names_the_line_that_is_not_json(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.jsonl"
+    write_lines(path, HEADER, snapshot_line(), '{"type": "snapsh')
+    with pytest.raises(LoadError, match=r"line 3: not JSON"):
+        greenprof.load(path)
+
+
+def test_load_names_the_line_of_an_invalid_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "invalid.jsonl"
+    write_lines(path, HEADER, snapshot_line(), snapshot_line(sequence="one"), snapshot_line())
+    with pytest.raises(LoadError, match=r"line 3: not a valid snapshot") as info:
+        greenprof.load(path)
+    assert "'one'" in str(info.value)
+
+
+def test_load_names_the_line_of_a_snapshot_missing_a_field(tmp_path: Path) -> None:
+    line = snapshot_line()
+    del line["event"]
+    path = tmp_path / "missing.jsonl"
+    write_lines(path, HEADER, line)
+    with pytest.raises(LoadError, match=r"line 2: not a valid snapshot \(missing field 'event'\)"):
+        greenprof.load(path)
+
+
+def test_load_rejects_a_file_without_header(tmp_path: Path) -> None:
+    path = tmp_path / "headless.jsonl"
+    write_lines(path, snapshot_line())
+    with pytest.raises(LoadError, match="does not start with a greenprof header line"):
+        greenprof.load(path)
+
+
+def test_load_rejects_an_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n\n")
+    with pytest.raises(LoadError, match="is empty"):
+        greenprof.load(path)
+
+
+def test_a_snapshot_with_an_unknown_format_key_is_not_taken_for_a_header(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "extra-format-key.jsonl"
+    write_lines(path, HEADER, snapshot_line(format="v2-frames"))
+    assert greenprof.load(path) == [EXPECTED]
+
+
+def test_load_ignores_unknown_keys_and_unknown_line_types(tmp_path: Path) -> None:
+    path = tmp_path / "newer.jsonl"
+    write_lines(
+        path,
+        {**HEADER, "writer": "greenprof 9.9"},
+        {"type": "comment", "text": "ignore me"},
+        snapshot_line(cpu_ns=12345, labels={"route": "/"}),
+        "",
+        {"type": "metadata", "hostname": "box"},
+    )
+    assert greenprof.load(path) == [EXPECTED]
+
+
+# -- the decorator and the file ----------------------------------------------------
+
+
+def test_decorator_with_json_sink_writes_one_session_per_call(tmp_path: Path) -> None:
+    path = tmp_path / "calls.jsonl"
+
+    @greenprof.profile(sinks=[JSONSink(path)])
+    def handle(main: greenlet.greenlet) -> None:
+        wait_in_main(main)
+
+    for _ in range(3):
+        run(greenlet.greenlet(functools.partial(handle, greenlet.getcurrent())))
+    loaded = greenprof.load(path)
+    sessions: dict[str, list[str]] = {}
+    for snapshot in loaded:
+        sessions.setdefault(snapshot.session_id, []).append(snapshot.event)
+    assert len(sessions) == 3
+    assert list(sessions.values()) == [["switch_out", "switch_in"]] * 3
+    assert sequences(loaded) == [0, 1] * 3
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1 + 6

@@ -559,3 +559,30 @@ def test_greenprof_does_not_import_gevent() -> None:
     code = "import sys, greenprof; print('gevent' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_probing_for_our_tracer_records_nothing_for_the_profiled_caller() -> None:
+    main = greenlet.getcurrent()
+    partner = greenlet.greenlet(lambda: [main.switch() for _ in range(3)])
+    profiler = greenprof.Profiler()
+    profiler.start()  # the calling greenlet itself
+    ours = greenlet.gettrace()
+
+    def on_top(event: str, args: Any) -> None:
+        ours(event, args)
+
+    greenlet.settrace(on_top)
+    try:
+        partner.switch()
+        profiler.flush()  # an unknown tracer on top: greenprof probes with a switch
+        partner.switch()
+    finally:
+        greenlet.settrace(ours)
+        profiler.stop()
+    snapshots = profiler.snapshots
+    assert [s.event for s in snapshots] == ["switch_out", "switch_in"] * 2
+    for snapshot in snapshots:
+        assert all("greenprof" not in f.filename for f in snapshot.stack)
+        assert snapshot.stack[-1].function == function_name(
+            test_probing_for_our_tracer_records_nothing_for_the_profiled_caller
+        )

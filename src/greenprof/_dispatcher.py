@@ -17,7 +17,7 @@ from typing import Any
 import greenlet
 
 from ._buffer import EXIT, SWITCH_IN, SWITCH_OUT, THROW, GreenletBuffer, Record
-from ._stack import EMPTY_STACK, RawStack, StackTracker
+from ._stack import EMPTY_STACK, RawStack, capture
 from ._threads import allocate_real_lock, thread_ident
 
 TraceFunction = Callable[[str, Any], Any]
@@ -38,12 +38,12 @@ class GreenletWatch:
     instead of walking frames again.
     """
 
-    __slots__ = ("_hash", "buffers", "last_stack", "ref", "tracker")
+    __slots__ = ("_hash", "buffers", "depth", "last_stack", "ref")
 
     def __init__(self, glet: greenlet.greenlet, depth: int) -> None:
         self._hash = hash(glet)
         self.buffers: tuple[GreenletBuffer, ...] = ()
-        self.tracker = StackTracker(depth)
+        self.depth = depth
         self.last_stack: RawStack = EMPTY_STACK
         self.ref: weakref.ref[greenlet.greenlet] = _DEAD_REF
 
@@ -119,12 +119,14 @@ class SwitchDispatcher:
         # The probe's switches must not show up in the caller's own profile.
         caller_watch = self.watches.pop(greenlet.getcurrent(), None)
         watch = self.watch(probe, buffer)
+        self.set_running(None)
         try:
             probe.switch()
         finally:
             self.unwatch(watch, buffer)
             if caller_watch is not None:
                 self.watches[caller_watch] = caller_watch
+            self.set_running(caller_watch)
         return buffer.count > 0
 
     def release(self) -> None:
@@ -137,7 +139,9 @@ class SwitchDispatcher:
         """
         if self.watches:
             return
-        if thread_ident() != self.thread_id:
+        if thread_ident() != self.thread_id or greenlet.gettrace() is not self.trace:
+            # Not ours to remove now (another thread's, or chained under another
+            # tracer): the tracer removes itself at the first switch where it can.
             self.detach_requested = True
             return
         if greenlet.gettrace() is self.trace:
@@ -161,8 +165,8 @@ class SwitchDispatcher:
                 # Suspended: it will resume right here. (Running now: its next
                 # event is a switch-out, which captures its stack. Not started:
                 # it starts with no stack.)
-                watch.last_stack = watch.tracker.capture(glet.gr_frame)
-        watch.tracker.depth = max(watch.tracker.depth, buffer.depth)
+                watch.last_stack = capture(glet.gr_frame, buffer.depth)
+        watch.depth = max(watch.depth, buffer.depth)
         watch.buffers = (*watch.buffers, buffer)
         self.watches[watch] = watch
         if running:
@@ -175,7 +179,6 @@ class SwitchDispatcher:
         watch.buffers = remaining
         if not remaining and self.watches.get(watch) is watch:
             del self.watches[watch]
-            watch.tracker.clear()
             watch.ref = _DEAD_REF  # breaks the watch -> ref -> forget -> watch cycle
 
 
@@ -250,13 +253,25 @@ def _make_trace(dispatcher: SwitchDispatcher, previous: TraceFunction | None) ->
             watch = found
         frame = origin.gr_frame
         if frame is None:
-            code = EXIT
-            stack = EMPTY_STACK
-            watch.tracker.clear()
-        else:
-            code = SWITCH_OUT
-            stack = watch.last_stack = watch.tracker.capture(frame)
-        store(watch, (code, now(), stack))
+            store(watch, (EXIT, now(), EMPTY_STACK))
+            return
+        # capture(), inlined: this loop is most of a snapshot's cost.
+        stack: RawStack = []
+        append = stack.append
+        limit = watch.depth
+        while frame is not None and limit:
+            append(frame.f_code)
+            append(frame.f_lasti)
+            frame = frame.f_back
+            limit -= 1
+        watch.last_stack = stack
+        record = (SWITCH_OUT, now(), stack)
+        for buffer in watch.buffers:  # store(), inlined
+            if buffer.count < buffer.limit:
+                buffer.count += 1
+                buffer.records.append(record)
+            else:
+                buffer.dropped += 1
 
     def switched_in(watch: GreenletWatch, event: str, origin: greenlet.greenlet) -> None:
         if watch == origin:  # a greenlet "switching" to itself
@@ -264,12 +279,12 @@ def _make_trace(dispatcher: SwitchDispatcher, previous: TraceFunction | None) ->
         store(watch, (SWITCH_IN if event == "switch" else THROW, now(), watch.last_stack))
 
     def detach_if_requested() -> None:
-        # The last session here was stopped from another thread.
-        if dispatcher.detach_requested:
+        # The last session here was stopped from another thread, or while
+        # another tracer sat on top of ours.
+        if dispatcher.detach_requested and gettrace() is trace:
             dispatcher.detach_requested = False
-            if gettrace() is trace:
-                settrace(previous)
-                dispatcher.installed = False
+            settrace(previous)
+            dispatcher.installed = False
 
     def failed(exc: BaseException) -> None:
         dispatcher.errors += 1

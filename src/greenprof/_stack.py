@@ -1,100 +1,40 @@
 """Raw stacks on the switch path, readable frames later.
 
-The switch path keeps ``(code, f_lasti, code, f_lasti, ...)`` outermost
-first, and re-walks only the frames that changed since the greenlet's last
-switch. The formatter turns raw stacks into :class:`~greenprof.Frame` tuples,
+The switch path keeps ``[code, f_lasti, code, f_lasti, ...]`` innermost
+first. The formatter turns raw stacks into :class:`~greenprof.Frame` tuples,
 cached per code object and offset.
 """
 
 from __future__ import annotations
 
-import inspect
 import sys
 from types import CodeType, FrameType
 
 from .snapshot import Frame
 
-#: Outermost first, alternating code object and ``f_lasti``.
-RawStack = tuple[CodeType | int, ...]
+#: Innermost first, alternating code object and ``f_lasti``. Never mutated
+#: once recorded: a switch-in record shares its switch-out's list.
+RawStack = list[CodeType | int]
 
-EMPTY_STACK: RawStack = ()
-
-# A frame of these can be suspended and resumed under another caller, so its
-# position in a stack proves nothing about the frames below it.
-_RESUMABLE = (
-    inspect.CO_GENERATOR
-    | inspect.CO_COROUTINE
-    | inspect.CO_ASYNC_GENERATOR
-    | inspect.CO_ITERABLE_COROUTINE
-)
+EMPTY_STACK: RawStack = []
 
 
-class StackTracker:
-    """The last captured stack of one greenlet, to capture the next one cheaply.
+def capture(frame: FrameType | None, depth: int) -> RawStack:
+    """The innermost ``depth`` frames from ``frame`` outward, unformatted.
 
-    Between two switches of a greenlet the outer part of its stack is usually
-    the very same frames, still waiting in the same calls. ``capture`` walks
-    from the innermost frame outward only until it meets a frame it captured
-    last time: a plain function frame that is still running was called before
-    that capture, so every frame outside it is unchanged, offsets included.
-    Generator and coroutine frames are never used as such an anchor.
-
-    The tracker holds the frames of the last captured stack (the keys of
-    ``positions``) until the next capture or :meth:`clear`; their locals live
-    that long.
+    Only ``(code, f_lasti)`` pairs are kept, never frame objects: holding a
+    frame would keep its locals alive past its return, and letting go of it
+    later would run their finalizers inside the tracer. (The tracer inlines
+    this loop; this function serves everything off the switch path.)
     """
-
-    __slots__ = ("depth", "positions", "raw")
-
-    def __init__(self, depth: int) -> None:
-        self.depth = depth
-        #: Frame -> its index in the last captured stack, outermost = 0.
-        self.positions: dict[FrameType, int] = {}
-        #: The last captured stack, outermost first, two items a frame.
-        self.raw: list[CodeType | int] = []
-
-    def capture(self, frame: FrameType | None) -> RawStack:
-        positions = self.positions
-        raw = self.raw
-        get = positions.get
-        fresh: list[FrameType] = []
-        append = fresh.append
-        limit = self.depth
-        position = None
-        while frame is not None and limit:
-            position = get(frame)
-            if position is not None:
-                break
-            append(frame)
-            frame = frame.f_back
-            limit -= 1
-        if position is None or frame is None:
-            # Nothing shared (a new stack, or deeper than ``depth``).
-            positions.clear()
-            raw.clear()
-        else:
-            # Forget what was above the anchor last time: it has returned.
-            while positions:
-                last, index = positions.popitem()
-                if index <= position:
-                    positions[last] = index
-                    break
-            del raw[2 * position + 2 :]
-            # The anchor itself may wait in another call now.
-            raw[2 * position + 1] = frame.f_lasti
-        index = len(raw) >> 1
-        for frame in reversed(fresh):
-            code = frame.f_code
-            if not code.co_flags & _RESUMABLE:
-                positions[frame] = index
-            raw.append(code)
-            raw.append(frame.f_lasti)
-            index += 1
-        return tuple(raw)
-
-    def clear(self) -> None:
-        self.positions.clear()
-        self.raw.clear()
+    raw: list[CodeType | int] = []
+    append = raw.append
+    while frame is not None and depth:
+        append(frame.f_code)
+        append(frame.f_lasti)
+        frame = frame.f_back
+        depth -= 1
+    return raw
 
 
 def _line_for_offset(code: CodeType, offset: int) -> int:
@@ -128,8 +68,8 @@ class FrameFormatter:
     def stack(self, raw: RawStack, depth: int) -> tuple[Frame, ...]:
         """Outermost first, keeping at most the ``depth`` innermost frames."""
         frame = self.frame
-        first = max(0, len(raw) // 2 - depth)
+        pairs = min(len(raw) // 2, depth)
         return tuple(
             frame(raw[2 * i], raw[2 * i + 1])  # type: ignore[arg-type]
-            for i in range(first, len(raw) // 2)
+            for i in range(pairs - 1, -1, -1)
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 import greenlet
 
-from ._buffer import EXIT, SWITCH_IN, SWITCH_OUT, THROW, GreenletBuffer, Record
+from ._buffer import EXIT, SWITCH_IN, SWITCH_OUT, THROW, GreenletBuffer
 from ._stack import EMPTY_STACK, RawStack, capture
 from ._threads import allocate_real_lock, thread_ident
 
@@ -65,7 +65,13 @@ _DEAD_REF = _dead_ref()
 
 
 class SwitchDispatcher:
-    """The greenlet tracer of one OS thread, shared by every session there."""
+    """The greenlet tracer of one OS thread, shared by every session there.
+
+    It owns exactly two tracer functions, built once: ``trace`` when there is
+    no previous tracer to chain, ``chained`` otherwise. Re-installing never
+    builds new ones, so a library that saved one of them and puts it back
+    later puts back a tracer greenprof still recognises and keeps current.
+    """
 
     def __init__(self, thread_id: int) -> None:
         self.thread_id = thread_id
@@ -79,25 +85,28 @@ class SwitchDispatcher:
         self.previous_errors = 0
         #: Times greenprof found its tracer removed by someone else and put it back.
         self.reinstalls = 0
-        self.trace: TraceFunction = _make_trace(self, None)
-        self.set_running: Callable[[GreenletWatch | None], None] = _ignore
+        self.set_running: Callable[[GreenletWatch | None], None]
+        self.trace, self.chained = _make_tracers(self)
+
+    def is_ours(self, tracer: object) -> bool:
+        return tracer is self.trace or tracer is self.chained
 
     # -- installation (always from the dispatcher's own thread) -------------
 
     def ensure_installed(self) -> None:
         """Install the tracer, or re-install it if something dropped it."""
         current: TraceFunction | None = greenlet.gettrace()  # type: ignore[assignment]
-        if current is self.trace:
+        if self.is_ours(current):
             self.installed = True
             return
         if self.installed and self._receives_switches(current):
             return
         if self.installed:
             self.reinstalls += 1
-        self.previous = current
-        self.trace = _make_trace(self, current)
+        # Switches since we last heard of any may have changed who runs.
         self.set_running(self.watches.get(greenlet.getcurrent()))
-        greenlet.settrace(self.trace)
+        self.previous = current
+        greenlet.settrace(self.trace if current is None else self.chained)
         self.detach_requested = False
         self.installed = True
 
@@ -107,7 +116,7 @@ class SwitchDispatcher:
         for _ in range(_MAX_CHAIN):
             if tracer is None:
                 break
-            if tracer is self.trace:
+            if self.is_ours(tracer):
                 return True
             tracer = getattr(tracer, "previous_trace_function", None)
         if current is None:
@@ -132,25 +141,31 @@ class SwitchDispatcher:
     def release(self) -> None:
         """Uninstall once nothing is watched, restoring the previous tracer.
 
-        From another thread, ask the dispatcher's own thread to do it at its
-        next switch. When another tracer was installed on top of ours and
-        chains it, ours cannot be taken out of the middle: it stays, passing
-        every event through, until a later session in this thread reuses it.
+        When that cannot be done now (called from another thread, or another
+        tracer sits on top of ours and chains it), the tracer removes itself
+        at the first switch in its thread where it is on top again.
         """
         if self.watches:
             return
-        if thread_ident() != self.thread_id or greenlet.gettrace() is not self.trace:
-            # Not ours to remove now (another thread's, or chained under another
-            # tracer): the tracer removes itself at the first switch where it can.
+        if thread_ident() != self.thread_id or not self.is_ours(greenlet.gettrace()):
             self.detach_requested = True
             return
-        if greenlet.gettrace() is self.trace:
-            greenlet.settrace(self.previous)
-            self.previous = None
-            self.installed = False
-            with _registry_lock:
-                if _registry.get(self.thread_id) is self:
-                    del _registry[self.thread_id]
+        self.detach()
+
+    def detach(self) -> None:
+        """Put the previous tracer back (ours is on top, in our thread) and
+        forget this dispatcher."""
+        self.uninstall()
+        with _registry_lock:
+            if _registry.get(self.thread_id) is self:
+                del _registry[self.thread_id]
+
+    def uninstall(self) -> None:
+        # Also called from the tracer itself: no lock, nothing that switches.
+        greenlet.settrace(self.previous)
+        self.previous = None
+        self.installed = False
+        self.detach_requested = False
 
     # -- watches ------------------------------------------------------------
 
@@ -186,10 +201,6 @@ def _return_none() -> None:
     return None
 
 
-def _ignore(watch: GreenletWatch | None) -> None:
-    return None
-
-
 def _forgetter(
     watches: dict[object, GreenletWatch], watch: GreenletWatch
 ) -> Callable[[weakref.ref[greenlet.greenlet]], None]:
@@ -210,20 +221,18 @@ def _redeliver(exc: BaseException) -> None:
         _thread.interrupt_main()
 
 
-def _make_trace(dispatcher: SwitchDispatcher, previous: TraceFunction | None) -> TraceFunction:
-    """Build the tracer; everything it touches is bound up front.
+def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFunction]:
+    """Build the dispatcher's tracer, and the same chaining its previous one.
 
-    A fresh closure is built at each install, so the chained ``previous``
-    tracer is a constant of the switch path, and with nothing to chain the
-    tracer has no chaining code at all. ``running`` is the watch of the
-    greenlet running now (the target of the last switch), so a switch costs
-    one dict lookup, for the target; a miss runs no Python code.
+    Everything the switch path touches is bound up front. ``running`` is the
+    watch of the greenlet running now (the target of the last switch), so a
+    switch costs one dict lookup, for the target, and a miss runs no Python
+    code; a switch-out of a watched greenlet costs no lookup at all.
     """
     watches = dispatcher.watches
     get = watches.get
     now = time.perf_counter_ns
     gettrace = greenlet.gettrace
-    settrace = greenlet.settrace
     running: GreenletWatch | None = None
 
     def set_running(watch: GreenletWatch | None) -> None:
@@ -232,107 +241,88 @@ def _make_trace(dispatcher: SwitchDispatcher, previous: TraceFunction | None) ->
 
     dispatcher.set_running = set_running
 
-    def store(watch: GreenletWatch, record: Record) -> None:
-        for buffer in watch.buffers:
-            if buffer.count < buffer.limit:
-                buffer.count += 1
-                buffer.records.append(record)
-            else:
-                buffer.dropped += 1
-
-    def switched_out(
-        watch: GreenletWatch, origin: greenlet.greenlet, target: greenlet.greenlet
-    ) -> None:
-        if origin is target:
-            return
-        if watch.ref() is not origin:
-            # Switches happened while this tracer was not installed.
-            found = get(origin)
-            if found is None:
-                return
-            watch = found
-        frame = origin.gr_frame
-        if frame is None:
-            store(watch, (EXIT, now(), EMPTY_STACK))
-            return
-        # capture(), inlined: this loop is most of a snapshot's cost.
-        stack: RawStack = []
-        append = stack.append
-        limit = watch.depth
-        while frame is not None and limit:
-            append(frame.f_code)
-            append(frame.f_lasti)
-            frame = frame.f_back
-            limit -= 1
-        watch.last_stack = stack
-        record = (SWITCH_OUT, now(), stack)
-        for buffer in watch.buffers:  # store(), inlined
-            if buffer.count < buffer.limit:
-                buffer.count += 1
-                buffer.records.append(record)
-            else:
-                buffer.dropped += 1
-
-    def switched_in(watch: GreenletWatch, event: str, origin: greenlet.greenlet) -> None:
-        if watch == origin:  # a greenlet "switching" to itself
-            return
-        store(watch, (SWITCH_IN if event == "switch" else THROW, now(), watch.last_stack))
-
-    def detach_if_requested() -> None:
-        # The last session here was stopped from another thread, or while
-        # another tracer sat on top of ours.
-        if dispatcher.detach_requested and gettrace() is trace:
-            dispatcher.detach_requested = False
-            settrace(previous)
-            dispatcher.installed = False
-
-    def failed(exc: BaseException) -> None:
-        dispatcher.errors += 1
-        _redeliver(exc)
-
-    # Two variants rather than one with an ``if previous is not None``: the
-    # unprofiled switch is the cost every gevent program pays, and this keeps
-    # it within the benchmark's target.
-    if previous is None:
-
-        def trace(event: str, args: Any) -> None:
-            nonlocal running
-            if event == "switch" or event == "throw":
-                try:
-                    origin, target = args
-                    if running is not None:
-                        switched_out(running, origin, target)
-                    watch = running = get(target)
+    def trace(event: str, args: Any) -> None:
+        nonlocal running
+        if event == "switch" or event == "throw":
+            try:
+                origin, target = args
+                watch: GreenletWatch | None
+                if running is not None and origin is not target:
+                    watch = running
+                    if watch.ref() is not origin:  # switched while we were not installed
+                        watch = get(origin)
                     if watch is not None:
-                        switched_in(watch, event, origin)
-                    elif not watches:
-                        detach_if_requested()
-                except BaseException as exc:
-                    failed(exc)
+                        frame = origin.gr_frame
+                        if frame is None:
+                            record = (EXIT, now(), EMPTY_STACK)
+                        else:
+                            # capture(), inlined and unrolled: this loop is most of a
+                            # snapshot's cost. It may keep up to 3 frames beyond
+                            # ``depth``; formatting drops them.
+                            stack: RawStack = []
+                            append = stack.append
+                            limit = watch.depth
+                            while limit > 0:
+                                append(frame.f_code)
+                                append(frame.f_lasti)
+                                frame = frame.f_back
+                                if frame is None:
+                                    break
+                                append(frame.f_code)
+                                append(frame.f_lasti)
+                                frame = frame.f_back
+                                if frame is None:
+                                    break
+                                append(frame.f_code)
+                                append(frame.f_lasti)
+                                frame = frame.f_back
+                                if frame is None:
+                                    break
+                                append(frame.f_code)
+                                append(frame.f_lasti)
+                                frame = frame.f_back
+                                if frame is None:
+                                    break
+                                limit -= 4
+                            watch.last_stack = stack
+                            record = (SWITCH_OUT, now(), stack)
+                        for buffer in watch.buffers:
+                            if buffer.count < buffer.limit:
+                                buffer.count += 1
+                                buffer.records.append(record)
+                            else:
+                                buffer.dropped += 1
+                running = get(target)
+                if running is not None:
+                    if origin is not target:
+                        kind = SWITCH_IN if event == "switch" else THROW
+                        record = (kind, now(), running.last_stack)
+                        for buffer in running.buffers:
+                            if buffer.count < buffer.limit:
+                                buffer.count += 1
+                                buffer.records.append(record)
+                            else:
+                                buffer.dropped += 1
+                elif not watches and dispatcher.detach_requested and dispatcher.is_ours(gettrace()):
+                    # The last session here was stopped from another thread,
+                    # or while another tracer sat on top of ours. (The entry
+                    # in the registry stays for the next session to reuse.)
+                    dispatcher.uninstall()
+            except BaseException as exc:
+                dispatcher.errors += 1
+                _redeliver(exc)
 
-    else:
-
-        def trace(event: str, args: Any) -> None:
-            nonlocal running
-            if event == "switch" or event == "throw":
-                try:
-                    origin, target = args
-                    if running is not None:
-                        switched_out(running, origin, target)
-                    watch = running = get(target)
-                    if watch is not None:
-                        switched_in(watch, event, origin)
-                    elif not watches:
-                        detach_if_requested()
-                except BaseException as exc:
-                    failed(exc)
+    def chained(event: str, args: Any) -> None:
+        previous = dispatcher.previous  # read first: trace() may uninstall us
+        trace(event, args)
+        if previous is not None:
             try:
                 previous(event, args)
             except BaseException as exc:
                 dispatcher.previous_errors += 1
                 _redeliver(exc)
 
-    return trace
+    return trace, chained
 
 
 # -- the per-thread registry ---------------------------------------------------

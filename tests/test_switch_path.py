@@ -586,3 +586,52 @@ def test_probing_for_our_tracer_records_nothing_for_the_profiled_caller() -> Non
         assert snapshot.stack[-1].function == function_name(
             test_probing_for_our_tracer_records_nothing_for_the_profiled_caller
         )
+
+
+def test_a_saved_greenprof_tracer_put_back_later_keeps_recording_right() -> None:
+    main = greenlet.getcurrent()
+    glet = greenlet.greenlet(lambda: [main.switch() for _ in range(6)])
+    profiler = greenprof.Profiler()
+    profiler.start(glet)
+    saved = greenlet.gettrace()  # a library saves the tracer ...
+
+    def intruder(event: str, args: Any) -> None:
+        return None
+
+    greenlet.settrace(intruder)  # ... installs its own, chaining nothing ...
+    glet.switch()  # missed
+    profiler.flush()  # greenprof re-installs itself, chaining the intruder
+    glet.switch()
+    greenlet.settrace(saved)  # ... and finally puts back what it saved
+    glet.switch()
+    glet.switch()
+    profiler.stop()
+    assert greenlet.gettrace() is intruder  # greenprof's own previous tracer
+    greenlet.settrace(None)
+    assert profiler.stats.tracer_reinstalls == 1
+    # one round trip missed while the intruder ruled; three recorded after it
+    assert events(profiler.snapshots) == Counter(switch_in=3, switch_out=3)
+
+
+def test_tracer_stopped_under_gevents_monitor_leaves_once_the_monitor_goes() -> None:
+    from .test_gevent_integration import run_python
+
+    result = run_python(
+        """
+        import json, gevent, greenlet, greenprof
+
+        keeper = greenlet.greenlet(lambda: None)
+        profiler = greenprof.Profiler()
+        profiler.start(keeper)             # ours first ...
+        gevent.sleep(0)                    # ... then the hub's monitor on top
+        on_top = type(greenlet.gettrace()).__name__
+        profiler.stop()                    # cannot take ours from under it
+        still_chained = greenlet.gettrace() is not None
+        gevent.get_hub().destroy(destroy_loop=True)   # monitor gone: ours on top
+        greenlet.greenlet(lambda: None).switch()      # first switch: ours leaves
+        print(json.dumps({"on_top": on_top, "still_chained": still_chained,
+                          "after": repr(greenlet.gettrace())}))
+        """,
+        GEVENT_MONITOR_THREAD_ENABLE="true",
+    )
+    assert result == {"on_top": "GreenletTracer", "still_chained": True, "after": "None"}

@@ -212,6 +212,11 @@ class Profiler:
                 raise NotRunningError(msg)
             targets = list(self._running.values())
             self._running.clear()
+        # Notice (and count in stats) a tracer that other code removed.
+        ident = thread_ident()
+        for dispatcher in {id(t.dispatcher): t.dispatcher for t in targets}.values():
+            if dispatcher.thread_id == ident and dispatcher.watches:
+                dispatcher.ensure_installed()
         for target in targets:
             target.dispatcher.unwatch(target.watch, target.buffer)
             target.dispatcher.release()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._profiler import Profiler, ProfilerStats
+from ._profiler import MODES, Profiler, ProfilerStats
+from ._report import GreenletTime, Report, RunSlice, StackTime
 from ._schema import load
 from ._scope import ProfileScope, profile
 from .snapshot import EVENTS, Frame, Snapshot
@@ -20,11 +21,16 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "EVENTS",
+    "MODES",
     "Frame",
+    "GreenletTime",
     "ProfileScope",
     "Profiler",
     "ProfilerStats",
+    "Report",
+    "RunSlice",
     "Snapshot",
+    "StackTime",
     "__version__",
     "load",
     "profile",

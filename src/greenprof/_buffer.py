@@ -6,7 +6,10 @@ The switch path appends; draining happens later, from any thread.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Final
+
+import greenlet
 
 from ._stack import RawStack
 
@@ -15,9 +18,12 @@ SWITCH_IN: Final = 0
 THROW: Final = 1
 SWITCH_OUT: Final = 2
 EXIT: Final = 3
+SAMPLE: Final = 4
 
-#: ``(event code, perf_counter_ns(), raw stack)``
-Record = tuple[int, int, RawStack]
+#: ``(event code, perf_counter_ns(), raw stack)``, and for thread-mode
+#: samples also the ``greenlet_id`` and ``greenlet_name`` of the greenlet
+#: that was running.
+Record = tuple[int, int, RawStack] | tuple[int, int, RawStack, int, str]
 
 
 class GreenletBuffer:
@@ -33,9 +39,11 @@ class GreenletBuffer:
         "count",
         "depth",
         "dropped",
+        "follow",
         "greenlet_id",
         "greenlet_name",
         "limit",
+        "parent_id",
         "records",
         "thread_id",
     )
@@ -57,6 +65,20 @@ class GreenletBuffer:
         self.greenlet_id = greenlet_id
         self.greenlet_name = greenlet_name
         self.thread_id = thread_id
+        #: ``greenlet_id`` of the greenlet that spawned this one, when it was
+        #: profiled because its parent was (``follow_spawned``).
+        self.parent_id: int | None = None
+        #: Called with a greenlet this one spawned; returns the buffer to
+        #: record it in. ``None``: spawned greenlets are not followed.
+        self.follow: Callable[[greenlet.greenlet, GreenletBuffer], GreenletBuffer] | None = None
+
+    def add(self, record: Record) -> None:
+        """Append from outside the switch path (the sampler thread)."""
+        if self.count < self.limit:
+            self.count += 1
+            self.records.append(record)
+        else:
+            self.dropped += 1
 
     def drain(self) -> list[Record]:
         """Take every record appended so far; safe against a concurrent switch path."""

@@ -85,7 +85,17 @@ class SwitchDispatcher:
         self.previous_errors = 0
         #: Times greenprof found its tracer removed by someone else and put it back.
         self.reinstalls = 0
+        #: Sessions that need ``current`` (thread-mode sampling labels).
+        self.tracking = 0
+        #: Sessions that follow the greenlets their greenlets spawn.
+        self.following = 0
+        #: The greenlet running now, kept only while ``tracking``.
+        self.current: greenlet.greenlet | None = None
+        #: Switches seen while ``tracking``: a sampler reads it before and
+        #: after looking at the thread, to know nothing switched in between.
+        self.switches = 0
         self.set_running: Callable[[GreenletWatch | None], None]
+        self.get_running: Callable[[], GreenletWatch | None]
         self.trace, self.chained = _make_tracers(self)
 
     def is_ours(self, tracer: object) -> bool:
@@ -106,9 +116,44 @@ class SwitchDispatcher:
         # Switches since we last heard of any may have changed who runs.
         self.set_running(self.watches.get(greenlet.getcurrent()))
         self.previous = current
-        greenlet.settrace(self.trace if current is None else self.chained)
+        greenlet.settrace(self._tracer_for(current))
         self.detach_requested = False
         self.installed = True
+
+    def _tracer_for(self, previous: object) -> TraceFunction:
+        plain = previous is None and not self.tracking and not self.following
+        return self.trace if plain else self.chained
+
+    def start_following(self) -> None:
+        """Look at every switch for greenlets spawned by followed ones."""
+        self.following += 1
+        self.ensure_installed()
+        if greenlet.gettrace() is self.trace:
+            greenlet.settrace(self.chained)
+
+    def stop_following(self) -> None:
+        self.following -= 1
+        if (
+            not self.following
+            and thread_ident() == self.thread_id
+            and greenlet.gettrace() is self.chained
+        ):
+            greenlet.settrace(self._tracer_for(self.previous))
+
+    def start_tracking(self) -> None:
+        """Keep ``current`` up to date (from this dispatcher's thread)."""
+        self.tracking += 1
+        self.current = greenlet.getcurrent()
+        self.ensure_installed()
+        if greenlet.gettrace() is self.trace:
+            greenlet.settrace(self.chained)
+
+    def stop_tracking(self) -> None:
+        self.tracking -= 1
+        if not self.tracking:
+            self.current = None
+            if thread_ident() == self.thread_id and greenlet.gettrace() is self.chained:
+                greenlet.settrace(self._tracer_for(self.previous))
 
     def _receives_switches(self, current: TraceFunction | None) -> bool:
         """Whether our tracer still runs, chained under ``current``."""
@@ -145,7 +190,7 @@ class SwitchDispatcher:
         tracer sits on top of ours and chains it), the tracer removes itself
         at the first switch in its thread where it is on top again.
         """
-        if self.watches:
+        if self.watches or self.tracking or self.following:
             return
         if thread_ident() != self.thread_id or not self.is_ours(greenlet.gettrace()):
             self.detach_requested = True
@@ -239,7 +284,11 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
         nonlocal running
         running = watch
 
+    def get_running() -> GreenletWatch | None:
+        return running
+
     dispatcher.set_running = set_running
+    dispatcher.get_running = get_running
 
     def trace(event: str, args: Any) -> None:
         nonlocal running
@@ -312,9 +361,44 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                 dispatcher.errors += 1
                 _redeliver(exc)
 
+    def adopt(target: greenlet.greenlet) -> None:
+        # ``target`` is not watched; watch it if a followed greenlet spawned
+        # it (gevent records the spawner when config.track_greenlet_tree is
+        # on, its default), and record this, its first switch-in.
+        nonlocal running
+        spawner_ref = getattr(target, "spawning_greenlet", None)
+        spawner = spawner_ref() if spawner_ref is not None else None
+        parent = get(spawner) if spawner is not None else None
+        if parent is None:
+            return
+        followers = [b for b in parent.buffers if b.follow is not None]
+        if not followers:
+            return
+        watch = None
+        for buffer in followers:
+            child = buffer.follow(target, buffer)  # type: ignore[misc]
+            watch = dispatcher.watch(target, child)
+        if watch is not None:
+            running = watch
+            record = (SWITCH_IN, now(), watch.last_stack)
+            for buffer in watch.buffers:
+                buffer.add(record)
+
+    # ``chained`` also keeps ``dispatcher.current`` for thread-mode labels,
+    # so the plain tracer stays as cheap as it can be.
     def chained(event: str, args: Any) -> None:
         previous = dispatcher.previous  # read first: trace() may uninstall us
         trace(event, args)
+        if event == "switch" or event == "throw":
+            if dispatcher.tracking:
+                dispatcher.current = args[1]
+                dispatcher.switches += 1
+            if dispatcher.following and running is None:
+                try:
+                    adopt(args[1])
+                except BaseException as exc:
+                    dispatcher.errors += 1
+                    _redeliver(exc)
         if previous is not None:
             try:
                 previous(event, args)

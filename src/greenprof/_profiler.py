@@ -8,17 +8,27 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Final
+from typing import Final, TypeGuard
 
 import attrs
 import greenlet
 
 from ._buffer import GreenletBuffer, Record
-from ._dispatcher import GreenletWatch, SwitchDispatcher, dispatcher_for_current_thread
+from ._dispatcher import (
+    GreenletWatch,
+    SwitchDispatcher,
+    dispatcher_for_current_thread,
+    installed_dispatcher,
+)
+from ._naming import greenlet_name
+from ._report import Report
+from ._sampler import SAMPLER, HybridTaker, ThreadTaker
 from ._stack import FrameFormatter
 from ._threads import allocate_real_lock, thread_ident
 from .exceptions import (
@@ -48,6 +58,12 @@ DEFAULT_MAX_SNAPSHOTS: Final = 10_000
 DEFAULT_MAX_DEPTH: Final = 128
 #: Seconds ``stop()`` and ``flush()`` give each sink's ``flush``.
 DEFAULT_FLUSH_TIMEOUT: Final = 5.0
+#: Seconds between two samples in ``hybrid`` and ``thread`` modes.
+DEFAULT_DUMP_PERIOD: Final = 0.010
+#: The shortest dump period greenprof accepts.
+MIN_DUMP_PERIOD: Final = 0.001
+#: What a profiler records; see README.rst, "Modes".
+MODES: Final = ("greenlet", "hybrid", "thread")
 
 _logger = logging.getLogger("greenprof")
 _formatter = FrameFormatter()
@@ -73,10 +89,13 @@ class ProfilerStats:
 
 @attrs.define
 class _Target:
-    watch: GreenletWatch
-    dispatcher: SwitchDispatcher
+    key: int
     buffer: GreenletBuffer
-    ref: weakref.ref[greenlet.greenlet]
+    ref: Callable[[], object]
+    dispatcher: SwitchDispatcher | None = None
+    watch: GreenletWatch | None = None
+    taker: HybridTaker | ThreadTaker | None = None
+    tracking: bool = False
 
 
 @attrs.define
@@ -102,7 +121,31 @@ class Profiler:
         max_snapshots: int = DEFAULT_MAX_SNAPSHOTS,
         max_depth: int = DEFAULT_MAX_DEPTH,
         flush_timeout: float | None = DEFAULT_FLUSH_TIMEOUT,
+        mode: str = "greenlet",
+        dump_period: float = DEFAULT_DUMP_PERIOD,
+        min_duration: float = 0.0,
+        follow_spawned: bool = False,
     ) -> None:
+        if mode not in MODES:
+            msg = f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}."
+            raise ConfigurationError(msg)
+        if (
+            isinstance(dump_period, bool)
+            or not isinstance(dump_period, (int, float))
+            or not dump_period >= MIN_DUMP_PERIOD
+        ):
+            msg = (
+                f"dump_period is in seconds and must be at least {MIN_DUMP_PERIOD} "
+                f"(1 ms), not {dump_period!r}."
+            )
+            raise ConfigurationError(msg)
+        if (
+            isinstance(min_duration, bool)
+            or not isinstance(min_duration, (int, float))
+            or not min_duration >= 0
+        ):
+            msg = f"min_duration is in seconds and must be >= 0, not {min_duration!r}."
+            raise ConfigurationError(msg)
         _check_positive_int("max_snapshots", max_snapshots)
         _check_positive_int("max_depth", max_depth)
         if flush_timeout is not None and (
@@ -115,6 +158,31 @@ class Profiler:
         self.max_snapshots = max_snapshots
         self.max_depth = max_depth
         self.flush_timeout = flush_timeout
+        if follow_spawned and mode == "thread":
+            msg = (
+                "follow_spawned needs switch snapshots: use mode='greenlet' or "
+                "'hybrid' with it (thread mode samples every greenlet anyway)."
+            )
+            raise ConfigurationError(msg)
+        self.mode = mode
+        self.follow_spawned = bool(follow_spawned)
+        #: Greenlets adopted by the switch path (``follow_spawned``):
+        #: ``(greenlet ref, buffer, dispatcher)``; a deque, for the tracer
+        #: appends without a lock.
+        self._adopted: deque[
+            tuple[weakref.ref[greenlet.greenlet], GreenletBuffer, SwitchDispatcher]
+        ] = deque()
+        self._children: list[
+            tuple[weakref.ref[greenlet.greenlet], GreenletBuffer, SwitchDispatcher]
+        ] = []
+        self.dump_period = dump_period
+        self.min_duration = min_duration
+        #: True when the session was shorter than ``min_duration`` and its
+        #: snapshots were discarded instead of exported.
+        self.discarded = False
+        #: ``greenlet_id`` -> (start, stop) wall-clock ns of its session part;
+        #: stop is 0 while it runs.
+        self.bounds: dict[int, tuple[int, int]] = {}
         #: Identifies this session in every snapshot it records.
         self.session_id = uuid.uuid4().hex
         self._lock = allocate_real_lock()
@@ -166,27 +234,24 @@ class Profiler:
 
     # -- sessions ---------------------------------------------------------------
 
-    def start(self, target: greenlet.greenlet | None = None) -> None:
+    def start(self, target: greenlet.greenlet | threading.Thread | None = None) -> None:
         """Profile ``target`` (default: the calling greenlet) until :meth:`stop`.
 
         Call it from the OS thread that runs ``target``: greenlet tracing is
-        per thread. Several targets may be started on one profiler.
+        per thread. Several targets may be started on one profiler. In
+        ``thread`` mode ``target`` may also be a ``threading.Thread``.
         """
+        if isinstance(target, threading.Thread) and self.mode == "thread":
+            self._start_thread(target)
+            return
         current = greenlet.getcurrent()
         glet = current if target is None else target
-        _check_target(glet, current)
+        if not _check_target(glet, current):  # it raises instead
+            return
         key = id(glet)
         with self._lock:
-            existing = self._running.get(key)
-            if existing is not None and existing.ref() is glet:
-                msg = (
-                    f"This profiler is already profiling {_describe(glet)}. "
-                    "Stop it first, or use a second Profiler to nest sessions."
-                )
-                raise AlreadyProfilingError(msg)
-            if not self._mono_anchor:
-                self._wall_anchor = time.time_ns()
-                self._mono_anchor = time.perf_counter_ns()
+            self._check_not_running(key, glet)
+            self._anchor()
             dispatcher = dispatcher_for_current_thread()
             buffer = GreenletBuffer(
                 limit=self.max_snapshots,
@@ -195,14 +260,119 @@ class Profiler:
                 greenlet_name=greenlet_name(glet),
                 thread_id=dispatcher.thread_id,
             )
-            watch = dispatcher.watch(glet, buffer)
-            self._running[key] = _Target(watch, dispatcher, buffer, weakref.ref(glet))
-            self._buffers.append(buffer)
+            record = _Target(key, buffer, weakref.ref(glet), dispatcher)
+            if self.mode == "thread":
+                dispatcher.start_tracking()
+                record.tracking = True
+                record.taker = ThreadTaker(
+                    thread_id=dispatcher.thread_id,
+                    thread_name=_thread_name(dispatcher.thread_id),
+                    dispatcher=dispatcher,
+                    buffer=buffer,
+                    period_ns=self._period_ns(),
+                )
+            else:
+                if self.follow_spawned:
+                    buffer.follow = self._adopt
+                    dispatcher.start_following()
+                record.watch = dispatcher.watch(glet, buffer)
+                if self.mode == "hybrid":
+                    record.taker = HybridTaker(
+                        dispatcher=dispatcher,
+                        watch=record.watch,
+                        buffer=buffer,
+                        period_ns=self._period_ns(),
+                    )
+            self._register(record)
             if dispatcher not in self._dispatchers:
                 self._dispatchers.append(dispatcher)
+        if record.taker is not None:
+            SAMPLER.subscribe(record.taker)
+
+    def _start_thread(self, thread: threading.Thread) -> None:
+        ident = thread.ident
+        if ident is None or not thread.is_alive():
+            msg = f"{thread!r} is not running; start the thread before profiling it."
+            raise DeadGreenletError(msg)
+        with self._lock:
+            self._check_not_running(ident, thread)
+            self._anchor()
+            dispatcher = installed_dispatcher(ident)
+            buffer = GreenletBuffer(
+                limit=self.max_snapshots,
+                depth=self.max_depth,
+                greenlet_id=0,
+                greenlet_name=f"thread {thread.name}",
+                thread_id=ident,
+            )
+            record = _Target(ident, buffer, weakref.ref(thread))
+            record.taker = ThreadTaker(
+                thread_id=ident,
+                thread_name=thread.name,
+                dispatcher=dispatcher if dispatcher is not None and dispatcher.tracking else None,
+                buffer=buffer,
+                period_ns=self._period_ns(),
+            )
+            self._register(record)
+        SAMPLER.subscribe(record.taker)
+
+    def _adopt(self, child: greenlet.greenlet, parent: GreenletBuffer) -> GreenletBuffer:
+        # Runs inside the tracer: no lock, nothing that could switch.
+        buffer = GreenletBuffer(
+            limit=self.max_snapshots,
+            depth=self.max_depth,
+            greenlet_id=id(child),
+            greenlet_name=greenlet_name(child),
+            thread_id=parent.thread_id,
+        )
+        buffer.parent_id = parent.greenlet_id
+        buffer.follow = self._adopt
+        dispatcher = installed_dispatcher(parent.thread_id)
+        if dispatcher is not None:
+            self._adopted.append((weakref.ref(child), buffer, dispatcher))
+        return buffer
+
+    def _take_adopted(self) -> None:
+        # Under self._lock.
+        while self._adopted:
+            child = self._adopted.popleft()
+            self._children.append(child)
+            self._buffers.append(child[1])
+
+    def _check_not_running(self, key: int, thing: object) -> None:
+        existing = self._running.get(key)
+        if existing is not None and existing.ref() is thing:
+            what = (
+                _describe(thing) if isinstance(thing, greenlet.greenlet) else repr(thing)
+            )
+            msg = (
+                f"This profiler is already profiling {what}. "
+                "Stop it first, or use a second Profiler to nest sessions."
+            )
+            raise AlreadyProfilingError(msg)
+
+    def _anchor(self) -> None:
+        if not self._mono_anchor:
+            self._wall_anchor = time.time_ns()
+            self._mono_anchor = time.perf_counter_ns()
+
+    def _period_ns(self) -> int:
+        return round(self.dump_period * 1e9)
+
+    def _now_wall_ns(self) -> int:
+        return self._wall_anchor + time.perf_counter_ns() - self._mono_anchor
+
+    def _register(self, record: _Target) -> None:
+        self._running[record.key] = record
+        self._buffers.append(record.buffer)
+        self.bounds[record.buffer.greenlet_id or record.key] = (self._now_wall_ns(), 0)
 
     def stop(self) -> None:
-        """Stop every target, then hand what was recorded to every sink."""
+        """Stop every target, then hand what was recorded to every sink.
+
+        A session shorter than ``min_duration`` hands nothing to its sinks and
+        keeps nothing (``discarded`` tells).
+        """
         with self._lock:
             if not self._running:
                 msg = (
@@ -212,16 +382,51 @@ class Profiler:
                 raise NotRunningError(msg)
             targets = list(self._running.values())
             self._running.clear()
+        for target in targets:
+            if target.taker is not None:
+                SAMPLER.unsubscribe(target.taker)
         # Notice (and count in stats) a tracer that other code removed.
         ident = thread_ident()
         for dispatcher in {id(t.dispatcher): t.dispatcher for t in targets}.values():
-            if dispatcher.thread_id == ident and dispatcher.watches:
+            if dispatcher is not None and dispatcher.thread_id == ident and dispatcher.watches:
                 dispatcher.ensure_installed()
+        stopped = self._now_wall_ns()
+        with self._lock:
+            self._take_adopted()
+            children, self._children = self._children, []
+        for child_ref, child_buffer, child_dispatcher in children:
+            child = child_ref()
+            watch = child_dispatcher.watches.get(child) if child is not None else None
+            if watch is not None:
+                child_dispatcher.unwatch(watch, child_buffer)
+            self.bounds[child_buffer.greenlet_id] = (0, stopped)
         for target in targets:
-            target.dispatcher.unwatch(target.watch, target.buffer)
-            target.dispatcher.release()
+            if target.dispatcher is not None:
+                if self.follow_spawned and target.watch is not None:
+                    target.dispatcher.stop_following()
+                if target.watch is not None:
+                    target.dispatcher.unwatch(target.watch, target.buffer)
+                if target.tracking:
+                    target.dispatcher.stop_tracking()
+                target.dispatcher.release()
+            bound_key = target.buffer.greenlet_id or target.key
+            self.bounds[bound_key] = (self.bounds[bound_key][0], stopped)
+        if self.min_duration and self._longest_bound_ns() < self.min_duration * 1e9:
+            self._discard()
+            return
         self.flush()
         self._report_drops(targets)
+
+    def _longest_bound_ns(self) -> int:
+        return max((stop - start for start, stop in self.bounds.values() if stop), default=0)
+
+    def _discard(self) -> None:
+        with self._lock:
+            for buffer in self._buffers:
+                buffer.drain()
+            self._buffers = []
+            self._snapshots = []
+            self.discarded = True
 
     @property
     def is_running(self) -> bool:
@@ -262,6 +467,11 @@ class Profiler:
                 sink_failures=self._sink_failures,
             )
 
+    def report(self) -> Report:
+        """Where the time went: on/off-CPU per stack and per greenlet, and the
+        longest stretches without a yield (see :class:`greenprof.Report`)."""
+        return Report(self.snapshots, bounds=self.bounds, dump_period_ns=self._period_ns())
+
     def flush(self, timeout: float | None = None) -> bool:
         """Hand everything recorded so far to every sink and flush them.
 
@@ -277,13 +487,15 @@ class Profiler:
     def _recheck_tracer(self) -> None:
         ident = thread_ident()
         for target in list(self._running.values()):
-            if target.dispatcher.thread_id == ident:
+            if target.dispatcher is not None and target.dispatcher.thread_id == ident:
                 target.dispatcher.ensure_installed()
                 return
 
     def _drain(self) -> None:
         with self._lock:
+            self._take_adopted()
             running = {id(t.buffer) for t in self._running.values()}
+            running.update(id(child[1]) for child in self._children)
             pending: list[tuple[int, Record, GreenletBuffer]] = []
             keep: list[GreenletBuffer] = []
             for buffer in self._buffers:
@@ -302,21 +514,27 @@ class Profiler:
             sequence = len(self._snapshots)
             offset = self._wall_anchor - self._mono_anchor
             out = self._snapshots
-            for stamp, (code, _, raw), buffer in pending:
+            for stamp, record, buffer in pending:
+                code, raw = record[0], record[2]
                 stack_key = (id(raw), buffer.depth)
                 stack = stacks.get(stack_key)
                 if stack is None:
                     stack = stacks[stack_key] = _formatter.stack(raw, buffer.depth)
+                if len(record) == 5:  # a thread-mode sample, labelled
+                    label_id, label_name = record[3], record[4]
+                else:
+                    label_id, label_name = buffer.greenlet_id, buffer.greenlet_name
                 out.append(
                     Snapshot(
-                        greenlet_id=buffer.greenlet_id,
-                        greenlet_name=buffer.greenlet_name,
+                        greenlet_id=label_id,
+                        greenlet_name=label_name,
                         thread_id=buffer.thread_id,
                         event=EVENTS[code],
                         sequence=sequence,
                         timestamp_ns=offset + stamp,
                         stack=stack,
                         session_id=self.session_id,
+                        parent_id=buffer.parent_id,
                     )
                 )
                 sequence += 1
@@ -435,11 +653,18 @@ def _root(glet: greenlet.greenlet) -> greenlet.greenlet:
     return glet
 
 
+def _thread_name(ident: int) -> str:
+    for thread in threading.enumerate():
+        if thread.ident == ident:
+            return thread.name
+    return str(ident)
+
+
 def _describe(glet: greenlet.greenlet) -> str:
     return f"greenlet {greenlet_name(glet)!r}"
 
 
-def _check_target(glet: object, current: greenlet.greenlet) -> None:
+def _check_target(glet: object, current: greenlet.greenlet) -> TypeGuard[greenlet.greenlet]:
     if not isinstance(glet, greenlet.greenlet):
         msg = (
             f"greenprof profiles greenlets, not {type(glet).__name__} objects "
@@ -460,13 +685,4 @@ def _check_target(glet: object, current: greenlet.greenlet) -> None:
             "runs the greenlet (for example from inside it)."
         )
         raise WrongThreadError(msg)
-
-
-def greenlet_name(glet: greenlet.greenlet) -> str:
-    """gevent's ``name`` where there is one, else the type and address."""
-    name = getattr(glet, "name", None)
-    if isinstance(name, str) and name:
-        return name
-    if glet.parent is None:
-        return "main"
-    return f"{type(glet).__name__}-{id(glet):#x}"
+    return True

@@ -7,7 +7,8 @@ Schema version 1 (documented in README.rst, "The snapshot file"):
 - every other line: ``{"type": "snapshot", "session_id": str, "sequence": int,
   "timestamp_ns": int, "event": str, "greenlet_id": int, "greenlet_name": str,
   "thread_id": int, "stack": [[filename, function, lineno], ...]}`` with the
-  stack outermost frame first.
+  stack outermost frame first, and ``"parent_id": int`` for greenlets
+  profiled because a profiled greenlet spawned them.
 
 Readers ignore keys they do not know and lines whose ``type`` they do not
 know; a new version number means a change old readers cannot follow.
@@ -44,6 +45,7 @@ def encode_snapshot(snapshot: Snapshot) -> str:
             "greenlet_name": snapshot.greenlet_name,
             "thread_id": snapshot.thread_id,
             "stack": [[f.filename, f.function, f.lineno] for f in snapshot.stack],
+            **({} if snapshot.parent_id is None else {"parent_id": snapshot.parent_id}),
         },
         separators=(",", ":"),
     )
@@ -130,6 +132,7 @@ def _decode_snapshot(
             timestamp_ns=_int(obj["timestamp_ns"]),
             stack=tuple(stack),
             session_id=str(obj.get("session_id", "")),
+            parent_id=None if obj.get("parent_id") is None else _int(obj["parent_id"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)

@@ -11,7 +11,8 @@ import sys
 from typing import Any
 
 
-def _original(name: str) -> Any:
+def original(name: str) -> Any:
+    """``_thread.<name>`` as it was before gevent patched it."""
     monkey = sys.modules.get("gevent.monkey")
     if monkey is not None:
         try:
@@ -23,11 +24,11 @@ def _original(name: str) -> Any:
 
 def thread_ident() -> int:
     """The calling OS thread's identifier, as ``sys._current_frames()`` keys it."""
-    ident: int = _original("get_ident")()
+    ident: int = original("get_ident")()
     return ident
 
 
 def allocate_real_lock() -> _thread.LockType:
     """A lock that blocks the OS thread; never held across a greenlet switch."""
-    lock: _thread.LockType = _original("allocate_lock")()
+    lock: _thread.LockType = original("allocate_lock")()
     return lock

@@ -19,7 +19,10 @@ __all__ = ["EVENTS", "Frame", "Snapshot"]
 #:   (``greenlet.throw()``, gevent's ``kill()`` raising ``GreenletExit``).
 #: - ``switch_out``: the greenlet was suspended; ``stack`` is its wait site.
 #: - ``exit``: the greenlet finished and left for good; ``stack`` is empty.
-EVENTS: Final = ("switch_in", "throw", "switch_out", "exit")
+#: - ``sample``: a periodic sample (``hybrid`` and ``thread`` modes) of the
+#:   greenlet running at that moment; in ``thread`` mode that may be another
+#:   greenlet than the one profiled, which is the point of that mode.
+EVENTS: Final = ("switch_in", "throw", "switch_out", "exit", "sample")
 
 
 @attrs.frozen(slots=True)
@@ -60,3 +63,6 @@ class Snapshot:
     stack: tuple[Frame, ...]
     #: Identifies the profiling session (one :class:`~greenprof.Profiler`).
     session_id: str = ""
+    #: ``greenlet_id`` of the profiled greenlet that spawned this one, when
+    #: it is profiled because of ``follow_spawned``; else None.
+    parent_id: int | None = None

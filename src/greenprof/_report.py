@@ -1,0 +1,259 @@
+"""Where time went: on-CPU and off-CPU time per stack and per greenlet.
+
+Built from snapshots alone (and the session's bounds when known), so a
+profile read back from a file gives the same answers as a live one.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
+
+from .snapshot import Frame, Snapshot
+
+__all__ = ["GreenletTime", "Report", "RunSlice", "StackTime"]
+
+Stack = tuple[Frame, ...]
+
+
+@attrs.frozen
+class StackTime:
+    """Time one greenlet spent with one exact stack."""
+
+    greenlet_id: int
+    greenlet_name: str
+    stack: Stack
+    on_cpu_ns: int = 0
+    off_cpu_ns: int = 0
+
+
+@attrs.frozen
+class GreenletTime:
+    """Totals for one greenlet over the session."""
+
+    greenlet_id: int
+    greenlet_name: str
+    #: ``on_cpu_ns + off_cpu_ns``: the time the session watched it live.
+    wall_ns: int
+    on_cpu_ns: int
+    off_cpu_ns: int
+    #: Times it was switched to (``switch_in`` and ``throw``).
+    switches_in: int
+    #: Times it switched away (``switch_out``; the final ``exit`` not counted).
+    switches_out: int
+    samples: int
+
+
+@attrs.frozen
+class RunSlice:
+    """One stretch a greenlet ran without yielding: switch-in to switch-out."""
+
+    greenlet_id: int
+    greenlet_name: str
+    start_ns: int
+    duration_ns: int
+    #: Where it resumed (empty for its first run or when unknown).
+    start_stack: Stack
+    #: Where it yielded (empty when it finished, or the session ended first).
+    end_stack: Stack
+    samples: int
+
+
+@attrs.define
+class _Cell:
+    on_cpu_ns: int = 0
+    off_cpu_ns: int = 0
+
+
+@attrs.define
+class _Walk:
+    """One greenlet's state while its snapshots are replayed."""
+
+    name: str
+    running_since: int | None = None
+    last_seen_ns: int = 0
+    resumed_stack: Stack = ()
+    samples_in_slice: list[Snapshot] = attrs.Factory(list)
+    waiting_since: int | None = None
+    wait_stack: Stack = ()
+    on_cpu_ns: int = 0
+    off_cpu_ns: int = 0
+    switches_in: int = 0
+    switches_out: int = 0
+    samples: int = 0
+
+
+class Report:
+    """Time attribution for a recorded session; see README.rst, "Time".
+
+    Rules, per greenlet, from its snapshots in order:
+
+    - Off-CPU: from a ``switch_out`` to the next ``switch_in``/``throw`` the
+      greenlet waited; that time goes to the switch-out stack, its exact wait
+      site.
+    - On-CPU: from a ``switch_in``/``throw`` to the next ``switch_out``/``exit``
+      it ran (a *run slice*). With samples inside the slice (``hybrid``
+      mode), each sample's stack gets the time from the midpoint with the
+      sample before it to the midpoint with the sample after it; the first
+      sample also gets the time from the slice's start, the last one the time
+      to its end. Without samples the whole slice goes to the stack it
+      switched out from (for a final slice that ends in ``exit``, to the stack
+      it resumed in).
+    - ``thread``-mode samples carry no switches: each stands for one dump
+      period of on-CPU time of the greenlet it is labelled with.
+    - With session bounds, a greenlet running when the session started
+      counts from the start, and one running or waiting when it stopped
+      counts to the stop.
+    """
+
+    def __init__(
+        self,
+        snapshots: Iterable[Snapshot],
+        *,
+        bounds: Mapping[int, tuple[int, int]] | None = None,
+        dump_period_ns: int = 10_000_000,
+    ) -> None:
+        self.snapshots: list[Snapshot] = sorted(
+            snapshots, key=lambda s: (s.timestamp_ns, s.sequence)
+        )
+        self._bounds = dict(bounds or {})
+        self._dump_period_ns = dump_period_ns
+        self._cells: dict[tuple[int, Stack], _Cell] = {}
+        self._names: dict[int, str] = {}
+        self.slices: list[RunSlice] = []
+        self.greenlets: dict[int, GreenletTime] = {}
+        by_greenlet: dict[int, list[Snapshot]] = {}
+        for snapshot in self.snapshots:
+            by_greenlet.setdefault(snapshot.greenlet_id, []).append(snapshot)
+            self._names[snapshot.greenlet_id] = snapshot.greenlet_name
+        for greenlet_id, events in by_greenlet.items():
+            self._replay(greenlet_id, events)
+        self.slices.sort(key=lambda s: s.start_ns)
+
+    # -- results ------------------------------------------------------------------
+
+    @property
+    def stacks(self) -> list[StackTime]:
+        """Per greenlet and exact stack, on-CPU and off-CPU nanoseconds."""
+        return [
+            StackTime(gid, self._names[gid], stack, cell.on_cpu_ns, cell.off_cpu_ns)
+            for (gid, stack), cell in self._cells.items()
+        ]
+
+    def longest_slices(self, count: int = 10) -> list[RunSlice]:
+        """The ``count`` longest stretches without a yield: what blocked the loop."""
+        return sorted(self.slices, key=lambda s: -s.duration_ns)[:count]
+
+    def self_ns(self, greenlet_id: int, function: str, *, on_cpu: bool = True) -> int:
+        """Time of ``greenlet_id`` with ``function`` (``Frame.function``) as
+        the innermost frame: time spent in it, not in what it called."""
+        return sum(
+            (t.on_cpu_ns if on_cpu else t.off_cpu_ns)
+            for t in self.stacks
+            if t.greenlet_id == greenlet_id and t.stack and t.stack[-1].function == function
+        )
+
+    def total_ns(self, greenlet_id: int, function: str, *, on_cpu: bool = True) -> int:
+        """Time of ``greenlet_id`` with ``function`` anywhere on the stack."""
+        return sum(
+            (t.on_cpu_ns if on_cpu else t.off_cpu_ns)
+            for t in self.stacks
+            if t.greenlet_id == greenlet_id and any(f.function == function for f in t.stack)
+        )
+
+    # -- replay --------------------------------------------------------------------
+
+    def _add(self, greenlet_id: int, stack: Stack, *, on: int = 0, off: int = 0) -> None:
+        cell = self._cells.get((greenlet_id, stack))
+        if cell is None:
+            cell = self._cells[(greenlet_id, stack)] = _Cell()
+        cell.on_cpu_ns += on
+        cell.off_cpu_ns += off
+
+    def _replay(self, greenlet_id: int, events: Sequence[Snapshot]) -> None:
+        walk = _Walk(self._names[greenlet_id])
+        start, stop = self._bounds.get(greenlet_id, (0, 0))
+        first = events[0]
+        if first.event in ("switch_out", "exit", "sample"):
+            walk.running_since = start or first.timestamp_ns
+            walk.last_seen_ns = walk.running_since
+        elif first.stack and start:
+            walk.waiting_since = start
+            walk.wait_stack = first.stack
+        for snapshot in events:
+            now = snapshot.timestamp_ns
+            kind = snapshot.event
+            if kind == "sample":
+                walk.samples += 1
+                if walk.running_since is None:  # a thread-mode sample
+                    self._add(greenlet_id, snapshot.stack, on=self._dump_period_ns)
+                    walk.on_cpu_ns += self._dump_period_ns
+                else:
+                    walk.samples_in_slice.append(snapshot)
+            elif kind in ("switch_in", "throw"):
+                walk.switches_in += 1
+                self._end_wait(greenlet_id, walk, now)
+                walk.running_since = now
+                walk.resumed_stack = snapshot.stack
+            else:  # switch_out, exit
+                if kind == "switch_out":
+                    walk.switches_out += 1
+                end_stack = snapshot.stack if kind == "switch_out" else walk.resumed_stack
+                self._end_slice(greenlet_id, walk, now, end_stack, snapshot.stack)
+                if kind == "switch_out":
+                    walk.waiting_since = now
+                    walk.wait_stack = snapshot.stack
+        if stop:
+            if walk.running_since is not None:
+                last = walk.samples_in_slice[-1].stack if walk.samples_in_slice else None
+                self._end_slice(greenlet_id, walk, stop, last or walk.resumed_stack, ())
+            self._end_wait(greenlet_id, walk, stop)
+        self.greenlets[greenlet_id] = GreenletTime(
+            greenlet_id=greenlet_id,
+            greenlet_name=walk.name,
+            wall_ns=walk.on_cpu_ns + walk.off_cpu_ns,
+            on_cpu_ns=walk.on_cpu_ns,
+            off_cpu_ns=walk.off_cpu_ns,
+            switches_in=walk.switches_in,
+            switches_out=walk.switches_out,
+            samples=walk.samples,
+        )
+
+    def _end_wait(self, greenlet_id: int, walk: _Walk, now: int) -> None:
+        if walk.waiting_since is not None:
+            waited = max(0, now - walk.waiting_since)
+            self._add(greenlet_id, walk.wait_stack, off=waited)
+            walk.off_cpu_ns += waited
+            walk.waiting_since = None
+
+    def _end_slice(
+        self, greenlet_id: int, walk: _Walk, now: int, fallback: Stack, yielded: Stack
+    ) -> None:
+        start = walk.running_since
+        if start is None:
+            return
+        samples = walk.samples_in_slice
+        if samples:
+            times = [s.timestamp_ns for s in samples]
+            edges = [start, *((a + b) // 2 for a, b in itertools.pairwise(times)), now]
+            for sample, (lo, hi) in zip(samples, itertools.pairwise(edges), strict=True):
+                self._add(greenlet_id, sample.stack, on=max(0, hi - lo))
+        else:
+            self._add(greenlet_id, fallback, on=max(0, now - start))
+        duration = max(0, now - start)
+        walk.on_cpu_ns += duration
+        self.slices.append(
+            RunSlice(
+                greenlet_id=greenlet_id,
+                greenlet_name=walk.name,
+                start_ns=start,
+                duration_ns=duration,
+                start_stack=walk.resumed_stack,
+                end_stack=yielded,
+                samples=len(samples),
+            )
+        )
+        walk.running_since = None
+        walk.samples_in_slice = []

@@ -1,0 +1,238 @@
+"""One sampling thread per process, shared by every sampling session.
+
+It is a real OS thread even after ``gevent.monkey.patch_all()`` (started,
+put to sleep and woken with the original ``_thread`` functions), runs only
+while some session samples, and comes back in a child after ``os.fork()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from types import FrameType
+from typing import Protocol
+
+from . import _dispatcher as dispatcher_module
+from ._buffer import SAMPLE, GreenletBuffer
+from ._dispatcher import GreenletWatch, SwitchDispatcher
+from ._naming import greenlet_name
+from ._stack import capture
+from ._threads import allocate_real_lock, original, thread_ident
+
+
+class SampleTaker(Protocol):
+    """A sampling session as the sampler sees it."""
+
+    period_ns: int
+    next_due_ns: int
+    errors: int
+
+    def take(self, now_ns: int) -> None: ...
+
+
+class Sampler:
+    """The process-wide sampling thread and its subscribers."""
+
+    def __init__(self) -> None:
+        self._lock = allocate_real_lock()
+        self._takers: list[SampleTaker] = []
+        self._wake = allocate_real_lock()
+        self._wake.acquire()  # held: the thread sleeps by trying to take it
+        self._exited = allocate_real_lock()
+        self._running = False
+        #: OS thread id of the sampling thread while it runs, else None.
+        self.thread_id: int | None = None
+        #: How many sampling threads this process started (tests and stats).
+        self.starts = 0
+        self._saved_interval: float | None = None
+        self._set_interval = 0.0
+
+    def subscribe(self, taker: SampleTaker) -> None:
+        taker.next_due_ns = time.perf_counter_ns() + taker.period_ns
+        with self._lock:
+            self._takers.append(taker)
+            self._adjust_switch_interval()
+            start = not self._running
+            if start:
+                self._running = True
+                self._exited.acquire()
+        if start:
+            self.starts += 1
+            original("start_new_thread")(self._run, ())
+        else:
+            self._nudge()
+
+    def unsubscribe(self, taker: SampleTaker) -> None:
+        """Remove ``taker``; the last one out waits for the thread to end."""
+        with self._lock:
+            if taker in self._takers:
+                self._takers.remove(taker)
+            self._adjust_switch_interval()
+            last = not self._takers and self._running
+        if last:
+            self._nudge()
+            # Bounded: the thread checks for subscribers right after waking.
+            if self._exited.acquire(True, 5.0):
+                self._exited.release()
+
+    def _adjust_switch_interval(self) -> None:
+        # A busy thread hands the GIL over only every switch interval (5 ms by
+        # default), so a shorter dump period needs a shorter interval. The
+        # previous value comes back when the last sampling session ends.
+        if self._takers:
+            period = min(taker.period_ns for taker in self._takers) / 1e9
+            if self._saved_interval is None:
+                self._saved_interval = sys.getswitchinterval()
+            wanted = min(self._saved_interval, period)
+            if sys.getswitchinterval() != wanted:
+                sys.setswitchinterval(wanted)
+                self._set_interval = wanted
+        elif self._saved_interval is not None:
+            if sys.getswitchinterval() == self._set_interval:
+                sys.setswitchinterval(self._saved_interval)
+            self._saved_interval = None
+
+    def _nudge(self) -> None:
+        with contextlib.suppress(RuntimeError):  # already released: a wake-up is pending
+            self._wake.release()
+
+    def _run(self) -> None:
+        self.thread_id = thread_ident()
+        perf_counter_ns = time.perf_counter_ns
+        try:
+            while True:
+                with self._lock:
+                    takers = list(self._takers)
+                    if not takers:
+                        self._running = False
+                        return
+                now = perf_counter_ns()
+                due = [taker for taker in takers if taker.next_due_ns <= now]
+                for taker in due:
+                    try:
+                        taker.take(now)
+                    except Exception:
+                        taker.errors += 1
+                    # Never try to catch up on missed periods: skip them.
+                    taker.next_due_ns = max(taker.next_due_ns + taker.period_ns, now + 1)
+                wait_ns = min(taker.next_due_ns for taker in takers) - perf_counter_ns()
+                if wait_ns > 0:
+                    self._wake.acquire(True, wait_ns / 1e9)
+        finally:
+            self.thread_id = None
+            self._exited.release()
+
+    def _after_fork_in_child(self) -> None:
+        # The thread did not survive the fork; the locks may be held by it.
+        self._lock = allocate_real_lock()
+        self._wake = allocate_real_lock()
+        self._wake.acquire()
+        self._exited = allocate_real_lock()
+        self.thread_id = None
+        self._running = False
+        if self._takers:
+            self._running = True
+            self._exited.acquire()
+            self.starts += 1
+            original("start_new_thread")(self._run, ())
+
+
+SAMPLER = Sampler()
+os.register_at_fork(after_in_child=SAMPLER._after_fork_in_child)
+
+
+# -- the two kinds of sampling sessions -------------------------------------------
+
+# A sample whose innermost frame is greenprof's tracer was taken in the middle
+# of a switch, when "the greenlet running" is ambiguous: it is skipped.
+_TRACER_FILE = dispatcher_module.__file__
+
+
+def _mid_switch(frame: FrameType) -> bool:
+    return frame.f_code.co_filename == _TRACER_FILE
+
+
+class HybridTaker:
+    """Samples one greenlet, only while it is the one running in its thread.
+
+    The dispatcher knows exactly which watched greenlet runs; the buffer's
+    record count (every switch of the greenlet adds one) proves that no switch
+    happened while the sample was taken.
+    """
+
+    def __init__(
+        self,
+        *,
+        dispatcher: SwitchDispatcher,
+        watch: GreenletWatch,
+        buffer: GreenletBuffer,
+        period_ns: int,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.watch = watch
+        self.buffer = buffer
+        self.period_ns = period_ns
+        self.next_due_ns = 0
+        self.errors = 0
+        #: Samples not taken because the greenlet was not running.
+        self.idle = 0
+
+    def take(self, now_ns: int) -> None:
+        buffer = self.buffer
+        if self.dispatcher.get_running() is not self.watch:
+            self.idle += 1
+            return
+        before = buffer.count + buffer.dropped
+        frame = sys._current_frames().get(self.dispatcher.thread_id)
+        if (
+            frame is None
+            or _mid_switch(frame)
+            or self.dispatcher.get_running() is not self.watch
+            or buffer.count + buffer.dropped != before
+        ):
+            return
+        buffer.add((SAMPLE, time.perf_counter_ns(), capture(frame, buffer.depth)))
+
+
+class ThreadTaker:
+    """Samples an OS thread, whatever runs in it, like a classic sampler.
+
+    Each sample is labelled with the greenlet that was running, from the
+    thread's dispatcher when greenprof tracks that thread, else with the
+    thread's name.
+    """
+
+    def __init__(
+        self,
+        *,
+        thread_id: int,
+        thread_name: str,
+        dispatcher: SwitchDispatcher | None,
+        buffer: GreenletBuffer,
+        period_ns: int,
+    ) -> None:
+        self.thread_id = thread_id
+        self.thread_name = thread_name
+        self.dispatcher = dispatcher
+        self.buffer = buffer
+        self.period_ns = period_ns
+        self.next_due_ns = 0
+        self.errors = 0
+
+    def take(self, now_ns: int) -> None:
+        dispatcher = self.dispatcher
+        before = dispatcher.switches if dispatcher is not None else 0
+        running = dispatcher.current if dispatcher is not None else None
+        frame = sys._current_frames().get(self.thread_id)
+        if frame is None or _mid_switch(frame):
+            return
+        if dispatcher is not None and dispatcher.switches != before:
+            return
+        if running is None:
+            label_id, label_name = 0, f"thread {self.thread_name}"
+        else:
+            label_id, label_name = id(running), greenlet_name(running)
+        stack = capture(frame, self.buffer.depth)
+        self.buffer.add((SAMPLE, time.perf_counter_ns(), stack, label_id, label_name))

@@ -9,12 +9,7 @@ from typing import Any, TypeVar, overload
 
 import greenlet
 
-from ._profiler import (
-    DEFAULT_FLUSH_TIMEOUT,
-    DEFAULT_MAX_DEPTH,
-    DEFAULT_MAX_SNAPSHOTS,
-    Profiler,
-)
+from ._profiler import Profiler
 from .exceptions import ConfigurationError, NotAGreenletError
 from .sinks._base import Sink
 
@@ -33,17 +28,11 @@ class ProfileScope:
         target: greenlet.greenlet | None,
         *,
         sinks: Iterable[Sink],
-        max_snapshots: int,
-        max_depth: int,
-        flush_timeout: float | None,
+        options: dict[str, Any],
     ) -> None:
         self.target = target
         self.sinks = list(sinks)
-        self._options: dict[str, Any] = {
-            "max_snapshots": max_snapshots,
-            "max_depth": max_depth,
-            "flush_timeout": flush_timeout,
-        }
+        self._options = options
         # Validate now, not at the first request.
         self._new_profiler()
         # Profilers of the open ``with`` blocks, per greenlet: one scope may
@@ -105,33 +94,9 @@ class ProfileScope:
 def profile(target: F, /) -> F: ...
 @overload
 def profile(
-    target: None = None,
-    /,
-    *,
-    sinks: Iterable[Sink] = (),
-    max_snapshots: int = DEFAULT_MAX_SNAPSHOTS,
-    max_depth: int = DEFAULT_MAX_DEPTH,
-    flush_timeout: float | None = DEFAULT_FLUSH_TIMEOUT,
+    target: greenlet.greenlet | None = None, /, *, sinks: Iterable[Sink] = (), **options: Any
 ) -> ProfileScope: ...
-@overload
-def profile(
-    target: greenlet.greenlet,
-    /,
-    *,
-    sinks: Iterable[Sink] = (),
-    max_snapshots: int = DEFAULT_MAX_SNAPSHOTS,
-    max_depth: int = DEFAULT_MAX_DEPTH,
-    flush_timeout: float | None = DEFAULT_FLUSH_TIMEOUT,
-) -> ProfileScope: ...
-def profile(
-    target: Any = None,
-    /,
-    *,
-    sinks: Iterable[Sink] = (),
-    max_snapshots: int = DEFAULT_MAX_SNAPSHOTS,
-    max_depth: int = DEFAULT_MAX_DEPTH,
-    flush_timeout: float | None = DEFAULT_FLUSH_TIMEOUT,
-) -> Any:
+def profile(target: Any = None, /, *, sinks: Iterable[Sink] = (), **options: Any) -> Any:
     """Profile a greenlet in a ``with`` block, or every call of a function.
 
     - ``with profile(g) as profiler:`` profiles ``g`` (default: the current
@@ -139,23 +104,15 @@ def profile(
     - ``@profile`` / ``@profile(sinks=[...])`` on a function profiles the
       greenlet running each call, from entry to return, and hands the result
       to the sinks when the call returns.
+
+    ``options`` are :class:`Profiler`'s: ``max_snapshots``, ``max_depth``,
+    ``flush_timeout``, ``mode``, ``dump_period``, ``min_duration`` and
+    ``follow_spawned``.
     """
     if target is None or isinstance(target, greenlet.greenlet):
-        return ProfileScope(
-            target,
-            sinks=sinks,
-            max_snapshots=max_snapshots,
-            max_depth=max_depth,
-            flush_timeout=flush_timeout,
-        )
-    if callable(target):
-        return ProfileScope(
-            None,
-            sinks=sinks,
-            max_snapshots=max_snapshots,
-            max_depth=max_depth,
-            flush_timeout=flush_timeout,
-        )(target)
+        return ProfileScope(target, sinks=sinks, options=options)
+    if callable(target) and not options:
+        return ProfileScope(None, sinks=sinks, options=options)(target)
     msg = (
         f"profile() takes a greenlet to profile, a function to decorate, or "
         f"nothing (the current greenlet), not {type(target).__name__} {target!r}."

@@ -1,0 +1,346 @@
+"""Thread, hybrid and greenlet modes, time attribution and following spawned greenlets."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import gevent
+import greenlet
+import pytest
+
+import greenprof
+from greenprof._sampler import SAMPLER
+from greenprof.exceptions import ConfigurationError
+from greenprof.sinks import MemorySink
+
+from .test_gevent_integration import run_python
+
+
+def busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+class Truth:
+    """What the workload really did, measured by the workload itself."""
+
+    def __init__(self) -> None:
+        self.cpu_in_compute = 0.0
+        self.waited_in_wait = 0.0
+
+
+def compute(truth: Truth) -> None:
+    start = time.perf_counter()
+    busy(0.012)
+    truth.cpu_in_compute += time.perf_counter() - start
+
+
+def wait(truth: Truth) -> None:
+    start = time.perf_counter()
+    gevent.sleep(0.008)
+    truth.waited_in_wait += time.perf_counter() - start
+
+
+def profiled_work(truth: Truth) -> None:
+    for _ in range(8):
+        compute(truth)
+        wait(truth)
+
+
+def bystander_work() -> None:
+    for _ in range(40):
+        busy(0.0002)
+        gevent.sleep(0.001)
+
+
+def run_workload(mode: str, **options: Any) -> tuple[greenprof.Profiler, greenlet.greenlet, Truth]:
+    truth = Truth()
+    target = gevent.spawn(profiled_work, truth)
+    others = [gevent.spawn(bystander_work) for _ in range(3)]
+    profiler = greenprof.Profiler(mode=mode, **options)
+    profiler.start(target)
+    gevent.joinall([target, *others])
+    profiler.stop()
+    return profiler, target, truth
+
+
+# -- time attribution against ground truth ----------------------------------------
+
+
+def test_hybrid_attributes_on_and_off_cpu_time_within_ten_percent() -> None:
+    profiler, target, truth = run_workload("hybrid", dump_period=0.001)
+    report = profiler.report()
+    on_compute = report.total_ns(id(target), "compute") / 1e9
+    off_wait = report.total_ns(id(target), "wait", on_cpu=False) / 1e9
+    assert on_compute == pytest.approx(truth.cpu_in_compute, rel=0.10)
+    assert off_wait == pytest.approx(truth.waited_in_wait, rel=0.10)
+    # No time lands on another greenlet's code.
+    assert report.total_ns(id(target), "bystander_work") == 0
+    assert set(report.greenlets) == {id(target)}
+    totals = report.greenlets[id(target)]
+    assert totals.switches_out == 8
+    assert totals.wall_ns == totals.on_cpu_ns + totals.off_cpu_ns
+
+
+def test_greenlet_mode_attributes_off_cpu_time_to_the_exact_wait_site() -> None:
+    profiler, target, truth = run_workload("greenlet")
+    report = profiler.report()
+    off_wait = report.total_ns(id(target), "wait", on_cpu=False) / 1e9
+    assert off_wait == pytest.approx(truth.waited_in_wait, rel=0.10)
+    slices = report.longest_slices(3)
+    assert len(slices) == 3
+    # Each slice ran compute() (12 ms of CPU) without yielding.
+    assert all(s.duration_ns >= 11_000_000 for s in slices)
+    assert all(s.end_stack[-2].function.endswith("wait") for s in slices)
+
+
+# -- contamination, measured ---------------------------------------------------------
+
+
+def test_thread_mode_shows_foreign_greenlets_and_the_others_show_none() -> None:
+    foreign: dict[str, float] = {}
+    for mode in ("thread", "hybrid", "greenlet"):
+        profiler, target, _ = run_workload(mode, dump_period=0.001)
+        samples = [s for s in profiler.snapshots if s.event == "sample"]
+        if mode != "greenlet":
+            assert samples
+        others = [s for s in samples if s.greenlet_id != id(target)]
+        foreign[mode] = len(others) / len(samples) if samples else 0.0
+        ours = {"profiled_work", "compute", "wait", "busy"}
+        if mode == "thread":
+            # Each sample is labelled with the greenlet really running: the
+            # foreign ones hold the hub's or the bystanders' frames, never ours.
+            assert others
+            for sample in others:
+                assert not {f.function for f in sample.stack} & (ours - {"busy"})
+            for sample in samples:
+                if sample.greenlet_id == id(target):
+                    assert sample.stack[0].function == "profiled_work"
+        else:
+            names = {f.function for s in profiler.snapshots for f in s.stack}
+            assert "bystander_work" not in names
+    assert foreign["thread"] > 0
+    assert foreign["hybrid"] == 0
+    assert foreign["greenlet"] == 0
+
+
+def test_thread_mode_profiles_plain_threaded_code() -> None:
+    stop = threading.Event()
+
+    def crunch() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    worker = threading.Thread(target=crunch, name="cruncher")
+    worker.start()
+    try:
+        profiler = greenprof.Profiler(mode="thread", dump_period=0.001)
+        profiler.start(worker)
+        time.sleep(0.2)
+        profiler.stop()
+    finally:
+        stop.set()
+        worker.join()
+    samples = profiler.snapshots
+    assert len(samples) >= 20
+    assert {s.event for s in samples} == {"sample"}
+    assert {s.greenlet_name for s in samples} == {"thread cruncher"}
+    assert {s.thread_id for s in samples} == {worker.ident}
+    assert sum(any(f.function.endswith("crunch") for f in s.stack) for s in samples) >= 0.9 * len(
+        samples
+    )
+
+
+# -- the sampler thread ------------------------------------------------------------------
+
+
+def test_sampler_runs_only_while_a_sampling_session_does() -> None:
+    assert SAMPLER.thread_id is None
+    profiler = greenprof.Profiler(mode="hybrid", dump_period=0.001)
+    glet = gevent.spawn(busy, 0.05)
+    profiler.start(glet)
+    glet.join()
+    ident = SAMPLER.thread_id
+    assert ident is not None
+    assert ident != threading.get_ident()
+    profiler.stop()
+    assert SAMPLER.thread_id is None
+    import sys
+
+    assert ident not in sys._current_frames()
+    samples = [s for s in profiler.snapshots if s.event == "sample"]
+    # The sampler ran during a 50 ms busy loop that never yields: a real thread.
+    assert len(samples) >= 10
+
+
+def test_sampler_is_a_real_os_thread_after_patch_all() -> None:
+    result = run_python(
+        """
+        from gevent import monkey; monkey.patch_all()
+        import json, sys, threading, time, gevent, greenprof
+        from greenprof._sampler import SAMPLER
+
+        def spin():
+            end = time.perf_counter() + 0.1
+            while time.perf_counter() < end:
+                pass
+
+        glet = gevent.spawn(spin)
+        profiler = greenprof.Profiler(mode="hybrid", dump_period=0.001)
+        profiler.start(glet)
+        glet.join()
+        real_ids = set(sys._current_frames())
+        sampler = SAMPLER.thread_id
+        profiler.stop()
+        print(json.dumps({
+            "samples": sum(s.event == "sample" for s in profiler.snapshots),
+            "sampler_is_real_thread": sampler in real_ids,
+            "gone_after_stop": SAMPLER.thread_id is None
+                               and sampler not in sys._current_frames(),
+        }))
+        """
+    )
+    assert result["samples"] >= 20  # type: ignore[operator]
+    assert result["sampler_is_real_thread"] is True
+    assert result["gone_after_stop"] is True
+
+
+def test_sampler_comes_back_in_a_forked_child() -> None:
+    result = run_python(
+        """
+        import json, os, time, gevent, greenprof
+        from greenprof._sampler import SAMPLER
+
+        def spin(seconds):
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                pass
+
+        profiler = greenprof.Profiler(mode="hybrid", dump_period=0.001)
+        profiler.start()          # this greenlet
+        spin(0.03)
+        before = sum(s.event == "sample" for s in profiler.snapshots)
+        starts = SAMPLER.starts
+        pid = os.fork()
+        if pid == 0:
+            spin(0.1)
+            after = sum(s.event == "sample" for s in profiler.snapshots)
+            ok = SAMPLER.starts == starts + 1 and after >= before + 10
+            profiler.stop()
+            os._exit(0 if ok and SAMPLER.thread_id is None else 3)
+        _, status = os.waitpid(pid, 0)
+        profiler.stop()
+        print(json.dumps({"child_exit": os.waitstatus_to_exitcode(status), "before": before}))
+        """
+    )
+    assert result["child_exit"] == 0
+    assert result["before"] >= 5  # type: ignore[operator]
+
+
+# -- following spawned greenlets ------------------------------------------------------------
+
+
+def leaf_call() -> None:
+    gevent.sleep(0.001)
+
+
+def fan_out(depth: int) -> None:
+    leaf_call()
+    if depth:
+        gevent.joinall([gevent.spawn(fan_out, depth - 1) for _ in range(2)])
+
+
+def test_follow_spawned_profiles_a_fanned_out_request_whole() -> None:
+    bystanders = [gevent.spawn(leaf_call) for _ in range(3)]
+    request = gevent.spawn(fan_out, 2)
+    with greenprof.profile(request, follow_spawned=True) as profiler:
+        gevent.joinall([request, *bystanders])
+    snapshots = profiler.snapshots
+    ids = {s.greenlet_id for s in snapshots}
+    assert len(ids) == 1 + 2 + 4  # the request, its children, their children
+    assert not ids & {id(b) for b in bystanders}
+    parents = {s.greenlet_id: s.parent_id for s in snapshots}
+    assert parents[id(request)] is None
+    children = {g for g, p in parents.items() if p == id(request)}
+    assert len(children) == 2
+    assert len({g for g, p in parents.items() if p in children}) == 4
+    for greenlet_id in ids:
+        mine = [s.event for s in snapshots if s.greenlet_id == greenlet_id]
+        assert mine[0] == "switch_in" and mine[-1] == "exit"
+        assert mine.count("switch_out") >= 1
+    assert greenlet.gettrace() is None
+
+
+def test_without_follow_spawned_children_are_not_profiled() -> None:
+    request = gevent.spawn(fan_out, 1)
+    with greenprof.profile(request) as profiler:
+        request.join()
+    assert {s.greenlet_id for s in profiler.snapshots} == {id(request)}
+
+
+# -- options every mode honours ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["greenlet", "hybrid", "thread"])
+def test_min_duration_drops_short_sessions_and_keeps_long_ones(mode: str) -> None:
+    sink = MemorySink()
+
+    @greenprof.profile(sinks=[sink], mode=mode, min_duration=0.02, dump_period=0.001)
+    def handler(seconds: float) -> None:
+        busy(seconds / 2)
+        gevent.sleep(seconds / 2)
+
+    handler(0.002)
+    assert sink.snapshots == []
+    handler(0.05)
+    assert len({s.session_id for s in sink.snapshots}) == 1
+    assert sink.snapshots
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "thread"])
+def test_samples_honour_max_depth_and_max_snapshots(mode: str) -> None:
+    def deep(n: int) -> None:
+        if n:
+            deep(n - 1)
+        else:
+            busy(0.06)
+
+    glet = gevent.spawn(deep, 40)
+    profiler = greenprof.Profiler(mode=mode, dump_period=0.001, max_depth=7, max_snapshots=12)
+    profiler.start(glet)
+    glet.join()
+    profiler.stop()
+    samples = [s for s in profiler.snapshots if s.event == "sample"]
+    # hybrid: the first of the 12 is the switch_in; the exit came too late
+    assert len(samples) == 12 - (1 if mode == "hybrid" else 0)
+    assert all(len(s.stack) == 7 for s in samples)
+    assert profiler.stats.dropped > 0
+
+
+@pytest.mark.parametrize(
+    ("options", "phrase"),
+    [
+        ({"mode": "sampling"}, "mode must be one of"),
+        ({"dump_period": 0.0005}, "at least 0.001"),
+        ({"dump_period": "10ms"}, "dump_period is in seconds"),
+        ({"min_duration": -1}, "min_duration is in seconds"),
+        ({"mode": "thread", "follow_spawned": True}, "follow_spawned needs switch snapshots"),
+    ],
+)
+def test_bad_mode_options_are_refused(options: dict[str, Any], phrase: str) -> None:
+    with pytest.raises(ConfigurationError, match=phrase):
+        greenprof.Profiler(**options)
+
+
+def test_modes_record_the_events_they_promise() -> None:
+    kinds = {}
+    for mode in ("greenlet", "hybrid", "thread"):
+        profiler, _, _ = run_workload(mode, dump_period=0.002)
+        kinds[mode] = set(Counter(s.event for s in profiler.snapshots))
+    assert kinds["greenlet"] == {"switch_in", "switch_out", "exit"}
+    assert kinds["hybrid"] == {"switch_in", "switch_out", "exit", "sample"}
+    assert kinds["thread"] == {"sample"}

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["bench_switch.py"]
+BENCHMARKS = ["bench_switch.py", "bench_modes.py"]
 
 
 def main() -> int:

@@ -270,7 +270,8 @@ def test_follow_spawned_profiles_a_fanned_out_request_whole() -> None:
     assert len({g for g, p in parents.items() if p in children}) == 4
     for greenlet_id in ids:
         mine = [s.event for s in snapshots if s.greenlet_id == greenlet_id]
-        assert mine[0] == "switch_in" and mine[-1] == "exit"
+        assert mine[0] == "switch_in"
+        assert mine[-1] == "exit"
         assert mine.count("switch_out") >= 1
     assert greenlet.gettrace() is None
 

@@ -342,9 +342,7 @@ class Profiler:
     def _check_not_running(self, key: int, thing: object) -> None:
         existing = self._running.get(key)
         if existing is not None and existing.ref() is thing:
-            what = (
-                _describe(thing) if isinstance(thing, greenlet.greenlet) else repr(thing)
-            )
+            what = _describe(thing) if isinstance(thing, greenlet.greenlet) else repr(thing)
             msg = (
                 f"This profiler is already profiling {what}. "
                 "Stop it first, or use a second Profiler to nest sessions."

@@ -101,8 +101,9 @@ class Report:
       to its end. Without samples the whole slice goes to the stack it
       switched out from (for a final slice that ends in ``exit``, to the stack
       it resumed in).
-    - ``thread``-mode samples carry no switches: each stands for one dump
-      period of on-CPU time of the greenlet it is labelled with.
+    - A greenlet with samples only (``thread`` mode: no switches are
+      recorded) gets one dump period of on-CPU time per sample, to the
+      sample's stack; bounds do not apply to it.
     - With session bounds, a greenlet running when the session started
       counts from the start, and one running or waiting when it stopped
       counts to the stop.
@@ -174,6 +175,14 @@ class Report:
 
     def _replay(self, greenlet_id: int, events: Sequence[Snapshot]) -> None:
         walk = _Walk(self._names[greenlet_id])
+        if all(snapshot.event == "sample" for snapshot in events):
+            # Thread mode: no switches, each sample stands for one period.
+            for snapshot in events:
+                self._add(greenlet_id, snapshot.stack, on=self._dump_period_ns)
+            walk.samples = len(events)
+            walk.on_cpu_ns = len(events) * self._dump_period_ns
+            self._total(greenlet_id, walk)
+            return
         start, stop = self._bounds.get(greenlet_id, (0, 0))
         first = events[0]
         if first.event in ("switch_out", "exit", "sample"):
@@ -187,7 +196,9 @@ class Report:
             kind = snapshot.event
             if kind == "sample":
                 walk.samples += 1
-                if walk.running_since is None:  # a thread-mode sample
+                if walk.running_since is None:
+                    # Only a sample taken while it waited (it cannot run
+                    # then): it stands for one period, like a thread-mode one.
                     self._add(greenlet_id, snapshot.stack, on=self._dump_period_ns)
                     walk.on_cpu_ns += self._dump_period_ns
                 else:
@@ -210,6 +221,9 @@ class Report:
                 last = walk.samples_in_slice[-1].stack if walk.samples_in_slice else None
                 self._end_slice(greenlet_id, walk, stop, last or walk.resumed_stack, ())
             self._end_wait(greenlet_id, walk, stop)
+        self._total(greenlet_id, walk)
+
+    def _total(self, greenlet_id: int, walk: _Walk) -> None:
         self.greenlets[greenlet_id] = GreenletTime(
             greenlet_id=greenlet_id,
             greenlet_name=walk.name,

@@ -345,3 +345,28 @@ def test_modes_record_the_events_they_promise() -> None:
     assert kinds["greenlet"] == {"switch_in", "switch_out", "exit"}
     assert kinds["hybrid"] == {"switch_in", "switch_out", "exit", "sample"}
     assert kinds["thread"] == {"sample"}
+
+
+def test_hybrid_with_follow_spawned_samples_the_children_too() -> None:
+    def child_crunch() -> None:
+        busy(0.03)
+        gevent.sleep(0)
+
+    def request() -> None:
+        gevent.joinall([gevent.spawn(child_crunch) for _ in range(2)])
+
+    bystander = gevent.spawn(busy, 0.03)
+    target = gevent.spawn(request)
+    with greenprof.profile(
+        target, mode="hybrid", follow_spawned=True, dump_period=0.001
+    ) as profiler:
+        gevent.joinall([target, bystander])
+    samples = [s for s in profiler.snapshots if s.event == "sample"]
+    children = {s.greenlet_id for s in profiler.snapshots if s.parent_id == id(target)}
+    assert len(children) == 2
+    sampled = Counter(s.greenlet_id for s in samples)
+    assert all(sampled[child] >= 10 for child in children)
+    assert id(bystander) not in sampled
+    for sample in samples:
+        assert sample.stack[-1].function == "busy"
+        assert sample.stack[0].function.endswith("child_crunch")

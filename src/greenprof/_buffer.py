@@ -45,6 +45,7 @@ class GreenletBuffer:
         "limit",
         "parent_id",
         "records",
+        "sampler",
         "thread_id",
     )
 
@@ -71,6 +72,9 @@ class GreenletBuffer:
         #: Called with a greenlet this one spawned; returns the buffer to
         #: record it in. ``None``: spawned greenlets are not followed.
         self.follow: Callable[[greenlet.greenlet, GreenletBuffer], GreenletBuffer] | None = None
+        #: The hybrid-mode sampling session that samples into this buffer
+        #: (shared by the greenlets ``follow`` adds); None in other modes.
+        self.sampler: object | None = None
 
     def add(self, record: Record) -> None:
         """Append from outside the switch path (the sampler thread)."""

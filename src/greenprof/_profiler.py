@@ -275,14 +275,12 @@ class Profiler:
                 if self.follow_spawned:
                     buffer.follow = self._adopt
                     dispatcher.start_following()
-                record.watch = dispatcher.watch(glet, buffer)
                 if self.mode == "hybrid":
                     record.taker = HybridTaker(
-                        dispatcher=dispatcher,
-                        watch=record.watch,
-                        buffer=buffer,
-                        period_ns=self._period_ns(),
+                        dispatcher=dispatcher, period_ns=self._period_ns()
                     )
+                    buffer.sampler = record.taker
+                record.watch = dispatcher.watch(glet, buffer)
             self._register(record)
             if dispatcher not in self._dispatchers:
                 self._dispatchers.append(dispatcher)
@@ -327,6 +325,7 @@ class Profiler:
         )
         buffer.parent_id = parent.greenlet_id
         buffer.follow = self._adopt
+        buffer.sampler = parent.sampler
         dispatcher = installed_dispatcher(parent.thread_id)
         if dispatcher is not None:
             self._adopted.append((weakref.ref(child), buffer, dispatcher))

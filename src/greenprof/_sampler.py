@@ -155,33 +155,34 @@ def _mid_switch(frame: FrameType) -> bool:
 
 
 class HybridTaker:
-    """Samples one greenlet, only while it is the one running in its thread.
+    """Samples the greenlets of one hybrid session, only while one of them runs.
 
-    The dispatcher knows exactly which watched greenlet runs; the buffer's
-    record count (every switch of the greenlet adds one) proves that no switch
-    happened while the sample was taken.
+    The dispatcher knows exactly which watched greenlet runs; the buffers
+    that carry this taker (the target's, and those of the greenlets it
+    spawned, with ``follow_spawned``) are the ones sampled. The buffer's
+    record count (every switch adds one) proves no switch happened while the
+    sample was taken.
     """
 
-    def __init__(
-        self,
-        *,
-        dispatcher: SwitchDispatcher,
-        watch: GreenletWatch,
-        buffer: GreenletBuffer,
-        period_ns: int,
-    ) -> None:
+    def __init__(self, *, dispatcher: SwitchDispatcher, period_ns: int) -> None:
         self.dispatcher = dispatcher
-        self.watch = watch
-        self.buffer = buffer
         self.period_ns = period_ns
         self.next_due_ns = 0
         self.errors = 0
-        #: Samples not taken because the greenlet was not running.
+        #: Samples not taken because none of the session's greenlets ran.
         self.idle = 0
 
+    def _buffer_of(self, watch: GreenletWatch | None) -> GreenletBuffer | None:
+        if watch is not None:
+            for buffer in watch.buffers:
+                if buffer.sampler is self:
+                    return buffer
+        return None
+
     def take(self, now_ns: int) -> None:
-        buffer = self.buffer
-        if self.dispatcher.get_running() is not self.watch:
+        watch = self.dispatcher.get_running()
+        buffer = self._buffer_of(watch)
+        if buffer is None:
             self.idle += 1
             return
         before = buffer.count + buffer.dropped
@@ -189,7 +190,7 @@ class HybridTaker:
         if (
             frame is None
             or _mid_switch(frame)
-            or self.dispatcher.get_running() is not self.watch
+            or self.dispatcher.get_running() is not watch
             or buffer.count + buffer.dropped != before
         ):
             return

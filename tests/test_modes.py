@@ -370,3 +370,14 @@ def test_hybrid_with_follow_spawned_samples_the_children_too() -> None:
     for sample in samples:
         assert sample.stack[-1].function == "busy"
         assert sample.stack[0].function.endswith("child_crunch")
+
+
+def test_every_suspension_is_a_wait_at_its_wait_site() -> None:
+    profiler, target, truth = run_workload("greenlet")
+    report = profiler.report()
+    waits = [w for w in report.waits if w.greenlet_id == id(target)]
+    assert len(waits) == 8
+    assert all(w.stack[-2].function.endswith("wait") for w in waits)
+    assert sum(w.duration_ns for w in waits) == report.greenlets[id(target)].off_cpu_ns
+    assert sum(w.duration_ns for w in waits) / 1e9 == pytest.approx(truth.waited_in_wait, rel=0.1)
+    assert [w.start_ns for w in waits] == sorted(w.start_ns for w in waits)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ._profiler import MODES, Profiler, ProfilerStats
-from ._report import GreenletTime, Report, RunSlice, StackTime
+from ._report import GreenletTime, Report, RunSlice, StackTime, Wait
 from ._schema import load
 from ._scope import ProfileScope, profile
 from .snapshot import EVENTS, Frame, Snapshot
@@ -31,6 +31,7 @@ __all__ = [
     "RunSlice",
     "Snapshot",
     "StackTime",
+    "Wait",
     "__version__",
     "load",
     "profile",

@@ -276,9 +276,7 @@ class Profiler:
                     buffer.follow = self._adopt
                     dispatcher.start_following()
                 if self.mode == "hybrid":
-                    record.taker = HybridTaker(
-                        dispatcher=dispatcher, period_ns=self._period_ns()
-                    )
+                    record.taker = HybridTaker(dispatcher=dispatcher, period_ns=self._period_ns())
                     buffer.sampler = record.taker
                 record.watch = dispatcher.watch(glet, buffer)
             self._register(record)

@@ -13,7 +13,7 @@ import attrs
 
 from .snapshot import Frame, Snapshot
 
-__all__ = ["GreenletTime", "Report", "RunSlice", "StackTime"]
+__all__ = ["GreenletTime", "Report", "RunSlice", "StackTime", "Wait"]
 
 Stack = tuple[Frame, ...]
 
@@ -59,6 +59,18 @@ class RunSlice:
     #: Where it yielded (empty when it finished, or the session ended first).
     end_stack: Stack
     samples: int
+
+
+@attrs.frozen
+class Wait:
+    """One suspension of a greenlet: switch-out to the next switch-in."""
+
+    greenlet_id: int
+    greenlet_name: str
+    start_ns: int
+    duration_ns: int
+    #: The wait site: the stack it switched out from.
+    stack: Stack
 
 
 @attrs.define
@@ -123,7 +135,10 @@ class Report:
         self._dump_period_ns = dump_period_ns
         self._cells: dict[tuple[int, Stack], _Cell] = {}
         self._names: dict[int, str] = {}
+        #: Every run slice, in time order.
         self.slices: list[RunSlice] = []
+        #: Every suspension, in time order.
+        self.waits: list[Wait] = []
         self.greenlets: dict[int, GreenletTime] = {}
         by_greenlet: dict[int, list[Snapshot]] = {}
         for snapshot in self.snapshots:
@@ -132,6 +147,7 @@ class Report:
         for greenlet_id, events in by_greenlet.items():
             self._replay(greenlet_id, events)
         self.slices.sort(key=lambda s: s.start_ns)
+        self.waits.sort(key=lambda w: w.start_ns)
 
     # -- results ------------------------------------------------------------------
 
@@ -240,6 +256,9 @@ class Report:
             waited = max(0, now - walk.waiting_since)
             self._add(greenlet_id, walk.wait_stack, off=waited)
             walk.off_cpu_ns += waited
+            self.waits.append(
+                Wait(greenlet_id, walk.name, walk.waiting_since, waited, walk.wait_stack)
+            )
             walk.waiting_since = None
 
     def _end_slice(

@@ -9,7 +9,6 @@ Run: ``python examples/demo.py [output.jsonl]``
 
 from __future__ import annotations
 
-import itertools
 import sys
 from collections import defaultdict
 
@@ -71,18 +70,22 @@ def main() -> int:
         elapsed = (snapshot.timestamp_ns - start) / 1e6
         print(f"{elapsed:8.2f}  {snapshot.event:<10} {where}{line}")
 
-    # Off-CPU time per wait site: from each switch-out to the next switch-in.
+    # Where the time went: off-CPU per wait site, and the longest CPU stretch.
+    report = profiler.report()
     waits: dict[str, float] = defaultdict(float)
-    for out, back in itertools.pairwise(snapshots):
-        if out.event == "switch_out" and back.event in ("switch_in", "throw"):
-            user_frames = [f for f in out.stack if f.filename == __file__]
-            site = user_frames[-1] if user_frames else out.stack[-1]
-            waits[f"{site.function} (line {site.lineno})"] += (
-                back.timestamp_ns - out.timestamp_ns
-            ) / 1e6
+    for wait in report.waits:
+        user_frames = [f for f in wait.stack if f.filename == __file__]
+        site = user_frames[-1] if user_frames else wait.stack[-1]
+        waits[f"{site.function} (line {site.lineno})"] += wait.duration_ns / 1e6
     print("\nTime spent waiting, by wait site:")
     for site, ms in sorted(waits.items(), key=lambda item: -item[1]):
         print(f"  {ms:7.2f} ms  {site}")
+    longest = report.longest_slices(1)[0]
+    ended = [f.function for f in longest.end_stack if f.filename == __file__]
+    print(
+        f"Longest stretch without yielding: {longest.duration_ns / 1e6:.2f} ms, "
+        f"ending in {' > '.join(ended) or 'the exit'}"
+    )
 
     own = {"checkout", "query_database", "call_payment_api", "render_page"}
     demo_frames = {f.function for s in snapshots for f in s.stack if f.filename == __file__}

@@ -381,3 +381,108 @@ def test_every_suspension_is_a_wait_at_its_wait_site() -> None:
     assert sum(w.duration_ns for w in waits) == report.greenlets[id(target)].off_cpu_ns
     assert sum(w.duration_ns for w in waits) / 1e9 == pytest.approx(truth.waited_in_wait, rel=0.1)
     assert [w.start_ns for w in waits] == sorted(w.start_ns for w in waits)
+
+
+# -- corners found in review -------------------------------------------------------------
+
+
+def chaining_tracer_on_top() -> Any:
+    ours = greenlet.gettrace()
+
+    def on_top(event: str, args: Any) -> None:
+        ours(event, args)
+
+    greenlet.settrace(on_top)
+    return ours
+
+
+def test_thread_mode_labels_stay_right_under_a_tracer_that_chains_ours() -> None:
+    target = gevent.spawn(profiled_work, Truth())
+    others = [gevent.spawn(bystander_work) for _ in range(2)]
+    profiler = greenprof.Profiler(mode="thread", dump_period=0.001)
+    profiler.start(target)
+    ours = chaining_tracer_on_top()
+    try:
+        gevent.joinall([target, *others])
+    finally:
+        greenlet.settrace(ours)
+        profiler.stop()
+    samples = profiler.snapshots
+    labels = Counter(s.greenlet_id for s in samples)
+    assert labels[id(target)] > 0
+    assert set(labels) - {id(target)}  # the others are told apart too
+    for sample in samples:
+        assert all("greenprof" not in f.filename for f in sample.stack)
+        if sample.greenlet_id == id(target):
+            assert sample.stack[0].function == "profiled_work"
+
+
+def test_follow_spawned_never_adopts_the_hub() -> None:
+    with greenprof.profile(follow_spawned=True) as profiler:
+        gevent.sleep(0.001)
+        gevent.spawn(leaf_call).join()
+    names = {s.greenlet_name for s in profiler.snapshots}
+    assert not any(name.startswith("Hub") for name in names)
+    assert len({s.greenlet_id for s in profiler.snapshots if s.parent_id is not None}) == 1
+
+
+def test_min_duration_discards_a_short_session_even_with_children() -> None:
+    sink = MemorySink()
+    with greenprof.profile(sinks=[sink], follow_spawned=True, min_duration=0.5) as profiler:
+        gevent.spawn(leaf_call).join()
+    assert profiler.discarded is True
+    assert sink.snapshots == []
+    assert profiler.snapshots == []
+
+
+def test_a_session_without_a_switch_still_reports_its_time() -> None:
+    with greenprof.profile() as profiler:
+        start = time.perf_counter()
+        busy(0.05)
+        elapsed = time.perf_counter() - start
+    assert profiler.snapshots == []
+    report = profiler.report()
+    totals = report.greenlets[id(greenlet.getcurrent())]
+    assert totals.on_cpu_ns / 1e9 == pytest.approx(elapsed, rel=0.1)
+    assert len(report.slices) == 1
+
+
+def test_reused_profiler_discards_only_the_short_run() -> None:
+    profiler = greenprof.Profiler(min_duration=0.03)
+    profiler.start()
+    busy(0.04)
+    gevent.sleep(0)
+    profiler.stop()
+    kept = profiler.snapshots
+    assert kept
+    assert profiler.discarded is False
+    profiler.start()
+    gevent.sleep(0)
+    profiler.stop()
+    assert profiler.discarded is True
+    assert profiler.snapshots == kept
+
+
+def test_switch_interval_comes_back_even_for_odd_dump_periods() -> None:
+    import sys
+
+    before = sys.getswitchinterval()
+    glet = gevent.spawn(busy, 0.01)
+    with greenprof.profile(glet, mode="hybrid", dump_period=0.0015001):
+        assert sys.getswitchinterval() < before
+        glet.join()
+    assert sys.getswitchinterval() == before
+
+
+def test_a_switch_interval_the_program_sets_during_sampling_is_kept() -> None:
+    import sys
+
+    before = sys.getswitchinterval()
+    glet = gevent.spawn(busy, 0.01)
+    try:
+        with greenprof.profile(glet, mode="hybrid", dump_period=0.001):
+            sys.setswitchinterval(0.0002)
+            glet.join()
+        assert sys.getswitchinterval() == pytest.approx(0.0002)
+    finally:
+        sys.setswitchinterval(before)

@@ -446,3 +446,21 @@ def test_snapshots_out_of_order_are_sorted_by_timestamp_then_sequence() -> None:
     assert report.stacks == expected.stacks
     assert report.slices == expected.slices
     assert report.greenlets == expected.greenlets
+
+
+def test_sessions_in_one_list_are_replayed_apart() -> None:
+    import attrs
+
+    first = snaps((1, "switch_out", 1_000, WAIT), (1, "switch_in", 2_000, WAIT))
+    second = [
+        attrs.evolve(s, session_id="t", timestamp_ns=s.timestamp_ns + 500_000_000)
+        for s in snaps((1, "switch_out", 1_000, WAIT), (1, "switch_in", 4_000, WAIT))
+    ]
+    report = Report([*first, *second])
+    # 1,000 + 3,000 ns of waiting; nothing for the half second between them.
+    assert times(report, 1) == {WAIT: (0, 4_000)}
+    assert report.greenlets[1].off_cpu_ns == 4_000
+    assert report.greenlets[1].switches_out == 2
+    assert [w.duration_ns for w in report.waits] == [1_000, 3_000]
+    # Without bounds each session starts at its first snapshot.
+    assert [s.duration_ns for s in report.slices] == [0, 0]

@@ -70,8 +70,11 @@ class GreenletBuffer:
         #: profiled because its parent was (``follow_spawned``).
         self.parent_id: int | None = None
         #: Called with a greenlet this one spawned; returns the buffer to
-        #: record it in. ``None``: spawned greenlets are not followed.
-        self.follow: Callable[[greenlet.greenlet, GreenletBuffer], GreenletBuffer] | None = None
+        #: record it in, or None when the session is stopping. ``None``:
+        #: spawned greenlets are not followed.
+        self.follow: Callable[[greenlet.greenlet, GreenletBuffer], GreenletBuffer | None] | None = (
+            None
+        )
         #: The hybrid-mode sampling session that samples into this buffer
         #: (shared by the greenlets ``follow`` adds); None in other modes.
         self.sampler: object | None = None

@@ -96,6 +96,7 @@ class SwitchDispatcher:
         self.switches = 0
         self.set_running: Callable[[GreenletWatch | None], None]
         self.get_running: Callable[[], GreenletWatch | None]
+        self.set_special: Callable[[bool], None]
         self.trace, self.chained = _make_tracers(self)
 
     def is_ours(self, tracer: object) -> bool:
@@ -106,6 +107,7 @@ class SwitchDispatcher:
     def ensure_installed(self) -> None:
         """Install the tracer, or re-install it if something dropped it."""
         current: TraceFunction | None = greenlet.gettrace()  # type: ignore[assignment]
+        self.detach_requested = False  # a session wants the tracer after all
         if self.is_ours(current):
             self.installed = True
             return
@@ -121,39 +123,33 @@ class SwitchDispatcher:
         self.installed = True
 
     def _tracer_for(self, previous: object) -> TraceFunction:
-        plain = previous is None and not self.tracking and not self.following
-        return self.trace if plain else self.chained
+        return self.trace if previous is None else self.chained
 
-    def start_following(self) -> None:
-        """Look at every switch for greenlets spawned by followed ones."""
-        self.following += 1
-        self.ensure_installed()
-        if greenlet.gettrace() is self.trace:
-            greenlet.settrace(self.chained)
-
-    def stop_following(self) -> None:
-        self.following -= 1
-        if (
-            not self.following
-            and thread_ident() == self.thread_id
-            and greenlet.gettrace() is self.chained
-        ):
-            greenlet.settrace(self._tracer_for(self.previous))
+    def _update_special(self) -> None:
+        self.set_special(bool(self.tracking or self.following))
 
     def start_tracking(self) -> None:
         """Keep ``current`` up to date (from this dispatcher's thread)."""
         self.tracking += 1
         self.current = greenlet.getcurrent()
+        self._update_special()
         self.ensure_installed()
-        if greenlet.gettrace() is self.trace:
-            greenlet.settrace(self.chained)
 
     def stop_tracking(self) -> None:
         self.tracking -= 1
         if not self.tracking:
             self.current = None
-            if thread_ident() == self.thread_id and greenlet.gettrace() is self.chained:
-                greenlet.settrace(self._tracer_for(self.previous))
+        self._update_special()
+
+    def start_following(self) -> None:
+        """Look at every switch for greenlets spawned by followed ones."""
+        self.following += 1
+        self._update_special()
+        self.ensure_installed()
+
+    def stop_following(self) -> None:
+        self.following -= 1
+        self._update_special()
 
     def _receives_switches(self, current: TraceFunction | None) -> bool:
         """Whether our tracer still runs, chained under ``current``."""
@@ -279,6 +275,12 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
     now = time.perf_counter_ns
     gettrace = greenlet.gettrace
     running: GreenletWatch | None = None
+    # True while a session tracks the running greenlet or follows spawns.
+    special = False
+
+    def set_special(value: bool) -> None:
+        nonlocal special
+        special = value
 
     def set_running(watch: GreenletWatch | None) -> None:
         nonlocal running
@@ -289,6 +291,7 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
 
     dispatcher.set_running = set_running
     dispatcher.get_running = get_running
+    dispatcher.set_special = set_special
 
     def trace(event: str, args: Any) -> None:
         nonlocal running
@@ -352,11 +355,22 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                                 buffer.records.append(record)
                             else:
                                 buffer.dropped += 1
-                elif not watches and dispatcher.detach_requested and dispatcher.is_ours(gettrace()):
+                elif (
+                    not watches
+                    and not special
+                    and dispatcher.detach_requested
+                    and dispatcher.is_ours(gettrace())
+                ):
                     # The last session here was stopped from another thread,
                     # or while another tracer sat on top of ours. (The entry
                     # in the registry stays for the next session to reuse.)
                     dispatcher.uninstall()
+                if special:
+                    if dispatcher.tracking:
+                        dispatcher.current = target
+                        dispatcher.switches += 1
+                    if running is None and dispatcher.following:
+                        adopt(target)
             except BaseException as exc:
                 dispatcher.errors += 1
                 _redeliver(exc)
@@ -366,6 +380,9 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
         # it (gevent records the spawner when config.track_greenlet_tree is
         # on, its default), and record this, its first switch-in.
         nonlocal running
+        hub_module = sys.modules.get("gevent.hub")
+        if hub_module is not None and isinstance(target, hub_module.Hub):
+            return  # the hub belongs to everyone
         spawner_ref = getattr(target, "spawning_greenlet", None)
         spawner = spawner_ref() if spawner_ref is not None else None
         parent = get(spawner) if spawner is not None else None
@@ -377,28 +394,17 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
         watch = None
         for buffer in followers:
             child = buffer.follow(target, buffer)  # type: ignore[misc]
-            watch = dispatcher.watch(target, child)
+            if child is not None:  # None: that session is stopping
+                watch = dispatcher.watch(target, child)
         if watch is not None:
             running = watch
             record = (SWITCH_IN, now(), watch.last_stack)
             for buffer in watch.buffers:
                 buffer.add(record)
 
-    # ``chained`` also keeps ``dispatcher.current`` for thread-mode labels,
-    # so the plain tracer stays as cheap as it can be.
     def chained(event: str, args: Any) -> None:
         previous = dispatcher.previous  # read first: trace() may uninstall us
         trace(event, args)
-        if event == "switch" or event == "throw":
-            if dispatcher.tracking:
-                dispatcher.current = args[1]
-                dispatcher.switches += 1
-            if dispatcher.following and running is None:
-                try:
-                    adopt(args[1])
-                except BaseException as exc:
-                    dispatcher.errors += 1
-                    _redeliver(exc)
         if previous is not None:
             try:
                 previous(event, args)

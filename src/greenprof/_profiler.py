@@ -177,9 +177,16 @@ class Profiler:
         ] = []
         self.dump_period = dump_period
         self.min_duration = min_duration
-        #: True when the session was shorter than ``min_duration`` and its
-        #: snapshots were discarded instead of exported.
+        #: True when the last session was shorter than ``min_duration`` and
+        #: its snapshots were discarded instead of exported.
         self.discarded = False
+        self._stopping = False
+        # When the current start..stop run began, and where its snapshots
+        # begin in ``_snapshots`` (a run that is discarded drops only its own).
+        self._run_started_ns = 0
+        self._run_first = 0
+        # Targets that were the running greenlet when they were started.
+        self._began_running: set[int] = set()
         #: ``greenlet_id`` -> (start, stop) wall-clock ns of its session part;
         #: stop is 0 while it runs.
         self.bounds: dict[int, tuple[int, int]] = {}
@@ -261,6 +268,8 @@ class Profiler:
                 thread_id=dispatcher.thread_id,
             )
             record = _Target(key, buffer, weakref.ref(glet), dispatcher)
+            if glet is current:
+                self._began_running.add(key)
             if self.mode == "thread":
                 dispatcher.start_tracking()
                 record.tracking = True
@@ -312,8 +321,10 @@ class Profiler:
             self._register(record)
         SAMPLER.subscribe(record.taker)
 
-    def _adopt(self, child: greenlet.greenlet, parent: GreenletBuffer) -> GreenletBuffer:
+    def _adopt(self, child: greenlet.greenlet, parent: GreenletBuffer) -> GreenletBuffer | None:
         # Runs inside the tracer: no lock, nothing that could switch.
+        if self._stopping:
+            return None
         buffer = GreenletBuffer(
             limit=self.max_snapshots,
             depth=self.max_depth,
@@ -358,6 +369,11 @@ class Profiler:
         return self._wall_anchor + time.perf_counter_ns() - self._mono_anchor
 
     def _register(self, record: _Target) -> None:
+        if not self._running:
+            self._run_started_ns = self._now_wall_ns()
+            self._run_first = len(self._snapshots) + sum(len(b.records) for b in self._buffers)
+            self.discarded = False
+            self._stopping = False
         self._running[record.key] = record
         self._buffers.append(record.buffer)
         self.bounds[record.buffer.greenlet_id or record.key] = (self._now_wall_ns(), 0)
@@ -386,6 +402,17 @@ class Profiler:
             if dispatcher is not None and dispatcher.thread_id == ident and dispatcher.watches:
                 dispatcher.ensure_installed()
         stopped = self._now_wall_ns()
+        self._stopping = True  # no more adoptions (the tracer may be in another thread)
+        for target in targets:
+            if target.dispatcher is not None:
+                if self.follow_spawned and target.watch is not None:
+                    target.dispatcher.stop_following()
+                if target.watch is not None:
+                    target.dispatcher.unwatch(target.watch, target.buffer)
+                if target.tracking:
+                    target.dispatcher.stop_tracking()
+            bound_key = target.buffer.greenlet_id or target.key
+            self.bounds[bound_key] = (self.bounds[bound_key][0], stopped)
         with self._lock:
             self._take_adopted()
             children, self._children = self._children, []
@@ -395,32 +422,25 @@ class Profiler:
             if watch is not None:
                 child_dispatcher.unwatch(watch, child_buffer)
             self.bounds[child_buffer.greenlet_id] = (0, stopped)
-        for target in targets:
-            if target.dispatcher is not None:
-                if self.follow_spawned and target.watch is not None:
-                    target.dispatcher.stop_following()
-                if target.watch is not None:
-                    target.dispatcher.unwatch(target.watch, target.buffer)
-                if target.tracking:
-                    target.dispatcher.stop_tracking()
-                target.dispatcher.release()
-            bound_key = target.buffer.greenlet_id or target.key
-            self.bounds[bound_key] = (self.bounds[bound_key][0], stopped)
-        if self.min_duration and self._longest_bound_ns() < self.min_duration * 1e9:
+        for dispatcher in {id(t.dispatcher): t.dispatcher for t in targets}.values():
+            if dispatcher is not None:
+                dispatcher.release()
+        for _, _, child_dispatcher in children:
+            child_dispatcher.release()
+        if self.min_duration and stopped - self._run_started_ns < self.min_duration * 1e9:
             self._discard()
             return
         self.flush()
         self._report_drops(targets)
 
-    def _longest_bound_ns(self) -> int:
-        return max((stop - start for start, stop in self.bounds.values() if stop), default=0)
-
     def _discard(self) -> None:
+        # Drop this run's snapshots only: earlier runs' were delivered.
+        self._drain()
         with self._lock:
-            for buffer in self._buffers:
-                buffer.drain()
-            self._buffers = []
-            self._snapshots = []
+            del self._snapshots[self._run_first :]
+            for state in self._sinks:
+                state.delivered = min(state.delivered, len(self._snapshots))
+                state.retry = [(a, min(b, len(self._snapshots))) for a, b in state.retry if a < b]
             self.discarded = True
 
     @property
@@ -465,7 +485,12 @@ class Profiler:
     def report(self) -> Report:
         """Where the time went: on/off-CPU per stack and per greenlet, and the
         longest stretches without a yield (see :class:`greenprof.Report`)."""
-        return Report(self.snapshots, bounds=self.bounds, dump_period_ns=self._period_ns())
+        return Report(
+            self.snapshots,
+            bounds=self.bounds,
+            running_at_start=self._began_running,
+            dump_period_ns=self._period_ns(),
+        )
 
     def flush(self, timeout: float | None = None) -> bool:
         """Hand everything recorded so far to every sink and flush them.

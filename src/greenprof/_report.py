@@ -7,7 +7,7 @@ profile read back from a file gives the same answers as a live one.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import attrs
 
@@ -118,7 +118,11 @@ class Report:
       sample's stack; bounds do not apply to it.
     - With session bounds, a greenlet running when the session started
       counts from the start, and one running or waiting when it stopped
-      counts to the stop.
+      counts to the stop. A profiled greenlet that never switched ran (those
+      in ``running_at_start``) or waited the whole session, with an empty
+      stack: greenlet mode cannot see inside it (hybrid mode can).
+    - Each session (``session_id``) is replayed on its own; totals of a
+      greenlet seen in several sessions add up.
     """
 
     def __init__(
@@ -126,6 +130,7 @@ class Report:
         snapshots: Iterable[Snapshot],
         *,
         bounds: Mapping[int, tuple[int, int]] | None = None,
+        running_at_start: Collection[int] = (),
         dump_period_ns: int = 10_000_000,
     ) -> None:
         self.snapshots: list[Snapshot] = sorted(
@@ -140,12 +145,18 @@ class Report:
         #: Every suspension, in time order.
         self.waits: list[Wait] = []
         self.greenlets: dict[int, GreenletTime] = {}
-        by_greenlet: dict[int, list[Snapshot]] = {}
+        # Sessions are replayed apart: a file may hold many (one per request),
+        # and a greenlet id may come back in a later one.
+        by_session: dict[tuple[str, int], list[Snapshot]] = {}
         for snapshot in self.snapshots:
-            by_greenlet.setdefault(snapshot.greenlet_id, []).append(snapshot)
+            by_session.setdefault((snapshot.session_id, snapshot.greenlet_id), []).append(snapshot)
             self._names[snapshot.greenlet_id] = snapshot.greenlet_name
-        for greenlet_id, events in by_greenlet.items():
+        for (_, greenlet_id), events in by_session.items():
             self._replay(greenlet_id, events)
+        seen = {greenlet_id for _, greenlet_id in by_session}
+        for greenlet_id, (start, stop) in self._bounds.items():
+            if greenlet_id not in seen and start and stop:
+                self._silent(greenlet_id, start, stop, greenlet_id in running_at_start)
         self.slices.sort(key=lambda s: s.start_ns)
         self.waits.sort(key=lambda w: w.start_ns)
 
@@ -239,16 +250,30 @@ class Report:
             self._end_wait(greenlet_id, walk, stop)
         self._total(greenlet_id, walk)
 
+    def _silent(self, greenlet_id: int, start: int, stop: int, running: bool) -> None:
+        # Profiled, but it never switched (and was not sampled): it ran, or
+        # waited, the whole session, at a stack the snapshots do not show.
+        self._names.setdefault(greenlet_id, "")
+        walk = _Walk(self._names[greenlet_id])
+        if running:
+            walk.running_since = start
+            self._end_slice(greenlet_id, walk, stop, (), ())
+        else:
+            walk.waiting_since = start
+            self._end_wait(greenlet_id, walk, stop)
+        self._total(greenlet_id, walk)
+
     def _total(self, greenlet_id: int, walk: _Walk) -> None:
+        old = self.greenlets.get(greenlet_id)
         self.greenlets[greenlet_id] = GreenletTime(
             greenlet_id=greenlet_id,
             greenlet_name=walk.name,
-            wall_ns=walk.on_cpu_ns + walk.off_cpu_ns,
-            on_cpu_ns=walk.on_cpu_ns,
-            off_cpu_ns=walk.off_cpu_ns,
-            switches_in=walk.switches_in,
-            switches_out=walk.switches_out,
-            samples=walk.samples,
+            wall_ns=walk.on_cpu_ns + walk.off_cpu_ns + (old.wall_ns if old else 0),
+            on_cpu_ns=walk.on_cpu_ns + (old.on_cpu_ns if old else 0),
+            off_cpu_ns=walk.off_cpu_ns + (old.off_cpu_ns if old else 0),
+            switches_in=walk.switches_in + (old.switches_in if old else 0),
+            switches_out=walk.switches_out + (old.switches_out if old else 0),
+            samples=walk.samples + (old.samples if old else 0),
         )
 
     def _end_wait(self, greenlet_id: int, walk: _Walk, now: int) -> None:

@@ -47,7 +47,7 @@ class Sampler:
         #: How many sampling threads this process started (tests and stats).
         self.starts = 0
         self._saved_interval: float | None = None
-        self._set_interval = 0.0
+        self._set_interval: float | None = None
 
     def subscribe(self, taker: SampleTaker) -> None:
         taker.next_due_ns = time.perf_counter_ns() + taker.period_ns
@@ -73,26 +73,37 @@ class Sampler:
             last = not self._takers and self._running
         if last:
             self._nudge()
-            # Bounded: the thread checks for subscribers right after waking.
-            if self._exited.acquire(True, 5.0):
-                self._exited.release()
+            # The thread checks for subscribers right after waking. Stop
+            # waiting if a new session subscribed meanwhile: it keeps the
+            # thread, and stopping this session must not wait for that one.
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                if self._exited.acquire(True, 0.005):
+                    self._exited.release()
+                    return
+                with self._lock:
+                    if self._takers:
+                        return
 
     def _adjust_switch_interval(self) -> None:
         # A busy thread hands the GIL over only every switch interval (5 ms by
         # default), so a shorter dump period needs a shorter interval. The
-        # previous value comes back when the last sampling session ends.
+        # program's own value comes back when the last sampling session ends;
+        # if the program changed it meanwhile, its new value is the one kept.
+        current = sys.getswitchinterval()
         if self._takers:
+            if self._saved_interval is None or current != self._set_interval:
+                self._saved_interval = current
             period = min(taker.period_ns for taker in self._takers) / 1e9
-            if self._saved_interval is None:
-                self._saved_interval = sys.getswitchinterval()
             wanted = min(self._saved_interval, period)
-            if sys.getswitchinterval() != wanted:
+            if current != wanted:
                 sys.setswitchinterval(wanted)
-                self._set_interval = wanted
+            self._set_interval = sys.getswitchinterval()  # as Python rounded it
         elif self._saved_interval is not None:
-            if sys.getswitchinterval() == self._set_interval:
+            if current == self._set_interval:
                 sys.setswitchinterval(self._saved_interval)
             self._saved_interval = None
+            self._set_interval = None
 
     def _nudge(self) -> None:
         with contextlib.suppress(RuntimeError):  # already released: a wake-up is pending
@@ -145,13 +156,19 @@ os.register_at_fork(after_in_child=SAMPLER._after_fork_in_child)
 
 # -- the two kinds of sampling sessions -------------------------------------------
 
-# A sample whose innermost frame is greenprof's tracer was taken in the middle
-# of a switch, when "the greenlet running" is ambiguous: it is skipped.
+# A sample taken while greenprof's tracer runs was taken in the middle of a
+# switch, when "the greenlet running" is ambiguous: it is skipped.
 _TRACER_FILE = dispatcher_module.__file__
 
 
 def _mid_switch(frame: FrameType) -> bool:
-    return frame.f_code.co_filename == _TRACER_FILE
+    """Whether the thread is inside greenprof's tracer (at any depth: other
+    tracers may run below or above it)."""
+    while frame is not None:
+        if frame.f_code.co_filename == _TRACER_FILE:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
 
 
 class HybridTaker:

@@ -96,7 +96,9 @@ class SwitchDispatcher:
         self.switches = 0
         self.set_running: Callable[[GreenletWatch | None], None]
         self.get_running: Callable[[], GreenletWatch | None]
-        self.set_special: Callable[[bool], None]
+        #: Makes the tracer look at every switch beyond watched greenlets:
+        #: tracking, following, or a pending request to detach.
+        self.set_attention: Callable[[bool], None]
         self.trace, self.chained = _make_tracers(self)
 
     def is_ours(self, tracer: object) -> bool:
@@ -107,7 +109,9 @@ class SwitchDispatcher:
     def ensure_installed(self) -> None:
         """Install the tracer, or re-install it if something dropped it."""
         current: TraceFunction | None = greenlet.gettrace()  # type: ignore[assignment]
-        self.detach_requested = False  # a session wants the tracer after all
+        if self.detach_requested:  # a session wants the tracer after all
+            self.detach_requested = False
+            self._update_attention()
         if self.is_ours(current):
             self.installed = True
             return
@@ -125,31 +129,31 @@ class SwitchDispatcher:
     def _tracer_for(self, previous: object) -> TraceFunction:
         return self.trace if previous is None else self.chained
 
-    def _update_special(self) -> None:
-        self.set_special(bool(self.tracking or self.following))
+    def _update_attention(self) -> None:
+        self.set_attention(bool(self.tracking or self.following or self.detach_requested))
 
     def start_tracking(self) -> None:
         """Keep ``current`` up to date (from this dispatcher's thread)."""
         self.tracking += 1
         self.current = greenlet.getcurrent()
-        self._update_special()
+        self._update_attention()
         self.ensure_installed()
 
     def stop_tracking(self) -> None:
         self.tracking -= 1
         if not self.tracking:
             self.current = None
-        self._update_special()
+        self._update_attention()
 
     def start_following(self) -> None:
         """Look at every switch for greenlets spawned by followed ones."""
         self.following += 1
-        self._update_special()
+        self._update_attention()
         self.ensure_installed()
 
     def stop_following(self) -> None:
         self.following -= 1
-        self._update_special()
+        self._update_attention()
 
     def _receives_switches(self, current: TraceFunction | None) -> bool:
         """Whether our tracer still runs, chained under ``current``."""
@@ -190,6 +194,7 @@ class SwitchDispatcher:
             return
         if thread_ident() != self.thread_id or not self.is_ours(greenlet.gettrace()):
             self.detach_requested = True
+            self._update_attention()
             return
         self.detach()
 
@@ -207,6 +212,7 @@ class SwitchDispatcher:
         self.previous = None
         self.installed = False
         self.detach_requested = False
+        self._update_attention()
 
     # -- watches ------------------------------------------------------------
 
@@ -275,12 +281,12 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
     now = time.perf_counter_ns
     gettrace = greenlet.gettrace
     running: GreenletWatch | None = None
-    # True while a session tracks the running greenlet or follows spawns.
-    special = False
+    # True while the tracer must look at every switch: see set_attention.
+    attention = False
 
-    def set_special(value: bool) -> None:
-        nonlocal special
-        special = value
+    def set_attention(value: bool) -> None:
+        nonlocal attention
+        attention = value
 
     def set_running(watch: GreenletWatch | None) -> None:
         nonlocal running
@@ -291,7 +297,7 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
 
     dispatcher.set_running = set_running
     dispatcher.get_running = get_running
-    dispatcher.set_special = set_special
+    dispatcher.set_attention = set_attention
 
     def trace(event: str, args: Any) -> None:
         nonlocal running
@@ -345,35 +351,39 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                             else:
                                 buffer.dropped += 1
                 running = get(target)
-                if running is not None:
-                    if origin is not target:
-                        kind = SWITCH_IN if event == "switch" else THROW
-                        record = (kind, now(), running.last_stack)
-                        for buffer in running.buffers:
-                            if buffer.count < buffer.limit:
-                                buffer.count += 1
-                                buffer.records.append(record)
-                            else:
-                                buffer.dropped += 1
-                elif (
-                    not watches
-                    and not special
-                    and dispatcher.detach_requested
-                    and dispatcher.is_ours(gettrace())
-                ):
-                    # The last session here was stopped from another thread,
-                    # or while another tracer sat on top of ours. (The entry
-                    # in the registry stays for the next session to reuse.)
-                    dispatcher.uninstall()
-                if special:
-                    if dispatcher.tracking:
-                        dispatcher.current = target
-                        dispatcher.switches += 1
-                    if running is None and dispatcher.following:
-                        adopt(target)
+                if running is not None and origin is not target:
+                    kind = SWITCH_IN if event == "switch" else THROW
+                    record = (kind, now(), running.last_stack)
+                    for buffer in running.buffers:
+                        if buffer.count < buffer.limit:
+                            buffer.count += 1
+                            buffer.records.append(record)
+                        else:
+                            buffer.dropped += 1
+                if attention:
+                    attend(target)
             except BaseException as exc:
                 dispatcher.errors += 1
                 _redeliver(exc)
+
+    def attend(target: greenlet.greenlet) -> None:
+        # Everything beyond watched greenlets, off the common path.
+        if dispatcher.tracking:
+            dispatcher.current = target
+            dispatcher.switches += 1
+        if running is None and dispatcher.following:
+            adopt(target)
+        if (
+            dispatcher.detach_requested
+            and not watches
+            and not dispatcher.tracking
+            and not dispatcher.following
+            and dispatcher.is_ours(gettrace())
+        ):
+            # The last session here was stopped from another thread, or while
+            # another tracer sat on top of ours. (The entry in the registry
+            # stays for the next session to reuse.)
+            dispatcher.uninstall()
 
     def adopt(target: greenlet.greenlet) -> None:
         # ``target`` is not watched; watch it if a followed greenlet spawned

@@ -3,8 +3,9 @@
 100 request greenlets run at once, each mixing I/O waits (gevent sleeps) and
 short CPU bursts (seeded, so every run does the same work). One request is
 profiled at a time: when a profiled request ends, the next one to start is
-profiled. Every mode samples at a 10 ms dump period. The script prints, from
-one run with the modes interleaved:
+profiled. Every mode samples at a 10 ms dump period. A second workload with
+slow I/O (40-80 ms waits) shows how the snapshot counts change when requests
+live long. The script prints, from one run with the modes interleaved:
 
 - snapshots per profiled request;
 - CPU overhead: process CPU time against the unprofiled run, minus one;
@@ -88,22 +89,28 @@ class Run:
         return time.process_time() - start
 
 
-def make_plans(requests: int, seed: int = 7) -> list[list[tuple[float, float]]]:
+#: Seconds of (CPU burst, I/O wait) ranges per step, four steps a request.
+WORKLOADS = {
+    "reference": ((0.0001, 0.0004), (0.001, 0.004)),
+    "slow-io": ((0.0001, 0.0004), (0.040, 0.080)),
+}
+
+
+def make_plans(
+    requests: int, workload: str = "reference", seed: int = 7
+) -> list[list[tuple[float, float]]]:
+    (cpu_lo, cpu_hi), (io_lo, io_hi) = WORKLOADS[workload]
     rng = random.Random(seed)
     return [
-        [(rng.uniform(0.0001, 0.0004), rng.uniform(0.001, 0.004)) for _ in range(4)]
+        [(rng.uniform(cpu_lo, cpu_hi), rng.uniform(io_lo, io_hi)) for _ in range(4)]
         for _ in range(requests)
     ]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a short run (tox -e bench)")
-    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
-    options = parser.parse_args()
-    requests, repeats = (600, 3) if options.quick else (3000, 7)
-    plans = make_plans(requests)
-
+def measure(
+    plans: list[list[tuple[float, float]]], repeats: int
+) -> tuple[float, dict[str, float], dict[str, Run]]:
+    """Median CPU time unprofiled, overhead per mode, and each mode's last run."""
     cpu: dict[str | None, list[float]] = {mode: [] for mode in (None, *MODES)}
     last: dict[str, Run] = {}
     for _ in range(repeats):
@@ -113,13 +120,14 @@ def main() -> int:
             if mode is not None:
                 last[mode] = run
     base = statistics.median(cpu[None])
-    overhead: dict[str, float] = {mode: statistics.median(cpu[mode]) / base - 1 for mode in MODES}
+    overhead = {mode: statistics.median(cpu[mode]) / base - 1 for mode in MODES}
+    return base, overhead, last
 
-    print(
-        f"Python {sys.version.split()[0]}; {requests} requests, {CONCURRENCY} at once, "
-        f"dump period {DUMP_PERIOD * 1000:.0f} ms, median of {repeats} interleaved runs"
-    )
-    print(f"unprofiled CPU time: {base:.3f} s")
+
+def table(
+    title: str, base: float, overhead: dict[str, float], last: dict[str, Run]
+) -> dict[str, float]:
+    print(f"{title}; unprofiled CPU time {base:.3f} s")
     print(f"{'mode':<10} {'snapshots/request':>18} {'CPU overhead':>13} {'foreign samples':>16}")
     foreign: dict[str, float] = {}
     for mode in MODES:
@@ -128,6 +136,32 @@ def main() -> int:
         per_request = statistics.mean(run.snapshots) if run.snapshots else 0.0
         print(f"{mode:<10} {per_request:>18.1f} {overhead[mode]:>12.2%} {foreign[mode]:>15.1%}")
     print()
+    return foreign
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run (tox -e bench)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    options = parser.parse_args()
+    requests, slow_requests, repeats = (600, 200, 3) if options.quick else (3000, 600, 7)
+
+    print(
+        f"Python {sys.version.split()[0]}; {CONCURRENCY} requests at once, dump period "
+        f"{DUMP_PERIOD * 1000:.0f} ms, medians of {repeats} interleaved runs\n"
+    )
+    base, overhead, last = measure(make_plans(requests), repeats)
+    foreign = table(
+        f"reference workload: {requests} requests of 4 x (0.1-0.4 ms CPU + 1-4 ms I/O wait)",
+        base,
+        overhead,
+        last,
+    )
+    slow = measure(make_plans(slow_requests, "slow-io"), max(1, repeats // 2))
+    table(
+        f"slow I/O: {slow_requests} requests of 4 x (0.1-0.4 ms CPU + 40-80 ms I/O wait)",
+        *slow,
+    )
     checks: list[tuple[str, float, str, Callable[[float], bool]]] = [
         (
             "greenlet-mode overhead / thread-mode overhead",

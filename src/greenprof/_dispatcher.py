@@ -344,6 +344,7 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                                 limit -= 4
                             watch.last_stack = stack
                             record = (SWITCH_OUT, now(), stack)
+                        # GreenletBuffer.add(), inlined here and below.
                         for buffer in watch.buffers:
                             if buffer.count < buffer.limit:
                                 buffer.count += 1

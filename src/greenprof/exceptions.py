@@ -12,6 +12,7 @@ __all__ = [
     "GreenprofError",
     "InvalidSinkError",
     "LoadError",
+    "MissingDependencyError",
     "NotAGreenletError",
     "NotRunningError",
     "SinkClosedError",
@@ -67,3 +68,7 @@ class LoadError(GreenprofError, ValueError):
 
 class UnsupportedFormatError(LoadError):
     """A snapshot file was written in a format or version this greenprof does not read."""
+
+
+class MissingDependencyError(GreenprofError, ImportError):
+    """A feature needs an optional dependency; the message names the extra."""

@@ -1,0 +1,77 @@
+"""A SkyWalking OAP stand-in for tests: a real gRPC server on 127.0.0.1.
+
+It implements the ``skywalking.v3.ProfileTask`` service with greenprof's own
+wire code and keeps what it receives.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from greenprof import _skywalking_wire as wire
+
+
+class FakeOAP:
+    def __init__(self, port: int = 0, *, delay: float = 0.0) -> None:
+        self.snapshots: list[wire.ThreadSnapshotMessage] = []
+        self.queries: list[tuple[str, str, int]] = []
+        self.finished: list[tuple[str, str, str]] = []
+        self.metadata: list[dict[str, str]] = []
+        self.commands: list[wire.Command] = []
+        self.delay = delay
+        self._lock = threading.Lock()
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        handlers = {
+            "collectSnapshot": grpc.stream_unary_rpc_method_handler(self._collect),
+            "getProfileTaskCommands": grpc.unary_unary_rpc_method_handler(self._commands),
+            "reportTaskFinish": grpc.unary_unary_rpc_method_handler(self._finish),
+        }
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("skywalking.v3.ProfileTask", handlers),)
+        )
+        self.port = self._server.add_insecure_port(f"127.0.0.1:{port}")
+        self.address = f"127.0.0.1:{self.port}"
+
+    def start(self) -> FakeOAP:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop(grace=None).wait()
+
+    def __enter__(self) -> FakeOAP:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _collect(self, requests: Any, context: grpc.ServicerContext) -> bytes:
+        self.metadata.append(dict(context.invocation_metadata()))
+        for request in requests:
+            if self.delay:
+                time.sleep(self.delay)
+            message = wire.decode_thread_snapshot(request)
+            with self._lock:
+                self.snapshots.append(message)
+        return b""
+
+    def _commands(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        with self._lock:
+            self.queries.append(wire.decode_command_query(request))
+            commands, self.commands = self.commands, []
+        return wire.encode_commands(commands)
+
+    def _finish(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        with self._lock:
+            self.finished.append(wire.decode_finish_report(request))
+        return b""
+
+    def unique(self) -> dict[tuple[str, str, int], wire.ThreadSnapshotMessage]:
+        """What the OAP stores: the last message per (task, segment, sequence)."""
+        with self._lock:
+            return {(m.task_id, m.segment_id, m.sequence): m for m in self.snapshots}

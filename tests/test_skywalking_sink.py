@@ -1,0 +1,257 @@
+"""SkyWalkingSink against a real gRPC server on 127.0.0.1 speaking SkyWalking's protocol."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import gevent
+import pytest
+
+import greenprof
+from greenprof import _skywalking_wire as wire
+from greenprof.exceptions import ConfigurationError, SinkClosedError
+from greenprof.sinks import SkyWalkingSink
+
+from .fake_oap import FakeOAP
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def snapshot(
+    sequence: int, session: str = "s", stack: tuple[greenprof.Frame, ...] = ()
+) -> greenprof.Snapshot:
+    return greenprof.Snapshot(
+        greenlet_id=1,
+        greenlet_name="g",
+        thread_id=1,
+        event="switch_out",
+        sequence=sequence,
+        timestamp_ns=1_700_000_000_123_456_789 + sequence * 1_000_000,
+        stack=stack or (greenprof.Frame("/app/views.py", "handler", 22),),
+        session_id=session,
+    )
+
+
+# -- the wire format -----------------------------------------------------------------------
+
+
+def test_messages_are_byte_for_byte_what_protobuf_encodes() -> None:
+    profile_pb2 = pytest.importorskip("skywalking.protocol.profile.Profile_pb2")
+    expected = profile_pb2.ThreadSnapshot(
+        taskId="task-1",
+        traceSegmentId="segment-1",
+        time=1_700_000_000_123,
+        sequence=7,
+        stack=profile_pb2.ThreadStack(codeSignatures=["/app/a.py.main: 3", "/app/b.py.f: 9"]),
+    ).SerializeToString()
+    ours = wire.encode_thread_snapshot(
+        task_id="task-1",
+        segment_id="segment-1",
+        time_ms=1_700_000_000_123,
+        sequence=7,
+        signatures=["/app/a.py.main: 3", "/app/b.py.f: 9"],
+    )
+    assert ours == expected
+    query = profile_pb2.ProfileTaskCommandQuery(
+        service="svc", serviceInstance="inst", lastCommandTime=-1
+    ).SerializeToString()
+    assert wire.encode_command_query(service="svc", instance="inst", last_command_time=-1) == query
+    assert wire.decode_command_query(query) == ("svc", "inst", -1)
+
+
+# -- what arrives ----------------------------------------------------------------------------
+
+
+def alpha_wait() -> None:
+    gevent.sleep(0.002)
+
+
+def beta_wait() -> None:
+    gevent.sleep(0.003)
+
+
+def test_concurrent_requests_arrive_with_their_own_segments_sequences_and_stacks() -> None:
+    spans: dict[str, tuple[int, int]] = {}
+    with FakeOAP() as oap:
+        sink = SkyWalkingSink(oap.address, task_id="task-1", authentication="s3cret")
+
+        def request(index: int) -> None:
+            segment = f"segment-{index}"
+            start = time.time_ns() // 1_000_000
+            with greenprof.profile(sinks=[sink]) as profiler:
+                sink.bind(profiler.session_id, task_id="task-1", segment_id=segment)
+                for _ in range(3):
+                    (alpha_wait if index % 2 else beta_wait)()
+            spans[segment] = (start, time.time_ns() // 1_000_000)
+
+        gevent.joinall([gevent.spawn(request, i) for i in range(6)])
+        assert sink.flush(10) is True
+        sink.close()
+        received = list(oap.snapshots)
+        metadata = oap.metadata
+    assert {m.get("authentication") for m in metadata} == {"s3cret"}
+    by_segment: dict[str, list[wire.ThreadSnapshotMessage]] = {}
+    for message in received:
+        assert message.task_id == "task-1"
+        by_segment.setdefault(message.segment_id, []).append(message)
+    assert set(by_segment) == set(spans)
+    for segment, messages in by_segment.items():
+        index = int(segment.rsplit("-", 1)[1])
+        mine = "alpha_wait" if index % 2 else "beta_wait"
+        other = "beta_wait" if index % 2 else "alpha_wait"
+        assert sorted(m.sequence for m in messages) == list(range(6))  # 3 waits, out and in
+        start, end = spans[segment]
+        assert all(start <= m.time_ms <= end for m in messages)
+        for message in messages:
+            assert message.signatures  # root first: the request function, then its wait
+            assert message.signatures[0].startswith(f"{__file__}.")
+            assert any(f".{mine}: " in s for s in message.signatures)
+            assert not any(f".{other}: " in s for s in message.signatures)
+            assert not any("/greenprof/" in s for s in message.signatures)
+    assert sink.sent == len(received) == 36
+    assert sink.dropped == sink.unbound == 0
+
+
+def test_signatures_are_the_agents_format_root_first_and_capped() -> None:
+    frames = tuple(greenprof.Frame(f"/app/m{i}.py", f"f{i}", i + 1) for i in range(8))
+    with FakeOAP() as oap:
+        sink = SkyWalkingSink(oap.address, task_id="t", segment_id="s", max_depth=5)
+        sink.export([snapshot(0, stack=frames)])
+        assert sink.flush(10)
+        sink.close()
+        (message,) = oap.snapshots
+    assert message.signatures == tuple(f"/app/m{i}.py.f{i}: {i + 1}" for i in range(5))
+    assert message.time_ms == 1_700_000_000_123  # epoch milliseconds
+    assert message.sequence == 0
+
+
+def test_snapshots_of_sessions_without_task_and_segment_are_not_sent() -> None:
+    with FakeOAP() as oap:
+        sink = SkyWalkingSink(oap.address)
+        sink.bind("known", task_id="t", segment_id="s")
+        sink.export([snapshot(0, "known"), snapshot(1, "stranger"), snapshot(2, "known")])
+        assert sink.flush(10)
+        sink.close()
+        assert sorted(m.sequence for m in oap.snapshots) == [0, 1]
+    assert sink.unbound == 1
+
+
+# -- faults ------------------------------------------------------------------------------
+
+
+def test_collector_absent_at_start_gets_everything_once_it_comes_up() -> None:
+    port = free_port()
+    sink = SkyWalkingSink(f"127.0.0.1:{port}", task_id="t", segment_id="s", timeout=2)
+    sink.export([snapshot(i) for i in range(20)])
+    assert sink.flush(0.3) is False  # nobody listening yet
+    assert sink.sent == 0
+    with FakeOAP(port) as oap:
+        assert sink.flush(30) is True
+        sink.close()
+        assert set(oap.unique()) == {("t", "s", i) for i in range(20)}
+    assert sink.failures >= 1
+    assert sink.dropped == 0
+
+
+def test_collector_killed_mid_stream_and_restarted_loses_nothing() -> None:
+    port = free_port()
+    sink = SkyWalkingSink(f"127.0.0.1:{port}", task_id="t", segment_id="s", timeout=2)
+    with FakeOAP(port) as first:
+        sink.export([snapshot(i) for i in range(10)])
+        assert sink.flush(10)
+        got_first = set(first.unique())
+    sink.export([snapshot(i) for i in range(10, 30)])  # collector down now
+    assert sink.flush(0.3) is False
+    with FakeOAP(port) as second:
+        assert sink.flush(30) is True
+        sink.close()
+        got_second = set(second.unique())
+    assert got_first | got_second == {("t", "s", i) for i in range(30)}
+    assert sink.failures >= 1
+
+
+def test_a_full_queue_drops_the_newest_and_counts_them() -> None:
+    port = free_port()
+    sink = SkyWalkingSink(f"127.0.0.1:{port}", task_id="t", segment_id="s", queue_size=5, timeout=2)
+    sink.export([snapshot(i) for i in range(20)])
+    assert sink.dropped == 15
+    with FakeOAP(port) as oap:
+        assert sink.flush(30)
+        sink.close()
+        assert set(oap.unique()) == {("t", "s", i) for i in range(5)}
+
+
+def test_a_slow_collector_does_not_slow_export() -> None:
+    with FakeOAP(delay=0.05) as oap:
+        sink = SkyWalkingSink(oap.address, task_id="t", segment_id="s", timeout=5)
+        sink.export([snapshot(i) for i in range(40)])
+        # export returned while the collector (50 ms a message) is still busy
+        assert sink.sent < 40
+        assert sink.flush(30) is True
+        assert len(oap.unique()) == 40
+        sink.close()
+
+
+def test_close_reports_what_the_collector_never_got(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="greenprof")
+    sink = SkyWalkingSink(f"127.0.0.1:{free_port()}", task_id="t", segment_id="s", timeout=1)
+    sink.export([snapshot(i) for i in range(3)])
+    sink.close(timeout=0.2)
+    sink.close()  # idempotent
+    assert any(
+        "3 snapshots the collector never acknowledged" in r.getMessage() for r in caplog.records
+    )
+    with pytest.raises(SinkClosedError, match="is closed"):
+        sink.export([snapshot(0)])
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="host:port"):
+        SkyWalkingSink("localhost")
+    with pytest.raises(ConfigurationError, match="queue_size"):
+        SkyWalkingSink("127.0.0.1:11800", queue_size=0)
+
+
+# -- packaging ----------------------------------------------------------------------------
+
+
+def test_without_grpcio_importing_works_and_constructing_names_the_extra() -> None:
+    # grpcio is installed here; hiding it from the import system is the only
+    # way to see what a user without the extra sees.
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["grpc"] = None
+        import greenprof
+        from greenprof.sinks import SkyWalkingSink
+        from greenprof.exceptions import MissingDependencyError
+        try:
+            SkyWalkingSink("127.0.0.1:11800")
+        except MissingDependencyError as exc:
+            print(exc)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'greenprof[skywalking]'" in out.stdout
+
+
+def test_no_descriptor_pool_clash_with_the_agents_stubs_in_either_order() -> None:
+    pytest.importorskip("skywalking.protocol.profile.Profile_pb2")
+    for first, second in (
+        ("greenprof.sinks", "skywalking.protocol.profile.Profile_pb2"),
+        ("skywalking.protocol.profile.Profile_pb2", "greenprof.sinks"),
+    ):
+        code = f"import {first}, {second}; print('ok')"
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == "ok"

@@ -1,0 +1,1 @@
+"""greenprof with the tools around it (SkyWalking profile tasks, ...)."""

@@ -1,0 +1,149 @@
+"""Profile tasks from a (fake, real-gRPC) SkyWalking OAP, applied to a gevent WSGI app."""
+
+from __future__ import annotations
+
+import time
+
+import gevent
+import gevent.socket
+from gevent import pywsgi
+
+from greenprof import _skywalking_wire as wire
+from greenprof.integrations.skywalking import ProfileTask, ProfileTaskPoller
+from greenprof.sinks import SkyWalkingSink
+
+from .fake_oap import FakeOAP
+
+
+def task_command(
+    *, serial: str, task_id: str, endpoint: str, start_ms: int, duration_min: int = 1
+) -> wire.Command:
+    return wire.Command(
+        "ProfileTaskQuery",
+        {
+            "SerialNumber": serial,
+            "TaskId": task_id,
+            "EndpointName": endpoint,
+            "Duration": str(duration_min),
+            "MinDurationThreshold": "10",
+            "DumpPeriod": "10",
+            "MaxSamplingCount": "50",
+            "StartTime": str(start_ms),
+            "CreateTime": str(start_ms - 5),
+        },
+    )
+
+
+def slow_work() -> None:
+    gevent.sleep(0.05)
+
+
+def app(environ: dict[str, object], start_response: object) -> list[bytes]:
+    if environ["PATH_INFO"] == "/slow":
+        slow_work()
+    start_response("200 OK", [("Content-Type", "text/plain")])  # type: ignore[operator]
+    return [b"ok"]
+
+
+def http_get(port: int, path: str) -> bytes:
+    sock = gevent.socket.create_connection(("127.0.0.1", port))
+    try:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        sock.close()
+
+
+def wait_until(condition: object, attempts: int = 400) -> bool:
+    for _ in range(attempts):
+        if condition():  # type: ignore[operator]
+            return True
+        gevent.sleep(0.01)
+    return False
+
+
+def test_a_task_profiles_its_endpoint_only_and_is_reported_finished() -> None:
+    with FakeOAP() as oap:
+        now_ms = int(time.time() * 1000)
+        # A one-minute task that started 58.5 s ago: it ends 1.5 s from now.
+        command = task_command(
+            serial="sn-1", task_id="task-1", endpoint="/slow", start_ms=now_ms - 58_500
+        )
+        oap.commands = [command, command]  # a repeated serial number is ignored
+        sink = SkyWalkingSink(oap.address, service="shop", instance="shop-1", timeout=5)
+        poller = ProfileTaskPoller(sink, interval=0.05, max_parallel=2).start()
+        try:
+            assert wait_until(lambda: poller.task_for("/slow") is not None)
+            server = pywsgi.WSGIServer(("127.0.0.1", 0), poller.wsgi(app), log=None)
+            server.start()
+            try:
+                fast = [gevent.spawn(http_get, server.server_port, "/fast") for _ in range(3)]
+                slow = [gevent.spawn(http_get, server.server_port, "/slow") for _ in range(6)]
+                gevent.joinall([*fast, *slow], raise_error=True)
+            finally:
+                server.stop()
+            assert sink.flush(10)
+            assert wait_until(lambda: poller.finished == ["task-1"])
+        finally:
+            poller.stop()
+            sink.close()
+        messages = list(oap.snapshots)
+        queries = list(oap.queries)
+        finished = list(oap.finished)
+    assert {m.task_id for m in messages} == {"task-1"}
+    segments: dict[str, list[int]] = {}
+    for message in messages:
+        segments.setdefault(message.segment_id, []).append(message.sequence)
+        assert any(".slow_work: " in s for s in message.signatures)
+    # six concurrent /slow requests, at most two profiled at once
+    assert len(segments) == 2
+    assert all(sorted(seqs) == list(range(len(seqs))) for seqs in segments.values())
+    assert queries[0] == ("shop", "shop-1", -1)
+    assert queries[-1] == ("shop", "shop-1", now_ms - 58_500 - 5)  # lastCommandTime
+    assert finished == [("shop", "shop-1", "task-1")]
+    assert len(poller._serials) == 1
+
+
+def test_a_task_command_reads_every_setting() -> None:
+    task = ProfileTask.from_command(
+        task_command(serial="sn", task_id="t", endpoint="/x", start_ms=1_000_000)
+    )
+    assert task == ProfileTask(
+        task_id="t",
+        serial_number="sn",
+        endpoint_name="/x",
+        start_time_ms=1_000_000,
+        create_time_ms=999_995,
+        duration_min=1,
+        min_duration_threshold_ms=10,
+        dump_period_ms=10,
+        max_sampling_count=50,
+    )
+    assert task.end_time_ms == 1_060_000
+
+
+def test_requests_faster_than_the_threshold_send_nothing() -> None:
+    with FakeOAP() as oap:
+        now_ms = int(time.time() * 1000)
+        oap.commands = [task_command(serial="s", task_id="t", endpoint="/quick", start_ms=now_ms)]
+        sink = SkyWalkingSink(oap.address, service="svc", instance="i", timeout=5)
+        poller = ProfileTaskPoller(sink, interval=0.05).start()
+        try:
+            assert wait_until(lambda: poller.task_for("/quick") is not None)
+            with poller.profile_request("/quick", "seg-quick") as profiler:
+                gevent.sleep(0)  # a switch, well under the 10 ms threshold
+            assert profiler is not None
+            assert profiler.discarded
+            with poller.profile_request("/quick", "seg-slow"):
+                gevent.sleep(0.03)
+            with poller.profile_request("/other", "seg-other") as other:
+                gevent.sleep(0.03)
+            assert other is None
+            assert sink.flush(10)
+        finally:
+            poller.stop()
+            sink.close()
+        assert {m.segment_id for m in oap.snapshots} == {"seg-slow"}

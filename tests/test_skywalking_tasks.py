@@ -16,7 +16,13 @@ from .fake_oap import FakeOAP
 
 
 def task_command(
-    *, serial: str, task_id: str, endpoint: str, start_ms: int, duration_min: int = 1
+    *,
+    serial: str,
+    task_id: str,
+    endpoint: str,
+    start_ms: int,
+    duration_min: int = 1,
+    max_sampling_count: int = 50,
 ) -> wire.Command:
     return wire.Command(
         "ProfileTaskQuery",
@@ -27,7 +33,7 @@ def task_command(
             "Duration": str(duration_min),
             "MinDurationThreshold": "10",
             "DumpPeriod": "10",
-            "MaxSamplingCount": "50",
+            "MaxSamplingCount": str(max_sampling_count),
             "StartTime": str(start_ms),
             "CreateTime": str(start_ms - 5),
         },
@@ -147,3 +153,28 @@ def test_requests_faster_than_the_threshold_send_nothing() -> None:
             poller.stop()
             sink.close()
         assert {m.segment_id for m in oap.snapshots} == {"seg-slow"}
+
+
+def test_max_sampling_count_caps_the_requests_a_task_profiles() -> None:
+    with FakeOAP() as oap:
+        now_ms = int(time.time() * 1000)
+        oap.commands = [
+            task_command(
+                serial="s", task_id="t", endpoint="/x", start_ms=now_ms, max_sampling_count=2
+            )
+        ]
+        sink = SkyWalkingSink(oap.address, service="svc", instance="i", timeout=5)
+        poller = ProfileTaskPoller(sink, interval=0.05).start()
+        try:
+            assert wait_until(lambda: poller.task_for("/x") is not None)
+            profiled = []
+            for index in range(5):
+                with poller.profile_request("/x", f"seg-{index}") as profiler:
+                    gevent.sleep(0.015)
+                profiled.append(profiler is not None)
+            assert sink.flush(10)
+        finally:
+            poller.stop()
+            sink.close()
+        assert profiled == [True, True, False, False, False]
+        assert {m.segment_id for m in oap.snapshots} == {"seg-0", "seg-1"}

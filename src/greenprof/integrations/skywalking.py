@@ -40,6 +40,7 @@ class ProfileTask:
     duration_min: int
     min_duration_threshold_ms: int
     dump_period_ms: int
+    #: How many requests (trace segments) the task profiles at most.
     max_sampling_count: int
 
     @property
@@ -75,7 +76,8 @@ class ProfileTaskPoller:
     Like the agent: polls every ``interval`` seconds with the service and
     instance names and ``lastCommandTime`` (the largest ``CreateTime`` seen,
     -1 at first), skips a ``SerialNumber`` it has seen, profiles at most
-    ``max_parallel`` requests at once, and sends ``reportTaskFinish`` once a
+    ``max_parallel`` requests at once and ``MaxSamplingCount`` requests per
+    task in all, and sends ``reportTaskFinish`` once a
     task's ``StartTime + Duration`` has passed.
     """
 
@@ -131,6 +133,7 @@ class ProfileTaskPoller:
         self._serials: set[str] = set()
         self._tasks: dict[str, ProfileTask] = {}
         self._active = 0
+        self._started: dict[str, int] = {}
         #: Tasks whose finish report the collector acknowledged.
         self.finished: list[str] = []
         #: Failed calls to the collector (each retried at the next poll).
@@ -246,10 +249,12 @@ class ProfileTaskPoller:
         task = self.task_for(endpoint_name)
         if task is not None:
             with self._lock:
-                if self._active >= self.max_parallel:
+                started = self._started.get(task.task_id, 0)
+                if self._active >= self.max_parallel or started >= task.max_sampling_count:
                     task = None
                 else:
                     self._active += 1
+                    self._started[task.task_id] = started + 1
         if task is None:
             yield None
             return
@@ -259,7 +264,6 @@ class ProfileTaskPoller:
                 mode=self.mode,
                 dump_period=max(task.dump_period_ms, 1) / 1000,
                 min_duration=task.min_duration_threshold_ms / 1000,
-                max_snapshots=max(task.max_sampling_count, 1),
                 max_depth=self.max_depth,
             )
             self.sink.bind(profiler.session_id, task_id=task.task_id, segment_id=segment_id)

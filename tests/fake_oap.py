@@ -23,6 +23,8 @@ class FakeOAP:
         self.finished: list[tuple[str, str, str]] = []
         self.metadata: list[dict[str, str]] = []
         self.commands: list[wire.Command] = []
+        #: Raw ``SegmentObject`` messages an agent reported.
+        self.segments: list[bytes] = []
         self.delay = delay
         self._lock = threading.Lock()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -31,8 +33,19 @@ class FakeOAP:
             "getProfileTaskCommands": grpc.unary_unary_rpc_method_handler(self._commands),
             "reportTaskFinish": grpc.unary_unary_rpc_method_handler(self._finish),
         }
+        empty = grpc.unary_unary_rpc_method_handler(lambda request, context: b"")
         self._server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("skywalking.v3.ProfileTask", handlers),)
+            (
+                grpc.method_handlers_generic_handler("skywalking.v3.ProfileTask", handlers),
+                grpc.method_handlers_generic_handler(
+                    "skywalking.v3.TraceSegmentReportService",
+                    {"collect": grpc.stream_unary_rpc_method_handler(self._segments)},
+                ),
+                grpc.method_handlers_generic_handler(
+                    "skywalking.v3.ManagementService",
+                    {"reportInstanceProperties": empty, "keepAlive": empty},
+                ),
+            )
         )
         self.port = self._server.add_insecure_port(f"127.0.0.1:{port}")
         self.address = f"127.0.0.1:{self.port}"
@@ -58,6 +71,12 @@ class FakeOAP:
             message = wire.decode_thread_snapshot(request)
             with self._lock:
                 self.snapshots.append(message)
+        return b""
+
+    def _segments(self, requests: Any, context: grpc.ServicerContext) -> bytes:
+        for request in requests:
+            with self._lock:
+                self.segments.append(request)
         return b""
 
     def _commands(self, request: bytes, context: grpc.ServicerContext) -> bytes:

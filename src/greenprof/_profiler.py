@@ -585,6 +585,8 @@ class Profiler:
                         state.retry.append((start, stop))
                         self._sink_failures += 1
                     _report_sink_failure(state.sink, "export", exc)
+            if timeout == 0:
+                continue  # hand over only: the sink sends in its own time
             try:
                 flushed = state.sink.flush(timeout)
             except Exception as exc:

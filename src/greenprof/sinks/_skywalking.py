@@ -44,6 +44,17 @@ def _import_grpc() -> Any:
     return grpc
 
 
+def _grpc_in_gevent_mode() -> bool:
+    """Whether grpc was switched to gevent (the SkyWalking agent does that
+    under ``monkey.patch_all``): then a client-streaming call from a real OS
+    thread stalls, and the sender must be a greenlet."""
+    try:
+        from grpc._cython import cygrpc  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError:  # pragma: no cover - grpc without its core
+        return False
+    return bool(getattr(cygrpc, "g_gevent_activated", False))
+
+
 def _identity(data: bytes) -> bytes:
     return data
 
@@ -123,6 +134,8 @@ class SkyWalkingSink:
         self._closing = False
         self._closed = False
         self._exited = allocate_real_lock()
+        self._nudged = False
+        self._sender: Any = None  # the sending greenlet, in gevent mode
         #: Messages the collector acknowledged.
         self.sent = 0
         #: Messages dropped because the queue was full.
@@ -160,7 +173,12 @@ class SkyWalkingSink:
                 self._thread_started = True
                 self._exited.acquire()
         if start:
-            original("start_new_thread")(self._run, ())
+            if _grpc_in_gevent_mode():
+                import gevent  # type: ignore[import-untyped,unused-ignore]
+
+                self._sender = gevent.spawn(self._run)
+            else:
+                original("start_new_thread")(self._run, ())
         self._nudge()
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -187,8 +205,11 @@ class SkyWalkingSink:
             started = self._thread_started
         self._nudge()
         # A call still in flight ends within ``timeout``; if it fails, the
-        # thread counts its messages in ``lost``.
-        if started and self._exited.acquire(True, max(self.timeout, 1.0) + 1.0):
+        # sender counts its messages in ``lost``.
+        patience = max(self.timeout, 1.0) + 1.0
+        if self._sender is not None:
+            self._sender.join(patience)
+        elif started and self._exited.acquire(True, patience):
             self._exited.release()
         self._channel.close()
         self._closed = True
@@ -228,8 +249,21 @@ class SkyWalkingSink:
                 )
 
     def _nudge(self) -> None:
+        self._nudged = True
         with contextlib.suppress(RuntimeError):
             self._wake.release()
+
+    def _wait(self, timeout: float) -> None:
+        """Sleep until nudged or ``timeout``; cooperatively for a greenlet sender."""
+        if self._sender is None:
+            self._wake.acquire(True, timeout)
+            return
+        import gevent  # type: ignore[import-untyped,unused-ignore]
+
+        deadline = time.monotonic() + timeout
+        while not self._nudged and time.monotonic() < deadline:
+            gevent.sleep(0.005)
+        self._nudged = False
 
     def _run(self) -> None:
         backoff = _BACKOFF_MIN
@@ -246,7 +280,7 @@ class SkyWalkingSink:
                         ]
                         self._in_flight = len(batch)
                 if not batch:
-                    self._wake.acquire(True, 0.5)
+                    self._wait(0.5)
                     continue
                 try:
                     # A list, not a generator: grpc consumes it at once, which
@@ -260,7 +294,7 @@ class SkyWalkingSink:
                             self.lost += len(batch)
                         else:
                             self._queue.extendleft(reversed(batch))
-                    self._wake.acquire(True, backoff)
+                    self._wait(backoff)
                     backoff = min(backoff * 2, _BACKOFF_MAX)
                     continue
                 with self._lock:
@@ -268,4 +302,5 @@ class SkyWalkingSink:
                     self._in_flight = 0
                 backoff = _BACKOFF_MIN
         finally:
-            self._exited.release()
+            if self._sender is None:
+                self._exited.release()

@@ -178,3 +178,44 @@ def test_max_sampling_count_caps_the_requests_a_task_profiles() -> None:
             sink.close()
         assert profiled == [True, True, False, False, False]
         assert {m.segment_id for m in oap.snapshots} == {"seg-0", "seg-1"}
+
+
+def test_a_slow_collector_never_holds_requests_up() -> None:
+    with FakeOAP(delay=0.05) as oap:  # 50 ms per message received
+        now_ms = int(time.time() * 1000)
+        oap.commands = [task_command(serial="s", task_id="t", endpoint="/slow", start_ms=now_ms)]
+        sink = SkyWalkingSink(oap.address, service="svc", instance="i", timeout=10)
+        poller = ProfileTaskPoller(sink, interval=0.05).start()
+        try:
+            assert wait_until(lambda: poller.task_for("/slow") is not None)
+            server = pywsgi.WSGIServer(("127.0.0.1", 0), poller.wsgi(app), log=None)
+            server.start()
+            try:
+                for _ in range(4):  # one after another: each is profiled
+                    assert http_get(server.server_port, "/slow").endswith(b"ok")
+            finally:
+                server.stop()
+            # every request is done; the collector is still receiving
+            assert sink.sent < 8
+            assert sink.flush(30)
+        finally:
+            poller.stop()
+            sink.close()
+        assert len(oap.unique()) == 8  # 4 requests x (switch_out, switch_in)
+
+
+def test_install_refuses_an_agent_without_its_protocol_modules() -> None:
+    import subprocess
+    import sys
+
+    # apache-skywalking 1.3.0 lacks the generated modules its profiler imports;
+    # hiding one from the import system shows what install() says then.
+    code = (
+        "import sys; sys.modules['skywalking.profile.profile_context'] = None\n"
+        "import greenprof.integrations.skywalking as s\n"
+        "from greenprof.exceptions import MissingDependencyError\n"
+        "try:\n    s.install()\nexcept MissingDependencyError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "install apache-skywalking==1.2.0" in out.stdout
+    assert "1.3.0" in out.stdout

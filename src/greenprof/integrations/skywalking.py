@@ -265,6 +265,7 @@ class ProfileTaskPoller:
                 dump_period=max(task.dump_period_ms, 1) / 1000,
                 min_duration=task.min_duration_threshold_ms / 1000,
                 max_depth=self.max_depth,
+                flush_timeout=0,  # never hold the request up for the network
             )
             self.sink.bind(profiler.session_id, task_id=task.task_id, segment_id=segment_id)
             profiler.start()

@@ -123,6 +123,10 @@ def test_agent_requests_are_profiled_with_its_segment_ids_and_the_task_finishes(
         )
         for segment in segments
     }
+    entry_spans = {
+        segment.traceSegmentId: next(span for span in segment.spans if span.spanId == 0)
+        for segment in segments
+    }
     slow_segments = {sid for sid, op in entry_ops.items() if op == "/slow"}
     fast_segments = {sid for sid, op in entry_ops.items() if op == "/fast"}
     assert len(slow_segments) == 3
@@ -139,4 +143,7 @@ def test_agent_requests_are_profiled_with_its_segment_ids_and_the_task_finishes(
             if m.segment_id == segment_id
         )
     assert all("/greenprof/" not in s for m in snapshots for s in m.signatures)
+    for message in snapshots:  # inside the request's entry span
+        span = entry_spans[message.segment_id]
+        assert span.startTime <= message.time_ms <= span.endTime
     assert ("shop", "shop-1", "task-7") in finished

@@ -162,11 +162,9 @@ class SkyWalkingSink:
         if self._closing:
             msg = f"{self!r} is closed; create a new sink to send again."
             raise SinkClosedError(msg)
-        messages = list(self._encode(batch))
         with self._lock:
             room = self.queue_size - len(self._queue) - self._in_flight
-            kept = messages[: max(0, room)]
-            self.dropped += len(messages) - len(kept)
+            kept = self._encode(batch, room)
             self._queue.extend(kept)
             start = not self._thread_started and bool(kept)
             if start:
@@ -227,26 +225,35 @@ class SkyWalkingSink:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _encode(self, batch: Iterable[Snapshot]) -> Iterable[bytes]:
-        with self._lock:
-            for snapshot in batch:
-                task, segment = self._bindings.get(
-                    snapshot.session_id, (self.task_id, self.segment_id)
-                )
-                if not task or not segment:
-                    self.unbound += 1
-                    continue
-                key = (task, segment)
-                sequence = self._sequences.get(key, 0)
-                self._sequences[key] = sequence + 1
-                frames = [f for f in snapshot.stack if _not_greenprof(f)][: self.max_depth]
-                yield wire.encode_thread_snapshot(
+    def _encode(self, batch: Iterable[Snapshot], room: int) -> list[bytes]:
+        """Messages for ``batch``, at most ``room`` of them (under the lock).
+
+        A dropped snapshot takes no sequence number, so what is sent for a
+        (task, segment) still counts 0, 1, 2... without gaps.
+        """
+        out: list[bytes] = []
+        for snapshot in batch:
+            task, segment = self._bindings.get(snapshot.session_id, (self.task_id, self.segment_id))
+            if not task or not segment:
+                self.unbound += 1
+                continue
+            if len(out) >= room:
+                self.dropped += 1
+                continue
+            key = (task, segment)
+            sequence = self._sequences.get(key, 0)
+            self._sequences[key] = sequence + 1
+            frames = [f for f in snapshot.stack if _not_greenprof(f)][: self.max_depth]
+            out.append(
+                wire.encode_thread_snapshot(
                     task_id=task,
                     segment_id=segment,
                     time_ms=snapshot.timestamp_ns // 1_000_000,
                     sequence=sequence,
                     signatures=[wire.code_signature(f) for f in frames],
                 )
+            )
+        return out
 
     def _nudge(self) -> None:
         self._nudged = True

@@ -258,3 +258,21 @@ def test_no_descriptor_pool_clash_with_the_agents_stubs_in_either_order() -> Non
             [sys.executable, "-c", code], capture_output=True, text=True, check=True
         )
         assert out.stdout.strip() == "ok"
+
+
+def test_close_keeps_retrying_until_its_timeout() -> None:
+    import threading
+
+    port = free_port()
+    sink = SkyWalkingSink(f"127.0.0.1:{port}", task_id="t", segment_id="s", timeout=2)
+    sink.export([snapshot(i) for i in range(3)])
+    oap = FakeOAP(port)
+    later = threading.Timer(0.5, oap.start)  # the collector comes back during close()
+    later.start()
+    try:
+        sink.close(timeout=20)
+        later.join()
+        assert set(oap.unique()) == {("t", "s", i) for i in range(3)}
+    finally:
+        oap.stop()
+    assert sink.lost == 0

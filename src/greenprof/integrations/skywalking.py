@@ -143,23 +143,28 @@ class ProfileTaskPoller:
 
     def start(self) -> ProfileTaskPoller:
         with self._lock:
+            self._stopping = False  # a thread still winding down keeps going
             if self._running:
                 return self
             self._running = True
-            self._stopping = False
             self._exited.acquire()
         original("start_new_thread")(self._run, ())
         return self
 
     def stop(self) -> None:
+        """Stop polling and wait for the polling thread to end."""
         with self._lock:
             if not self._running:
                 return
             self._stopping = True
         with contextlib.suppress(RuntimeError):
             self._wake.release()
-        if self._exited.acquire(True, self.sink.timeout + 5.0):
-            self._exited.release()
+        # A round may wait on the collector for ``timeout`` per call.
+        while not self._exited.acquire(True, self.sink.timeout + 1.0):
+            with self._lock:
+                if not self._running or not self._stopping:
+                    return
+        self._exited.release()
 
     def poll(self) -> None:
         """One round: fetch new tasks, report those that ended."""
@@ -194,6 +199,8 @@ class ProfileTaskPoller:
         with self._lock:
             ended = [t for t in self._tasks.values() if t.end_time_ms <= now_ms]
         for task in ended:
+            if self._stopping:
+                return
             try:
                 self._finish(
                     wire.encode_finish_report(
@@ -323,9 +330,10 @@ class _AgentSlot:
         """What the agent's own sampling thread calls on a pending slot: an
         agent thread started before :func:`install` finds nothing to do."""
 
-    def stop_profiling(self, stopped: Any) -> None:
+    def stop_profiling(self, stopped: Any, sink: SkyWalkingSink) -> None:
         if self.profiler.is_running:
             self.profiler.stop()
+        sink.unbind(self.profiler.session_id)
         self.profile_status.update_status(stopped)
 
 
@@ -336,8 +344,12 @@ class AgentTakeover:
     sink: SkyWalkingSink
     #: ``(class, attribute name, original)`` for everything replaced.
     originals: list[tuple[Any, str, Any]]
+    #: Stops every request greenprof profiles for the agent right now.
+    stop_all: Callable[[], None]
 
     def uninstall(self) -> None:
+        """Give profiling back to the agent: stop greenprof's requests first."""
+        self.stop_all()
         for owner, name, original_value in self.originals:
             setattr(owner, name, original_value)
         self.sink.close()
@@ -415,6 +427,7 @@ def install(*, mode: str = "greenlet", max_depth: int | None = None) -> AgentTak
         instance=config.agent_instance_name,
         authentication=config.agent_authentication or None,
         max_depth=depth,
+        secure=bool(getattr(config, "agent_force_tls", False)),
     )
     context_class = profile_context.ProfileTaskExecutionContext
     status = profile_status.ProfileStatus
@@ -429,9 +442,11 @@ def install(*, mode: str = "greenlet", max_depth: int | None = None) -> AgentTak
         """The agent's sampling thread is not started: greenprof profiles."""
 
     def stop_profiling(self: Any) -> None:
-        for slot in list(self.profiling_segment_slots):
+        for index, slot in enumerate(list(self.profiling_segment_slots)):
             if isinstance(slot, _AgentSlot):
-                slot.stop_profiling(status.STOPPED)
+                self.profiling_segment_slots.set(index, None)
+                slot.stop_profiling(status.STOPPED, sink)
+                self._current_profiling_cnt.add_and_get(-1)
 
     def attempt_profiling(
         self: Any, trace_context: Any, segment_id: str, first_span_opname: str
@@ -441,11 +456,14 @@ def install(*, mode: str = "greenlet", max_depth: int | None = None) -> AgentTak
         if (
             using >= config.agent_profile_max_parallel
             or task.first_span_op_name != first_span_opname
-            or self._total_started_profiling_cnt.get() >= task.max_sampling_count
             or not self._current_profiling_cnt.compare_and_set(using, using + 1)
         ):
             return status_reference.create_with_none()
-        self._total_started_profiling_cnt.add_and_get(1)
+        # Count first, then check: two OS threads cannot both take the last one.
+        if self._total_started_profiling_cnt.add_and_get(1) > task.max_sampling_count:
+            self._total_started_profiling_cnt.add_and_get(-1)
+            self._current_profiling_cnt.add_and_get(-1)
+            return status_reference.create_with_none()
         profiler = Profiler(
             sinks=[sink],
             mode=mode,
@@ -470,9 +488,10 @@ def install(*, mode: str = "greenlet", max_depth: int | None = None) -> AgentTak
         for index, slot in enumerate(self.profiling_segment_slots):
             if slot is not None and slot.matches(trace_context):
                 self.profiling_segment_slots.set(index, None)
-                slot.stop_profiling(status.STOPPED)
                 if isinstance(slot, _AgentSlot):
-                    sink.unbind(slot.profiler.session_id)
+                    slot.stop_profiling(status.STOPPED, sink)
+                else:
+                    slot.stop_profiling()
                 self._current_profiling_cnt.add_and_get(-1)
                 break
 
@@ -523,4 +542,11 @@ def install(*, mode: str = "greenlet", max_depth: int | None = None) -> AgentTak
     context_class.stop_profiling = stop_profiling
     context_class.attempt_profiling = attempt_profiling
     context_class.stop_tracing_profile = stop_tracing_profile
-    return AgentTakeover(sink, originals)
+
+    def stop_all() -> None:
+        service = getattr(profile, "profile_task_execution_service", None)
+        execution = service.task_execution_context.get() if service is not None else None
+        if execution is not None:
+            stop_profiling(execution)
+
+    return AgentTakeover(sink, originals, stop_all)

@@ -93,6 +93,7 @@ class SkyWalkingSink:
         max_depth: int = DEFAULT_MAX_DEPTH,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         timeout: float = 10.0,
+        secure: bool = False,
     ) -> None:
         grpc = _import_grpc()
         if not isinstance(address, str) or ":" not in address:
@@ -117,7 +118,11 @@ class SkyWalkingSink:
         self.timeout = timeout
         self._metadata = (("authentication", authentication),) if authentication else ()
         self._grpc = grpc
-        self._channel = grpc.insecure_channel(address)
+        self._channel = (
+            grpc.secure_channel(address, grpc.ssl_channel_credentials())
+            if secure
+            else grpc.insecure_channel(address)
+        )
         self._collect = self._channel.stream_unary(
             wire.COLLECT_SNAPSHOT,
             request_serializer=_identity,
@@ -135,7 +140,17 @@ class SkyWalkingSink:
         self._closed = False
         self._exited = allocate_real_lock()
         self._nudged = False
-        self._sender: Any = None  # the sending greenlet, in gevent mode
+        self._accepting = True
+        # With grpc in gevent mode (the SkyWalking agent does that under
+        # monkey.patch_all) a streaming call from an OS thread stalls: the
+        # sender is then a greenlet of the thread that makes the sink, which
+        # is the one running the event loop.
+        self._sender: Any = None
+        if _grpc_in_gevent_mode():
+            import gevent  # type: ignore[import-untyped,unused-ignore]
+
+            self._thread_started = True
+            self._sender = gevent.spawn(self._run)
         #: Messages the collector acknowledged.
         self.sent = 0
         #: Messages dropped because the queue was full.
@@ -155,14 +170,17 @@ class SkyWalkingSink:
             self._bindings[session_id] = (task_id, segment_id)
 
     def unbind(self, session_id: str) -> None:
+        """Forget a session's task and segment (and its sequence counter)."""
         with self._lock:
-            self._bindings.pop(session_id, None)
+            binding = self._bindings.pop(session_id, None)
+            if binding is not None and binding not in self._bindings.values():
+                self._sequences.pop(binding, None)
 
     def export(self, batch: Sequence[Snapshot]) -> None:
-        if self._closing:
-            msg = f"{self!r} is closed; create a new sink to send again."
-            raise SinkClosedError(msg)
         with self._lock:
+            if not self._accepting:
+                msg = f"{self!r} is closed; create a new sink to send again."
+                raise SinkClosedError(msg)
             room = self.queue_size - len(self._queue) - self._in_flight
             kept = self._encode(batch, room)
             self._queue.extend(kept)
@@ -171,12 +189,7 @@ class SkyWalkingSink:
                 self._thread_started = True
                 self._exited.acquire()
         if start:
-            if _grpc_in_gevent_mode():
-                import gevent  # type: ignore[import-untyped,unused-ignore]
-
-                self._sender = gevent.spawn(self._run)
-            else:
-                original("start_new_thread")(self._run, ())
+            original("start_new_thread")(self._run, ())
         self._nudge()
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -189,15 +202,21 @@ class SkyWalkingSink:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             self._nudge()
-            time.sleep(0.005)  # cooperative under gevent's monkey-patching
+            self._pause(0.005)
 
     def close(self, timeout: float | None = 5.0) -> None:
-        """Send what is queued (waiting at most ``timeout``), then stop."""
-        if self._closed:
-            return
-        self._closing = True
+        """Send what is queued, retrying until ``timeout``, then stop.
+
+        What the collector has not acknowledged by then is counted in
+        ``lost`` and logged.
+        """
+        with self._lock:
+            if not self._accepting:
+                return
+            self._accepting = False
         self.flush(timeout)
         with self._lock:
+            self._closing = True  # from now on a failed send is given up
             self.lost += len(self._queue)
             self._queue.clear()
             started = self._thread_started
@@ -260,16 +279,23 @@ class SkyWalkingSink:
         with contextlib.suppress(RuntimeError):
             self._wake.release()
 
+    def _pause(self, seconds: float) -> None:
+        if self._sender is None:
+            time.sleep(seconds)  # gevent's when patched: cooperative either way
+        else:
+            import gevent  # type: ignore[import-untyped,unused-ignore]
+
+            gevent.sleep(seconds)
+
     def _wait(self, timeout: float) -> None:
         """Sleep until nudged or ``timeout``; cooperatively for a greenlet sender."""
         if self._sender is None:
             self._wake.acquire(True, timeout)
             return
-        import gevent  # type: ignore[import-untyped,unused-ignore]
-
         deadline = time.monotonic() + timeout
+        # An export from another OS thread cannot wake a greenlet: poll.
         while not self._nudged and time.monotonic() < deadline:
-            gevent.sleep(0.005)
+            self._pause(0.02)
         self._nudged = False
 
     def _run(self) -> None:
@@ -290,10 +316,9 @@ class SkyWalkingSink:
                     self._wait(0.5)
                     continue
                 try:
-                    # A list, not a generator: grpc consumes it at once, which
-                    # also works when grpc runs in gevent mode.
+                    # A list, not a generator: grpc consumes it at once.
                     self._collect(iter(batch), timeout=self.timeout, metadata=self._metadata)
-                except self._grpc.RpcError:
+                except Exception:  # RpcError, or a channel closed under us
                     with self._lock:
                         self.failures += 1
                         self._in_flight = 0

@@ -13,6 +13,7 @@ from greenprof.integrations.skywalking import ProfileTask, ProfileTaskPoller
 from greenprof.sinks import SkyWalkingSink
 
 from .fake_oap import FakeOAP
+from .test_gevent_integration import http_get
 
 
 def task_command(
@@ -49,18 +50,6 @@ def app(environ: dict[str, object], start_response: object) -> list[bytes]:
         slow_work()
     start_response("200 OK", [("Content-Type", "text/plain")])  # type: ignore[operator]
     return [b"ok"]
-
-
-def http_get(port: int, path: str) -> bytes:
-    sock = gevent.socket.create_connection(("127.0.0.1", port))
-    try:
-        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        sock.close()
 
 
 def wait_until(condition: object, attempts: int = 400) -> bool:

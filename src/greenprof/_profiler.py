@@ -31,6 +31,7 @@ from ._report import Report
 from ._sampler import SAMPLER, HybridTaker, ThreadTaker
 from ._stack import FrameFormatter
 from ._threads import allocate_real_lock, thread_ident
+from ._validate import check_positive_int
 from .exceptions import (
     AlreadyProfilingError,
     ConfigurationError,
@@ -146,8 +147,8 @@ class Profiler:
         ):
             msg = f"min_duration is in seconds and must be >= 0, not {min_duration!r}."
             raise ConfigurationError(msg)
-        _check_positive_int("max_snapshots", max_snapshots)
-        _check_positive_int("max_depth", max_depth)
+        check_positive_int("max_snapshots", max_snapshots)
+        check_positive_int("max_depth", max_depth)
         if flush_timeout is not None and (
             isinstance(flush_timeout, bool)
             or not isinstance(flush_timeout, (int, float))
@@ -661,12 +662,6 @@ def _report_sink_failure(sink: object, action: str, problem: Exception | str) ->
 
 def _same(value: object) -> object:
     return value
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        msg = f"{name} must be a whole number >= 1, not {value!r}."
-        raise ConfigurationError(msg)
 
 
 def _root(glet: greenlet.greenlet) -> greenlet.greenlet:

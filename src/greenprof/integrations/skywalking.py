@@ -19,6 +19,7 @@ import attrs
 from .. import _skywalking_wire as wire
 from .._profiler import Profiler
 from .._threads import allocate_real_lock, original
+from .._validate import check_positive_int
 from ..exceptions import ConfigurationError, MissingDependencyError
 from ..sinks._skywalking import SkyWalkingSink, _identity
 
@@ -101,9 +102,7 @@ class ProfileTaskPoller:
                 "collector knows: pass service= and instance= (here or to the sink)."
             )
             raise ConfigurationError(msg)
-        if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
-            msg = f"max_parallel must be a whole number >= 1, not {max_parallel!r}."
-            raise ConfigurationError(msg)
+        check_positive_int("max_parallel", max_parallel)
         self.sink = sink
         self.service = service
         self.instance = instance

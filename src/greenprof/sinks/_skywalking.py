@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from .. import _skywalking_wire as wire
 from .._threads import allocate_real_lock, original
+from .._validate import check_positive_int
 from ..exceptions import ConfigurationError, MissingDependencyError, SinkClosedError
 from ..snapshot import Frame, Snapshot
 
@@ -102,10 +103,8 @@ class SkyWalkingSink:
                 f"(port 11800 by default), not {address!r}."
             )
             raise ConfigurationError(msg)
-        for name, value in (("max_depth", max_depth), ("queue_size", queue_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                msg = f"{name} must be a whole number >= 1, not {value!r}."
-                raise ConfigurationError(msg)
+        check_positive_int("max_depth", max_depth)
+        check_positive_int("queue_size", queue_size)
         self.address = address
         self.task_id = task_id
         self.segment_id = segment_id

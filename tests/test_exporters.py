@@ -1,0 +1,135 @@
+"""Exporters: collapsed stacks, speedscope and the text tree agree with the report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import gevent
+import pytest
+
+import greenprof
+from greenprof import exporters
+from greenprof.exceptions import ConfigurationError
+
+
+def spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def red_wait() -> None:
+    gevent.sleep(0.004)
+
+
+def red_work() -> None:
+    for _ in range(3):
+        spin(0.002)
+        red_wait()
+
+
+def blue_wait() -> None:
+    gevent.sleep(0.006)
+
+
+def blue_work() -> None:
+    for _ in range(2):
+        spin(0.003)
+        blue_wait()
+
+
+@pytest.fixture(scope="module")
+def report() -> greenprof.Report:
+    red, blue = gevent.spawn(red_work), gevent.spawn(blue_work)
+    profiler = greenprof.Profiler(mode="hybrid", dump_period=0.001)
+    profiler.start(red)
+    profiler.start(blue)
+    gevent.joinall([red, blue])
+    profiler.stop()
+    return profiler.report()
+
+
+def test_collapsed_lines_keep_greenlets_apart_and_add_up(report: greenprof.Report) -> None:
+    for weight, attribute in (("on_cpu", "on_cpu_ns"), ("off_cpu", "off_cpu_ns")):
+        totals: dict[str, int] = {}
+        for line in exporters.collapsed(report, weight=weight).splitlines():
+            stack, value = line.rsplit(" ", 1)
+            parts = stack.split(";")
+            totals[parts[0]] = totals.get(parts[0], 0) + int(value)
+            colours = {"red" if "red_" in p else "blue" for p in parts[1:] if "_w" in p}
+            assert len(colours) <= 1  # never both greenlets' frames in one stack
+        expected = {
+            f"{g.greenlet_name} [{g.greenlet_id:#x}]": getattr(g, attribute)
+            for g in report.greenlets.values()
+            if getattr(g, attribute)
+        }
+        assert totals == expected
+
+
+def test_collapsed_snapshot_counts_match_the_snapshots(report: greenprof.Report) -> None:
+    counted = sum(
+        int(line.rsplit(" ", 1)[1])
+        for line in exporters.collapsed(report, weight="snapshots").splitlines()
+    )
+    assert counted == len(report.snapshots)
+
+
+def test_speedscope_has_one_profile_per_greenlet_with_the_reports_values(
+    report: greenprof.Report,
+) -> None:
+    document = json.loads(exporters.speedscope(report, weight="on_cpu"))
+    assert document["$schema"] == "https://www.speedscope.app/file-format-schema.json"
+    frames = document["shared"]["frames"]
+    by_name = {p["name"]: p for p in document["profiles"]}
+    assert len(by_name) == len(report.greenlets)
+    for totals in report.greenlets.values():
+        profile = by_name[f"{totals.greenlet_name} [{totals.greenlet_id:#x}] (on-cpu)"]
+        assert profile["type"] == "sampled"
+        assert profile["unit"] == "nanoseconds"
+        assert sum(profile["weights"]) == profile["endValue"] == totals.on_cpu_ns
+        assert len(profile["samples"]) == len(profile["weights"])
+        names = {frames[i]["name"] for sample in profile["samples"] for i in sample}
+        mine = "red" if any("red_work" in n for n in names) else "blue"
+        assert not any(n.startswith("blue_" if mine == "red" else "red_") for n in names)
+
+
+def test_speedscope_file_follows_speedscopes_published_schema(
+    report: greenprof.Report, tmp_path: Path
+) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    if shutil.which("npm") is None:
+        pytest.skip("npm is needed to fetch speedscope's schema from the npm registry")
+    subprocess.run(
+        ["npm", "pack", "speedscope@1.25.0", "--silent"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    with tarfile.open(next(tmp_path.glob("speedscope-*.tgz"))) as archive:
+        member = archive.extractfile("package/dist/release/file-format-schema.json")
+        assert member is not None
+        schema = json.load(member)
+    for weight in exporters.WEIGHTS:
+        jsonschema.validate(json.loads(exporters.speedscope(report, weight=weight)), schema)
+
+
+def test_text_tree_shows_each_greenlet_with_its_totals(report: greenprof.Report) -> None:
+    tree = exporters.text(report)
+    for totals in report.greenlets.values():
+        assert f"{totals.greenlet_name} [{totals.greenlet_id:#x}]" in tree
+        assert f"on-CPU {totals.on_cpu_ns / 1e6:.2f} ms" in tree
+    assert "red_work" in tree
+    assert "blue_wait" in tree
+    assert "\033[" not in tree
+    assert "\033[1m" in exporters.text(report, color=True)
+
+
+def test_an_unknown_weight_is_refused(report: greenprof.Report) -> None:
+    with pytest.raises(ConfigurationError, match="weight must be one of"):
+        exporters.collapsed(report, weight="wall")  # type: ignore[arg-type]

@@ -133,3 +133,79 @@ def test_text_tree_shows_each_greenlet_with_its_totals(report: greenprof.Report)
 def test_an_unknown_weight_is_refused(report: greenprof.Report) -> None:
     with pytest.raises(ConfigurationError, match="weight must be one of"):
         exporters.collapsed(report, weight="wall")  # type: ignore[arg-type]
+
+
+def test_chrome_trace_has_a_named_track_per_greenlet_with_nested_slices(
+    report: greenprof.Report,
+) -> None:
+    trace = json.loads(exporters.chrome_trace(report))
+    events = trace["traceEvents"]
+    names = {e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name"}
+    assert sorted(names.values()) == sorted(
+        f"{g.greenlet_name} [{g.greenlet_id:#x}]" for g in report.greenlets.values()
+    )
+    by_track: dict[int, list[dict[str, object]]] = {}
+    for event in events:
+        if event["ph"] == "X":
+            by_track.setdefault(event["tid"], []).append(event)
+    for track, track_events in by_track.items():
+        totals = next(
+            g for g in report.greenlets.values() if f"[{g.greenlet_id:#x}]" in names[track]
+        )
+        running = [e for e in track_events if e["name"] == "running"]
+        waiting = [e for e in track_events if e["name"] == "waiting"]
+        assert sum(e["dur"] for e in running) == pytest.approx(totals.on_cpu_ns / 1000)
+        assert sum(e["dur"] for e in waiting) == pytest.approx(totals.off_cpu_ns / 1000)
+        for event in track_events:  # frames nest inside their slice
+            outer = next(
+                e for e in running + waiting if e["ts"] == event["ts"] and e["cat"] == event["cat"]
+            )
+            assert outer["ts"] <= event["ts"]
+            assert event["ts"] + event["dur"] <= outer["ts"] + outer["dur"]
+
+
+def test_cli_shows_and_converts_a_recorded_file(tmp_path: Path) -> None:
+    import sys
+
+    from greenprof.sinks import JSONSink
+
+    path = tmp_path / "profile.jsonl"
+    worker = gevent.spawn(red_work)
+    with greenprof.profile(worker, sinks=[JSONSink(path)]):
+        worker.join()
+    shown = subprocess.run(
+        [sys.executable, "-m", "greenprof", "show", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "red_work" in shown.stdout
+    assert "red_wait" in shown.stdout
+    out = tmp_path / "profile.folded"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "greenprof",
+            "convert",
+            str(path),
+            "--format",
+            "collapsed",
+            "--weight",
+            "off_cpu",
+            "-o",
+            str(out),
+        ],
+        check=True,
+    )
+    expected = exporters.collapsed(greenprof.Report(greenprof.load(path)), weight="off_cpu")
+    assert out.read_text() == expected
+    assert expected
+    bad = subprocess.run(
+        [sys.executable, "-m", "greenprof", "show", str(tmp_path / "missing.jsonl")],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("greenprof: ")
+    assert len(bad.stderr.strip().splitlines()) == 1

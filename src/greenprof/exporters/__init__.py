@@ -17,7 +17,7 @@ from .._report import Report
 from ..exceptions import ConfigurationError
 from ..snapshot import Frame
 
-__all__ = ["WEIGHTS", "collapsed", "speedscope", "text"]
+__all__ = ["FORMATS", "WEIGHTS", "chrome_trace", "collapsed", "export", "speedscope", "text"]
 
 Weight = Literal["on_cpu", "off_cpu", "snapshots"]
 #: What a stack can be weighed by.
@@ -159,3 +159,61 @@ def text(report: Report, *, color: bool = False, min_share: float = 0.0) -> str:
         walk(tree, 0)
         out.append("")
     return "\n".join(out)
+
+
+def chrome_trace(report: Report) -> str:
+    """Chrome trace-event JSON (chrome://tracing, Perfetto UI): one track per
+    greenlet, named after it, with its run slices (category ``cpu``) and its
+    waits (category ``wait``) as complete events; inside each, one nested
+    event per frame of the stack it yielded from (or waited in)."""
+    events: list[dict[str, Any]] = [
+        {"ph": "M", "name": "process_name", "pid": 1, "tid": 0, "args": {"name": "greenprof"}}
+    ]
+    tracks: dict[int, int] = {}
+    for greenlet_id in sorted(report.greenlets):
+        track = tracks[greenlet_id] = len(tracks) + 1
+        name = _greenlet_label(greenlet_id, report.greenlets[greenlet_id].greenlet_name)
+        events.append(
+            {"ph": "M", "name": "thread_name", "pid": 1, "tid": track, "args": {"name": name}}
+        )
+    intervals: list[tuple[int, int, int, str, str, Stack]] = [
+        (s.greenlet_id, s.start_ns, s.duration_ns, "cpu", "running", s.end_stack or s.start_stack)
+        for s in report.slices
+    ]
+    intervals += [
+        (w.greenlet_id, w.start_ns, w.duration_ns, "wait", "waiting", w.stack) for w in report.waits
+    ]
+    for greenlet_id, start_ns, duration_ns, category, name, stack in intervals:
+        if greenlet_id not in tracks:
+            continue
+        track = tracks[greenlet_id]
+        ts, dur = start_ns / 1000, duration_ns / 1000
+        base = {"ph": "X", "pid": 1, "tid": track, "ts": ts, "dur": dur, "cat": category}
+        events.append({**base, "name": name})
+        for frame in stack:
+            events.append(
+                {
+                    **base,
+                    "name": frame.function,
+                    "args": {"file": frame.filename, "line": frame.lineno},
+                }
+            )
+    return json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}, separators=(",", ":"))
+
+
+#: ``name -> (exporter, takes a weight)`` for :func:`export` and the CLI.
+FORMATS: Final = ("collapsed", "speedscope", "chrome", "text")
+
+
+def export(report: Report, format: str, *, weight: Weight = "on_cpu") -> str:
+    """Render ``report`` in ``format`` (one of :data:`FORMATS`)."""
+    if format == "collapsed":
+        return collapsed(report, weight=weight)
+    if format == "speedscope":
+        return speedscope(report, weight=weight)
+    if format == "chrome":
+        return chrome_trace(report)
+    if format == "text":
+        return text(report)
+    msg = f"format must be one of {', '.join(FORMATS)}, not {format!r}."
+    raise ConfigurationError(msg)

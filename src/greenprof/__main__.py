@@ -1,0 +1,7 @@
+"""``python -m greenprof``: the greenprof command."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

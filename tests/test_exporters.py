@@ -209,3 +209,77 @@ def test_cli_shows_and_converts_a_recorded_file(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert bad.stderr.startswith("greenprof: ")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+PROGRAM = """
+import sys, gevent
+from gevent import monkey
+
+def fetch(n):
+    gevent.sleep(0.002 * n)
+
+def main():
+    gevent.joinall([gevent.spawn(fetch, i) for i in range(1, 4)])
+    with open(sys.argv[1], "w") as out:
+        out.write(" ".join([*sys.argv[2:], str(monkey.is_module_patched("socket"))]))
+    sys.exit(3)
+
+main()
+"""
+
+
+def test_cli_run_profiles_a_program_and_keeps_its_exit_code(tmp_path: Path) -> None:
+    import sys
+
+    script = tmp_path / "prog.py"
+    script.write_text(PROGRAM)
+    seen = tmp_path / "argv.txt"
+    output = tmp_path / "out.jsonl"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "greenprof",
+            "run",
+            "--patch",
+            "-o",
+            str(output),
+            str(script),
+            str(seen),
+            "alpha",
+            "beta",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 3
+    assert seen.read_text() == "alpha beta True"  # arguments passed, gevent patched
+    snapshots = greenprof.load(output)
+    children = {s.greenlet_id for s in snapshots if s.parent_id is not None}
+    assert len(children) == 3  # every greenlet the program spawned
+    assert {f.function for s in snapshots for f in s.stack} >= {"main", "fetch"}
+    assert "snapshots of 4 greenlets" in result.stderr
+
+    folded = tmp_path / "out.folded"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "greenprof",
+            "run",
+            "--format",
+            "collapsed",
+            "-o",
+            str(folded),
+            str(script),
+            str(seen),
+        ],
+        capture_output=True,
+        check=False,
+    )
+    assert "fetch (" in folded.read_text()
+    missing = subprocess.run(
+        [sys.executable, "-m", "greenprof", "run"], capture_output=True, text=True
+    )
+    assert missing.returncode == 2
+    assert "needs a script or -m module" in missing.stderr

@@ -7,7 +7,6 @@ while some session samples, and comes back in a child after ``os.fork()``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -19,7 +18,7 @@ from ._buffer import SAMPLE, GreenletBuffer
 from ._dispatcher import GreenletWatch, SwitchDispatcher
 from ._naming import greenlet_name
 from ._stack import capture
-from ._threads import allocate_real_lock, original, thread_ident
+from ._threads import Waker, allocate_real_lock, original, thread_ident
 
 
 class SampleTaker(Protocol):
@@ -38,8 +37,7 @@ class Sampler:
     def __init__(self) -> None:
         self._lock = allocate_real_lock()
         self._takers: list[SampleTaker] = []
-        self._wake = allocate_real_lock()
-        self._wake.acquire()  # held: the thread sleeps by trying to take it
+        self._wake = Waker()
         self._exited = allocate_real_lock()
         self._running = False
         #: OS thread id of the sampling thread while it runs, else None.
@@ -106,8 +104,7 @@ class Sampler:
             self._set_interval = None
 
     def _nudge(self) -> None:
-        with contextlib.suppress(RuntimeError):  # already released: a wake-up is pending
-            self._wake.release()
+        self._wake.wake()
 
     def _run(self) -> None:
         self.thread_id = thread_ident()
@@ -130,7 +127,7 @@ class Sampler:
                     taker.next_due_ns = max(taker.next_due_ns + taker.period_ns, now + 1)
                 wait_ns = min(taker.next_due_ns for taker in takers) - perf_counter_ns()
                 if wait_ns > 0:
-                    self._wake.acquire(True, wait_ns / 1e9)
+                    self._wake.wait(wait_ns / 1e9)
         finally:
             self.thread_id = None
             self._exited.release()
@@ -138,8 +135,7 @@ class Sampler:
     def _after_fork_in_child(self) -> None:
         # The thread did not survive the fork; the locks may be held by it.
         self._lock = allocate_real_lock()
-        self._wake = allocate_real_lock()
-        self._wake.acquire()
+        self._wake = Waker()
         self._exited = allocate_real_lock()
         self.thread_id = None
         self._running = False

@@ -7,6 +7,7 @@ greenprof's bookkeeping needs the originals and never imports gevent itself.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import sys
 from typing import Any
 
@@ -32,3 +33,20 @@ def allocate_real_lock() -> _thread.LockType:
     """A lock that blocks the OS thread; never held across a greenlet switch."""
     lock: _thread.LockType = original("allocate_lock")()
     return lock
+
+
+class Waker:
+    """An interruptible sleep for a real OS thread: ``wait`` blocks until
+    ``wake`` is called (from any thread) or the timeout passes."""
+
+    def __init__(self) -> None:
+        self._lock = allocate_real_lock()
+        self._lock.acquire()  # held: waiting is trying to take it
+
+    def wait(self, timeout: float) -> bool:
+        """True if woken, False on timeout."""
+        return self._lock.acquire(True, max(timeout, 0.0))
+
+    def wake(self) -> None:
+        with contextlib.suppress(RuntimeError):  # already released: a wake-up is pending
+            self._lock.release()

@@ -18,7 +18,7 @@ import attrs
 
 from .. import _skywalking_wire as wire
 from .._profiler import Profiler
-from .._threads import allocate_real_lock, original
+from .._threads import Waker, allocate_real_lock, original
 from .._validate import check_positive_int
 from ..exceptions import ConfigurationError, MissingDependencyError
 from ..sinks._skywalking import SkyWalkingSink, _identity
@@ -123,8 +123,7 @@ class ProfileTaskPoller:
             response_deserializer=_identity,
         )
         self._lock = allocate_real_lock()
-        self._wake = allocate_real_lock()
-        self._wake.acquire()
+        self._wake = Waker()
         self._exited = allocate_real_lock()
         self._running = False
         self._stopping = False
@@ -156,8 +155,7 @@ class ProfileTaskPoller:
             if not self._running:
                 return
             self._stopping = True
-        with contextlib.suppress(RuntimeError):
-            self._wake.release()
+        self._wake.wake()
         # A round may wait on the collector for ``timeout`` per call.
         while not self._exited.acquire(True, self.sink.timeout + 1.0):
             with self._lock:
@@ -223,7 +221,7 @@ class ProfileTaskPoller:
                 except Exception:  # never let the thread die quietly
                     self.failures += 1
                     _logger.exception("greenprof: profile task poll failed")
-                self._wake.acquire(True, self.interval)
+                self._wake.wait(self.interval)
         finally:
             with self._lock:
                 self._running = False

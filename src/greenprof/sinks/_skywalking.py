@@ -7,7 +7,6 @@ the network.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections import deque
@@ -15,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from .. import _skywalking_wire as wire
-from .._threads import allocate_real_lock, original
+from .._threads import Waker, allocate_real_lock, original
 from .._validate import check_positive_int
 from ..exceptions import ConfigurationError, MissingDependencyError, SinkClosedError
 from ..snapshot import Frame, Snapshot
@@ -128,8 +127,7 @@ class SkyWalkingSink:
             response_deserializer=_identity,
         )
         self._lock = allocate_real_lock()
-        self._wake = allocate_real_lock()
-        self._wake.acquire()
+        self._wake = Waker()
         self._queue: deque[bytes] = deque()
         self._in_flight = 0
         self._sequences: dict[tuple[str, str], int] = {}
@@ -275,8 +273,7 @@ class SkyWalkingSink:
 
     def _nudge(self) -> None:
         self._nudged = True
-        with contextlib.suppress(RuntimeError):
-            self._wake.release()
+        self._wake.wake()
 
     def _pause(self, seconds: float) -> None:
         if self._sender is None:
@@ -289,7 +286,7 @@ class SkyWalkingSink:
     def _wait(self, timeout: float) -> None:
         """Sleep until nudged or ``timeout``; cooperatively for a greenlet sender."""
         if self._sender is None:
-            self._wake.acquire(True, timeout)
+            self._wake.wait(timeout)
             return
         deadline = time.monotonic() + timeout
         # An export from another OS thread cannot wake a greenlet: poll.

@@ -31,7 +31,7 @@ from ._report import Report
 from ._sampler import SAMPLER, HybridTaker, ThreadTaker
 from ._stack import FrameFormatter
 from ._threads import allocate_real_lock, thread_ident
-from ._validate import check_positive_int
+from ._validate import check_positive_int, is_number
 from .exceptions import (
     AlreadyProfilingError,
     ConfigurationError,
@@ -130,30 +130,18 @@ class Profiler:
         if mode not in MODES:
             msg = f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}."
             raise ConfigurationError(msg)
-        if (
-            isinstance(dump_period, bool)
-            or not isinstance(dump_period, (int, float))
-            or not dump_period >= MIN_DUMP_PERIOD
-        ):
+        if not is_number(dump_period) or not dump_period >= MIN_DUMP_PERIOD:
             msg = (
                 f"dump_period is in seconds and must be at least {MIN_DUMP_PERIOD} "
                 f"(1 ms), not {dump_period!r}."
             )
             raise ConfigurationError(msg)
-        if (
-            isinstance(min_duration, bool)
-            or not isinstance(min_duration, (int, float))
-            or not min_duration >= 0
-        ):
+        if not is_number(min_duration) or not min_duration >= 0:
             msg = f"min_duration is in seconds and must be >= 0, not {min_duration!r}."
             raise ConfigurationError(msg)
         check_positive_int("max_snapshots", max_snapshots)
         check_positive_int("max_depth", max_depth)
-        if flush_timeout is not None and (
-            isinstance(flush_timeout, bool)
-            or not isinstance(flush_timeout, (int, float))
-            or flush_timeout < 0
-        ):
+        if flush_timeout is not None and (not is_number(flush_timeout) or flush_timeout < 0):
             msg = f"flush_timeout must be a number of seconds >= 0 or None, not {flush_timeout!r}."
             raise ConfigurationError(msg)
         self.max_snapshots = max_snapshots
@@ -397,11 +385,7 @@ class Profiler:
         for target in targets:
             if target.taker is not None:
                 SAMPLER.unsubscribe(target.taker)
-        # Notice (and count in stats) a tracer that other code removed.
-        ident = thread_ident()
-        for dispatcher in {id(t.dispatcher): t.dispatcher for t in targets}.values():
-            if dispatcher is not None and dispatcher.thread_id == ident and dispatcher.watches:
-                dispatcher.ensure_installed()
+        self._recheck_tracer(targets)  # counts a tracer other code removed
         stopped = self._now_wall_ns()
         self._stopping = True  # no more adoptions (the tracer may be in another thread)
         for target in targets:
@@ -499,18 +483,23 @@ class Profiler:
         Also re-installs greenprof's tracer in the calling thread if other code
         removed it. Returns False if a sink failed or did not finish in time.
         """
-        self._recheck_tracer()
+        self._recheck_tracer(list(self._running.values()))
         self._drain()
         return self._deliver(self.flush_timeout if timeout is None else timeout)
 
     # -- internals ----------------------------------------------------------------
 
-    def _recheck_tracer(self) -> None:
+    @staticmethod
+    def _recheck_tracer(targets: Sequence[_Target]) -> None:
+        """Re-install the calling thread's tracer if other code removed it."""
         ident = thread_ident()
-        for target in list(self._running.values()):
-            if target.dispatcher is not None and target.dispatcher.thread_id == ident:
-                target.dispatcher.ensure_installed()
-                return
+        for dispatcher in {id(t.dispatcher): t.dispatcher for t in targets}.values():
+            if (
+                dispatcher is not None
+                and dispatcher.thread_id == ident
+                and (dispatcher.watches or dispatcher.tracking)
+            ):
+                dispatcher.ensure_installed()
 
     def _drain(self) -> None:
         with self._lock:

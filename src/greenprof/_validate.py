@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 from .exceptions import ConfigurationError
+
+
+def is_number(value: object) -> TypeGuard[float]:
+    """An int or float, and not a bool (which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_positive_int(name: str, value: object) -> None:

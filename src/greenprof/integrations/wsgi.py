@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from .._profiler import Profiler
+from .._validate import is_number
 from ..exceptions import ConfigurationError
 from ..sinks._base import Sink
 
@@ -49,11 +50,7 @@ class ProfilerMiddleware:
         random_source: Callable[[], float] = random.random,
         **options: Any,
     ) -> None:
-        if (
-            isinstance(sample_rate, bool)
-            or not isinstance(sample_rate, (int, float))
-            or not 0 <= sample_rate <= 1
-        ):
+        if not is_number(sample_rate) or not 0 <= sample_rate <= 1:
             msg = f"sample_rate must be a number from 0 to 1, not {sample_rate!r}."
             raise ConfigurationError(msg)
         self.app = app

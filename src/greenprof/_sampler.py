@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import _dispatcher as dispatcher_module
 from ._buffer import SAMPLE, GreenletBuffer
@@ -157,6 +157,16 @@ os.register_at_fork(after_in_child=SAMPLER._after_fork_in_child)
 _TRACER_FILE = dispatcher_module.__file__
 
 
+def _runs(glet: Any) -> bool:
+    """Whether ``glet`` is the greenlet running in its thread right now.
+
+    Our tracer learns of a switch only after the tracers ahead of it in the
+    chain ran, with the new greenlet's frames already in place; a greenlet
+    that has a suspended frame cannot be the one those frames belong to.
+    """
+    return glet is not None and bool(glet) and glet.gr_frame is None
+
+
 def _mid_switch(frame: FrameType) -> bool:
     """Whether the thread is inside greenprof's tracer (at any depth: other
     tracers may run below or above it)."""
@@ -198,13 +208,17 @@ class HybridTaker:
         if buffer is None:
             self.idle += 1
             return
+        glet = watch.ref() if watch is not None else None
         before = buffer.count + buffer.dropped
+        if not _runs(glet):
+            return
         frame = sys._current_frames().get(self.dispatcher.thread_id)
         if (
             frame is None
             or _mid_switch(frame)
             or self.dispatcher.get_running() is not watch
             or buffer.count + buffer.dropped != before
+            or not _runs(glet)
         ):
             return
         buffer.add((SAMPLE, time.perf_counter_ns(), capture(frame, buffer.depth)))
@@ -239,10 +253,14 @@ class ThreadTaker:
         dispatcher = self.dispatcher
         before = dispatcher.switches if dispatcher is not None else 0
         running = dispatcher.current if dispatcher is not None else None
+        if running is not None and not _runs(running):
+            return
         frame = sys._current_frames().get(self.thread_id)
         if frame is None or _mid_switch(frame):
             return
         if dispatcher is not None and dispatcher.switches != before:
+            return
+        if running is not None and not _runs(running):
             return
         if running is None:
             label_id, label_name = 0, f"thread {self.thread_name}"

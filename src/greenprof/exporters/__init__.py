@@ -1,4 +1,5 @@
-"""Profiles in the formats other tools read: collapsed stacks, speedscope, a text tree.
+"""Profiles in the formats other tools read: collapsed stacks, speedscope, Chrome
+trace events, pprof, an HTML flame graph and a text tree.
 
 Every exporter takes a :class:`~greenprof.Report` (``profiler.report()`` or
 ``Report(greenprof.load(path))``), keeps greenlets apart, and weighs stacks
@@ -9,51 +10,29 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
-from collections.abc import Iterator
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from .._report import Report
 from ..exceptions import ConfigurationError
 from ..snapshot import Frame
+from ._common import WEIGHTS, Stack, Weight, check_weight, frame_label, greenlet_label, weighted
+from ._html import html
+from ._pprof import pprof
 
-__all__ = ["FORMATS", "WEIGHTS", "chrome_trace", "collapsed", "export", "speedscope", "text"]
-
-Weight = Literal["on_cpu", "off_cpu", "snapshots"]
-#: What a stack can be weighed by.
-WEIGHTS: Final = ("on_cpu", "off_cpu", "snapshots")
+__all__ = [
+    "FORMATS",
+    "WEIGHTS",
+    "chrome_trace",
+    "collapsed",
+    "export",
+    "html",
+    "pprof",
+    "speedscope",
+    "text",
+    "write",
+]
 
 SPEEDSCOPE_SCHEMA: Final = "https://www.speedscope.app/file-format-schema.json"
-
-Stack = tuple[Frame, ...]
-
-
-def _check_weight(weight: str) -> None:
-    if weight not in WEIGHTS:
-        msg = f"weight must be one of {', '.join(WEIGHTS)}, not {weight!r}."
-        raise ConfigurationError(msg)
-
-
-def _weighted(report: Report, weight: str) -> Iterator[tuple[int, str, Stack, int]]:
-    """``(greenlet_id, greenlet_name, stack, value)`` with value > 0."""
-    _check_weight(weight)
-    if weight == "snapshots":
-        counts = Counter((s.greenlet_id, s.greenlet_name, s.stack) for s in report.snapshots)
-        for (greenlet_id, name, stack), count in counts.items():
-            yield greenlet_id, name, stack, count
-        return
-    for cell in report.stacks:
-        value = cell.on_cpu_ns if weight == "on_cpu" else cell.off_cpu_ns
-        if value > 0:
-            yield cell.greenlet_id, cell.greenlet_name, cell.stack, value
-
-
-def _label(frame: Frame) -> str:
-    return f"{frame.function} ({frame.filename}:{frame.lineno})"
-
-
-def _greenlet_label(greenlet_id: int, name: str) -> str:
-    return f"{name or 'greenlet'} [{greenlet_id:#x}]"
 
 
 def collapsed(report: Report, *, weight: Weight = "on_cpu") -> str:
@@ -64,8 +43,8 @@ def collapsed(report: Report, *, weight: Weight = "on_cpu") -> str:
     nanoseconds (or snapshot counts). Semicolons in names become colons.
     """
     lines = []
-    for greenlet_id, name, stack, value in _weighted(report, weight):
-        parts = [_greenlet_label(greenlet_id, name), *(_label(f) for f in stack)]
+    for greenlet_id, name, stack, value in weighted(report, weight):
+        parts = [greenlet_label(greenlet_id, name), *(frame_label(f) for f in stack)]
         lines.append(";".join(part.replace(";", ":") for part in parts) + f" {value}")
     lines.sort()
     return "".join(line + "\n" for line in lines)
@@ -77,7 +56,7 @@ def speedscope(report: Report, *, weight: Weight = "on_cpu", name: str = "greenp
     index: dict[Frame, int] = {}
     per_greenlet: dict[int, tuple[str, list[list[int]], list[int]]] = {}
     for greenlet_id, greenlet_name, stack, value in sorted(
-        _weighted(report, weight),
+        weighted(report, weight),
         key=lambda item: (item[0], [(f.filename, f.lineno) for f in item[2]]),
     ):
         sample = []
@@ -90,7 +69,7 @@ def speedscope(report: Report, *, weight: Weight = "on_cpu", name: str = "greenp
                 )
             sample.append(position)
         _, samples, weights = per_greenlet.setdefault(
-            greenlet_id, (_greenlet_label(greenlet_id, greenlet_name), [], [])
+            greenlet_id, (greenlet_label(greenlet_id, greenlet_name), [], [])
         )
         samples.append(sample)
         weights.append(value)
@@ -139,7 +118,7 @@ def text(report: Report, *, color: bool = False, min_share: float = 0.0) -> str:
                 node = entry[2]
         total = max(totals.wall_ns, 1)
         out.append(
-            f"{bold}{_greenlet_label(totals.greenlet_id, totals.greenlet_name)}{reset}  "
+            f"{bold}{greenlet_label(totals.greenlet_id, totals.greenlet_name)}{reset}  "
             f"wall {totals.wall_ns / 1e6:.2f} ms  on-CPU {totals.on_cpu_ns / 1e6:.2f} ms  "
             f"off-CPU {totals.off_cpu_ns / 1e6:.2f} ms  switches {totals.switches_out}"
         )
@@ -172,7 +151,7 @@ def chrome_trace(report: Report) -> str:
     tracks: dict[int, int] = {}
     for greenlet_id in sorted(report.greenlets):
         track = tracks[greenlet_id] = len(tracks) + 1
-        name = _greenlet_label(greenlet_id, report.greenlets[greenlet_id].greenlet_name)
+        name = greenlet_label(greenlet_id, report.greenlets[greenlet_id].greenlet_name)
         events.append(
             {"ph": "M", "name": "thread_name", "pid": 1, "tid": track, "args": {"name": name}}
         )
@@ -201,19 +180,37 @@ def chrome_trace(report: Report) -> str:
     return json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}, separators=(",", ":"))
 
 
-#: ``name -> (exporter, takes a weight)`` for :func:`export` and the CLI.
-FORMATS: Final = ("collapsed", "speedscope", "chrome", "text")
+#: The formats :func:`export` and the ``greenprof`` command know.
+FORMATS: Final = ("collapsed", "speedscope", "chrome", "pprof", "html", "text")
 
 
-def export(report: Report, format: str, *, weight: Weight = "on_cpu") -> str:
-    """Render ``report`` in ``format`` (one of :data:`FORMATS`)."""
+def export(report: Report, format: str, *, weight: Weight = "on_cpu") -> str | bytes:
+    """Render ``report`` in ``format`` (one of :data:`FORMATS`): text, except
+    for ``pprof``, which is gzipped bytes. ``weight`` applies to the formats
+    that weigh stacks (``collapsed``, ``speedscope``, ``pprof``: its default
+    sample type); ``chrome`` is a timeline, and ``html`` and ``text`` carry
+    every weight."""
+    check_weight(weight)
     if format == "collapsed":
         return collapsed(report, weight=weight)
     if format == "speedscope":
         return speedscope(report, weight=weight)
     if format == "chrome":
         return chrome_trace(report)
+    if format == "pprof":
+        return pprof(report, weight=weight)
+    if format == "html":
+        return html(report)
     if format == "text":
         return text(report)
     msg = f"format must be one of {', '.join(FORMATS)}, not {format!r}."
     raise ConfigurationError(msg)
+
+
+def write(report: Report, format: str, path: str | os.PathLike[str], **options: Any) -> None:
+    """:func:`export` ``report`` to the file at ``path`` (``weight=`` as there)."""
+    rendered = export(report, format, **options)
+    if isinstance(rendered, str):
+        rendered = rendered.encode("utf-8")
+    with open(path, "wb") as file:
+        file.write(rendered)

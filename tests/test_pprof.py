@@ -1,0 +1,356 @@
+"""The pprof exporter, read back with protobuf's own decoder.
+
+``tests/data/profile.proto`` is google/pprof's ``proto/profile.proto`` as
+published (commit b9395ee17fa0d0013c3fd96ac9482318422ac337, Apache-2.0);
+each run compiles it with grpcio-tools, so the file is judged by the real
+schema, not by greenprof's own idea of it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import time
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import attrs
+import gevent
+import pytest
+from grpc_tools import protoc
+
+import greenprof
+from greenprof import Frame, Snapshot
+from greenprof.exceptions import ConfigurationError
+from greenprof.exporters import pprof
+from greenprof.sinks import JSONSink
+
+PROTO = Path(__file__).parent / "data" / "profile.proto"
+SAMPLE_TYPES = [("on_cpu", "nanoseconds"), ("off_cpu", "nanoseconds"), ("snapshots", "count")]
+
+
+@pytest.fixture(scope="module")
+def profile_pb2(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
+    out = tmp_path_factory.mktemp("profile_pb2")
+    status = protoc.main(["protoc", f"-I{PROTO.parent}", f"--python_out={out}", PROTO.name])
+    assert status == 0
+    spec = importlib.util.spec_from_file_location("profile_pb2", out / "profile_pb2.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@attrs.frozen
+class Decoded:
+    """A parsed profile with its stacks rebuilt, outermost frame first."""
+
+    message: Any
+    strings: list[str]
+    #: ``(greenlet_id, stack) -> [on_cpu_ns, off_cpu_ns, snapshots]``.
+    values: dict[tuple[int, tuple[Frame, ...]], list[int]]
+    #: ``greenlet_id -> {label key: str or num}`` (the same for all its samples).
+    labels: dict[int, dict[str, object]]
+
+
+def decode(profile_pb2: ModuleType, data: bytes) -> Decoded:
+    message = profile_pb2.Profile()
+    message.ParseFromString(gzip.decompress(data))
+    strings = list(message.string_table)
+    functions = {f.id: f for f in message.function}
+    locations = {loc.id: loc for loc in message.location}
+    values: dict[tuple[int, tuple[Frame, ...]], list[int]] = {}
+    labels: dict[int, dict[str, object]] = {}
+    for sample in message.sample:
+        found = {
+            strings[label.key]: strings[label.str] if label.str else label.num
+            for label in sample.label
+        }
+        assert len(found) == len(sample.label)  # no key twice
+        assert {"greenlet", "greenlet_id"} <= found.keys()
+        greenlet_id = found["greenlet_id"]
+        assert isinstance(greenlet_id, int)
+        assert labels.setdefault(greenlet_id, found) == found
+        frames = []
+        for location_id in sample.location_id:
+            (line,) = locations[location_id].line
+            function = functions[line.function_id]
+            frames.append(Frame(strings[function.filename], strings[function.name], line.line))
+        stack = tuple(reversed(frames))  # pprof lists the leaf first
+        assert (greenlet_id, stack) not in values  # one sample per greenlet and stack
+        values[(greenlet_id, stack)] = list(sample.value)
+    return Decoded(message, strings, values, labels)
+
+
+def expected_values(report: greenprof.Report) -> dict[tuple[int, tuple[Frame, ...]], list[int]]:
+    expected: dict[tuple[int, tuple[Frame, ...]], list[int]] = {}
+    for cell in report.stacks:
+        entry = expected.setdefault((cell.greenlet_id, cell.stack), [0, 0, 0])
+        entry[0] += cell.on_cpu_ns
+        entry[1] += cell.off_cpu_ns
+    for (greenlet_id, stack), count in Counter(
+        (s.greenlet_id, s.stack) for s in report.snapshots
+    ).items():
+        expected.setdefault((greenlet_id, stack), [0, 0, 0])[2] += count
+    return {key: value for key, value in expected.items() if any(value)}
+
+
+# -- a real workload -----------------------------------------------------------------------
+
+
+def spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def red_wait() -> None:
+    gevent.sleep(0.004)
+
+
+def red_work() -> None:
+    for _ in range(3):
+        spin(0.002)
+        red_wait()
+
+
+def blue_wait() -> None:
+    gevent.sleep(0.006)
+
+
+def blue_work() -> None:
+    for _ in range(2):
+        spin(0.003)
+        blue_wait()
+
+
+@attrs.frozen
+class Recording:
+    report: greenprof.Report
+    path: Path
+    red_id: int
+    blue_id: int
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> Recording:
+    path = tmp_path_factory.mktemp("pprof") / "profile.jsonl"
+    red, blue = gevent.spawn(red_work), gevent.spawn(blue_work)
+    red.name, blue.name = "red", "blue"
+    profiler = greenprof.Profiler(mode="hybrid", dump_period=0.001, sinks=[JSONSink(path)])
+    profiler.start(red)
+    profiler.start(blue)
+    gevent.joinall([red, blue])
+    profiler.stop()
+    return Recording(profiler.report(), path, id(red), id(blue))
+
+
+def test_pprof_declares_three_sample_types_and_the_chosen_default(
+    recording: Recording, profile_pb2: ModuleType
+) -> None:
+    for weight in ("on_cpu", "off_cpu", "snapshots"):
+        profile = decode(profile_pb2, pprof(recording.report, weight=weight)).message
+        strings = list(profile.string_table)
+        assert strings[0] == ""
+        assert len(set(strings)) == len(strings)
+        assert [(strings[t.type], strings[t.unit]) for t in profile.sample_type] == SAMPLE_TYPES
+        assert strings[profile.default_sample_type] == weight
+        period = profile.period_type
+        assert (strings[period.type], strings[period.unit]) == ("on_cpu", "nanoseconds")
+        assert any("greenprof" in strings[index] for index in profile.comment)
+    default = decode(profile_pb2, pprof(recording.report)).message
+    assert default.string_table[default.default_sample_type] == "on_cpu"
+
+
+def test_pprof_samples_carry_the_reports_times_and_snapshot_counts(
+    recording: Recording, profile_pb2: ModuleType
+) -> None:
+    report = recording.report
+    decoded = decode(profile_pb2, pprof(report, weight="off_cpu"))
+    assert decoded.values == expected_values(report)
+    assert all(len(values) == 3 and any(values) for values in decoded.values.values())
+    # Every snapshot and nanosecond of the report is in some sample.
+    assert sum(v[2] for v in decoded.values.values()) == len(report.snapshots)
+    for greenlet_id in (recording.red_id, recording.blue_id):
+        mine = [v for (g, _), v in decoded.values.items() if g == greenlet_id]
+        totals = report.greenlets[greenlet_id]
+        assert sum(v[0] for v in mine) == totals.on_cpu_ns
+        assert sum(v[1] for v in mine) == totals.off_cpu_ns
+    # red spun 3 x 2 ms and slept 3 x 4 ms in red_wait; blue spun 2 x 3 ms.
+    red_values = {stack: v for (g, stack), v in decoded.values.items() if g == recording.red_id}
+    assert sum(v[0] for v in red_values.values()) >= 6_000_000
+    waited = sum(v[1] for s, v in red_values.items() if any(f.function == "red_wait" for f in s))
+    assert waited >= 12_000_000
+    blue_on = sum(v[0] for (g, _), v in decoded.values.items() if g == recording.blue_id)
+    assert blue_on >= 6_000_000
+
+
+def test_pprof_labels_name_the_greenlet_and_stacks_never_mix_greenlets(
+    recording: Recording, profile_pb2: ModuleType
+) -> None:
+    decoded = decode(profile_pb2, pprof(recording.report))
+    assert decoded.labels == {
+        recording.red_id: {
+            "greenlet": f"red [{recording.red_id:#x}]",
+            "greenlet_name": "red",
+            "greenlet_id": recording.red_id,
+        },
+        recording.blue_id: {
+            "greenlet": f"blue [{recording.blue_id:#x}]",
+            "greenlet_name": "blue",
+            "greenlet_id": recording.blue_id,
+        },
+    }
+    for (greenlet_id, stack), _ in decoded.values.items():
+        functions = {frame.function for frame in stack}
+        mine, theirs = ("red", "blue") if greenlet_id == recording.red_id else ("blue", "red")
+        assert not {f"{theirs}_work", f"{theirs}_wait"} & functions
+        if stack:
+            assert f"{mine}_work" in functions
+    # The leaf comes first: spin calls no Python function, so a stack with
+    # spin in it starts there, and the greenlet's work function comes later.
+    spinning = [
+        names
+        for names in (
+            [function_name(decoded, location_id) for location_id in sample.location_id]
+            for sample in decoded.message.sample
+        )
+        if "spin" in names
+    ]
+    assert spinning
+    for names in spinning:
+        assert names[0] == "spin"
+        assert any(work in names[1:] for work in ("red_work", "blue_work"))
+
+
+def function_name(decoded: Decoded, location_id: int) -> str:
+    profile = decoded.message
+    location = next(loc for loc in profile.location if loc.id == location_id)
+    function = next(f for f in profile.function if f.id == location.line[0].function_id)
+    return decoded.strings[function.name]
+
+
+def test_pprof_every_referenced_id_and_index_exists(
+    recording: Recording, profile_pb2: ModuleType
+) -> None:
+    profile = decode(profile_pb2, pprof(recording.report)).message
+    size = len(profile.string_table)
+    mappings = [m.id for m in profile.mapping]
+    functions = [f.id for f in profile.function]
+    locations = [loc.id for loc in profile.location]
+    for ids in (mappings, functions, locations):
+        assert 0 not in ids
+        assert len(set(ids)) == len(ids)
+    (mapping,) = profile.mapping
+    assert mapping.has_functions
+    assert mapping.has_filenames
+    assert mapping.has_line_numbers
+    for function in profile.function:
+        assert all(0 <= i < size for i in (function.name, function.system_name, function.filename))
+        assert function.name
+        assert function.filename
+    for location in profile.location:
+        assert location.mapping_id in mappings
+        assert len(location.line) == 1
+        assert location.line[0].function_id in functions
+        assert location.line[0].line > 0
+    for sample in profile.sample:
+        assert set(sample.location_id) <= set(locations)
+        for label in sample.label:
+            assert all(0 <= i < size for i in (label.key, label.str, label.num_unit))
+    for value_type in (*profile.sample_type, profile.period_type):
+        assert all(0 < i < size for i in (value_type.type, value_type.unit))
+    assert all(0 < i < size for i in (*profile.comment, profile.default_sample_type))
+    # Nothing unreferenced either: each location and function is used.
+    used = {i for sample in profile.sample for i in sample.location_id}
+    assert used == set(locations)
+    assert {loc.line[0].function_id for loc in profile.location} == set(functions)
+
+
+def test_pprof_times_span_the_snapshots(recording: Recording, profile_pb2: ModuleType) -> None:
+    profile = decode(profile_pb2, pprof(recording.report)).message
+    times = [s.timestamp_ns for s in recording.report.snapshots]
+    assert profile.time_nanos == min(times)
+    assert profile.duration_nanos == max(times) - min(times)
+    assert profile.duration_nanos > 0
+
+
+def test_pprof_of_a_file_read_back_is_byte_for_byte_the_same(recording: Recording) -> None:
+    loaded = greenprof.load(recording.path)
+    assert sorted(loaded, key=lambda s: s.sequence) == sorted(
+        recording.report.snapshots, key=lambda s: s.sequence
+    )
+    for weight in ("on_cpu", "off_cpu", "snapshots"):
+        # A file keeps the snapshots but not the session's bounds; the same
+        # snapshots, in any order, give the same bytes.
+        from_file = pprof(greenprof.Report(loaded), weight=weight)
+        shuffled = greenprof.Report(list(reversed(recording.report.snapshots)))
+        assert from_file == pprof(shuffled, weight=weight)
+        assert from_file[4:8] == b"\0\0\0\0"  # gzip's mtime
+
+
+def test_pprof_refuses_an_unknown_weight(recording: Recording) -> None:
+    with pytest.raises(ConfigurationError, match="weight must be one of"):
+        pprof(recording.report, weight="wall")  # type: ignore[arg-type]
+
+
+# -- exact values ---------------------------------------------------------------------------
+
+
+def snapshot(greenlet_id: int, name: str, event: str, at: int, *stack: Frame) -> Snapshot:
+    return Snapshot(
+        greenlet_id=greenlet_id,
+        greenlet_name=name,
+        thread_id=1,
+        event=event,
+        sequence=at,
+        timestamp_ns=1_700_000_000_000_000_000 + at,
+        stack=stack,
+        session_id="s",
+    )
+
+
+def test_pprof_values_and_shared_tables_for_a_known_history(profile_pb2: ModuleType) -> None:
+    outer, inner = Frame("/app/a.py", "handler", 10), Frame("/app/a.py", "fetch", 20)
+    other_line = Frame("/app/a.py", "fetch", 25)
+    report = greenprof.Report(
+        [
+            snapshot(7, "web", "switch_in", 1_000),
+            snapshot(7, "web", "switch_out", 3_000, outer, inner),
+            snapshot(7, "web", "switch_in", 7_000, outer, inner),
+            snapshot(7, "web", "exit", 8_000),
+            snapshot(9, "", "switch_in", 2_000),
+            snapshot(9, "", "switch_out", 2_500, outer, other_line),
+            snapshot(9, "", "switch_in", 5_500, outer, other_line),
+            snapshot(9, "", "exit", 6_000),
+        ]
+    )
+    decoded = decode(profile_pb2, pprof(report, weight="snapshots"))
+    assert decoded.values == {
+        # Ran 1000..3000 and 7000..8000 there, waited 3000..7000.
+        (7, (outer, inner)): [3_000, 4_000, 2],
+        # The first switch_in and the exit: no time, but snapshots.
+        (7, ()): [0, 0, 2],
+        (9, (outer, other_line)): [1_000, 3_000, 2],
+        (9, ()): [0, 0, 2],
+    }
+    assert decoded.labels[9] == {"greenlet": "greenlet [0x9]", "greenlet_id": 9}
+    assert decoded.labels[7]["greenlet_name"] == "web"
+    profile = decoded.message
+    # handler at line 10 is one location for both greenlets; fetch is one
+    # function with two lines.
+    assert len(profile.location) == 3
+    assert sorted(decoded.strings[f.name] for f in profile.function) == ["fetch", "handler"]
+    assert profile.time_nanos == 1_700_000_000_000_001_000
+    assert profile.duration_nanos == 7_000
+
+
+def test_pprof_of_an_empty_report_is_a_valid_profile(profile_pb2: ModuleType) -> None:
+    profile = decode(profile_pb2, pprof(greenprof.Report([]))).message
+    assert list(profile.sample) == []
+    assert profile.string_table[0] == ""
+    assert len(profile.sample_type) == 3
+    assert profile.time_nanos == profile.duration_nanos == 0

@@ -283,3 +283,44 @@ def test_cli_run_profiles_a_program_and_keeps_its_exit_code(tmp_path: Path) -> N
     )
     assert missing.returncode == 2
     assert "needs a script or -m module" in missing.stderr
+
+
+def test_export_and_the_cli_write_pprof_as_bytes_and_html_as_a_page(tmp_path: Path) -> None:
+    import gzip
+    import sys
+
+    from greenprof.sinks import JSONSink
+
+    path = tmp_path / "profile.jsonl"
+    worker = gevent.spawn(red_work)
+    with greenprof.profile(worker, sinks=[JSONSink(path)]):
+        worker.join()
+    report = greenprof.Report(greenprof.load(path))
+    for format, weight in (("pprof", "off_cpu"), ("html", "on_cpu")):
+        out = tmp_path / f"profile.{format}"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "greenprof",
+                "convert",
+                str(path),
+                "--format",
+                format,
+                "--weight",
+                weight,
+                "-o",
+                str(out),
+            ],
+            check=True,
+        )
+        expected = exporters.export(report, format, weight=weight)
+        written = out.read_bytes()
+        assert written == (expected if isinstance(expected, bytes) else expected.encode())
+    assert gzip.decompress((tmp_path / "profile.pprof").read_bytes())  # a real gzip stream
+    assert exporters.export(report, "pprof") != exporters.export(report, "pprof", weight="off_cpu")
+    assert "red_wait" in (tmp_path / "profile.html").read_text()
+    with pytest.raises(ConfigurationError, match="format must be one of"):
+        exporters.export(report, "svg")
+    with pytest.raises(ConfigurationError, match="weight must be one of"):
+        exporters.write(report, "html", tmp_path / "x.html", weight="wall")

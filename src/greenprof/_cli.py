@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import runpy
 import sys
+import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+import greenlet
 
 from . import exporters
+from ._naming import greenlet_name
 from ._profiler import Profiler
 from ._report import Report
 from ._schema import load
+from ._threads import Waker, allocate_real_lock, original
 from .exceptions import GreenprofError
 from .sinks import JSONSink
 
@@ -22,6 +28,19 @@ def _parser() -> argparse.ArgumentParser:
         prog="greenprof", description="Show and convert greenprof profiles."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo",
+        help="see why: thread sampling against greenlet snapshots on a live gevent service",
+        description=(
+            "Runs a small gevent.pywsgi service on 127.0.0.1 with many concurrent "
+            "clients, profiles one request in thread mode and one in greenlet mode, "
+            "counts the snapshots taken from other greenlets, prints the profile and "
+            "writes it as an HTML flame graph."
+        ),
+    )
+    demo.add_argument("-o", "--output", default="greenprof-demo.html", help="HTML file to write")
+    demo.add_argument("--clients", type=int, default=50, help="concurrent clients (default 50)")
+    demo.add_argument("--color", action="store_true", default=None, help="colour the tree")
     show = commands.add_parser("show", help="print a profile as a call tree")
     show.add_argument("file", help="a file written by greenprof.sinks.JSONSink")
     show.add_argument("--color", action="store_true", help="colour the tree")
@@ -45,14 +64,98 @@ def _parser() -> argparse.ArgumentParser:
         "--format", choices=("jsonl", *exporters.FORMATS), default="jsonl", help="output format"
     )
     run.add_argument("-o", "--output", default="greenprof.jsonl", help="output file")
+    run.add_argument(
+        "--only",
+        action="append",
+        metavar="PATTERN",
+        help=(
+            "record only greenlets whose name or function matches this shell-style "
+            "pattern (repeatable); the others are still followed, not recorded"
+        ),
+    )
+    progress = run.add_mutually_exclusive_group()
+    progress.add_argument(
+        "--progress",
+        action="store_true",
+        default=None,
+        help="show progress on stderr (the default when stderr is a terminal)",
+    )
+    progress.add_argument("--no-progress", dest="progress", action="store_false")
+    run.add_argument(
+        "--progress-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between two progress lines (default 1)",
+    )
     run.add_argument("-m", dest="module", help="run a module, like python -m")
     run.add_argument("program", nargs=argparse.REMAINDER, help="script and its arguments")
     return parser
 
 
+def _matcher(patterns: Sequence[str]) -> Callable[[greenlet.greenlet], bool]:
+    """True for a greenlet whose name, or the qualified name of the function
+    it runs, matches one of ``patterns`` (shell-style, case-sensitive)."""
+
+    def matches(glet: greenlet.greenlet) -> bool:
+        # Called inside greenprof's tracer: plain attribute reads only.
+        names = [greenlet_name(glet)]
+        function = getattr(glet, "_run", None) or getattr(glet, "run", None)
+        function = getattr(function, "func", function)  # functools.partial
+        qualname = getattr(function, "__qualname__", None)
+        if isinstance(qualname, str):
+            names.append(qualname)
+        return any(fnmatch.fnmatchcase(name, p) for name in names for p in patterns)
+
+    return matches
+
+
+class _Progress:
+    """One line on stderr every ``interval`` seconds while a program runs,
+    from a real OS thread (the program's greenlets may be busy)."""
+
+    def __init__(self, profiler: Profiler, interval: float, *, terminal: bool) -> None:
+        self._profiler = profiler
+        self._interval = interval
+        self._terminal = terminal
+        self._wake = Waker()
+        self._done = allocate_real_lock()
+        self._started = time.monotonic()
+
+    def start(self) -> None:
+        self._done.acquire()
+        original("start_new_thread")(self._run, ())
+
+    def stop(self) -> None:
+        self._wake.wake()
+        with self._done:  # wait for the last line, so it does not mix with ours
+            pass
+        if self._terminal:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+    def _run(self) -> None:
+        try:
+            while not self._wake.wait(self._interval):
+                greenlets, snapshots = self._profiler._progress()
+                line = (
+                    f"greenprof: {time.monotonic() - self._started:,.1f} s, "
+                    f"{snapshots:,} snapshots, {greenlets:,} greenlets followed"
+                )
+                sys.stderr.write(f"\r\033[K{line}" if self._terminal else f"{line}\n")
+                sys.stderr.flush()
+        except Exception:  # never let progress display hurt the program
+            pass
+        finally:
+            self._done.release()
+
+
 def _run(options: argparse.Namespace) -> int:
     if not options.module and not options.program:
         print("greenprof: run needs a script or -m module to run", file=sys.stderr)
+        return 2
+    if not options.progress_interval > 0:
+        print("greenprof: --progress-interval must be a number of seconds > 0", file=sys.stderr)
         return 2
     if options.patch:
         from gevent import monkey  # type: ignore[import-untyped,unused-ignore]
@@ -62,9 +165,15 @@ def _run(options: argparse.Namespace) -> int:
         mode=options.mode,
         follow_spawned=options.mode != "thread",
         max_snapshots=1_000_000,
+        only=_matcher(options.only) if options.only else None,
     )
+    terminal = sys.stderr.isatty()
+    show_progress = terminal if options.progress is None else options.progress
+    progress = _Progress(profiler, options.progress_interval, terminal=terminal)
     code = 0
     profiler.start()
+    if show_progress:
+        progress.start()
     try:
         if options.module:
             sys.argv = [options.module, *options.program]
@@ -82,6 +191,8 @@ def _run(options: argparse.Namespace) -> int:
         traceback.print_exc()
         code = 1
     finally:
+        if show_progress:
+            progress.stop()
         if profiler.is_running:
             profiler.stop()
     try:
@@ -105,26 +216,42 @@ def _write(profiler: Profiler, format: str, path: str) -> None:
             os.remove(path)  # a new profile, not appended to an old one
         JSONSink(path).export(profiler.snapshots)
         return
-    rendered = exporters.export(profiler.report(), format)
-    with open(path, "w", encoding="utf-8") as file:
-        file.write(rendered)
+    exporters.write(profiler.report(), format, path)
+
+
+def _run_demo(options: argparse.Namespace) -> int:
+    from . import _demo  # gevent.pywsgi is imported only for the demo
+
+    if options.clients < 1:
+        print("greenprof: --clients must be at least 1", file=sys.stderr)
+        return 2
+    color = sys.stdout.isatty() if options.color is None else options.color
+    try:
+        return _demo.run(options.output, clients=options.clients, color=color)
+    except OSError as exc:
+        print(f"greenprof: demo failed: {exc}", file=sys.stderr)
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = _parser().parse_args(argv)
     if options.command == "run":
         return _run(options)
+    if options.command == "demo":
+        return _run_demo(options)
     try:
         report = Report(load(options.file))
         if options.command == "show":
             sys.stdout.write(exporters.text(report, color=options.color))
             return 0
+        if options.output != "-":
+            exporters.write(report, options.format, options.output, weight=options.weight)
+            return 0
         rendered = exporters.export(report, options.format, weight=options.weight)
-        if options.output == "-":
-            sys.stdout.write(rendered)
+        if isinstance(rendered, bytes):
+            sys.stdout.buffer.write(rendered)
         else:
-            with open(options.output, "w", encoding="utf-8") as file:
-                file.write(rendered)
+            sys.stdout.write(rendered)
     except (GreenprofError, OSError) as exc:
         print(f"greenprof: {exc}", file=sys.stderr)
         return 1

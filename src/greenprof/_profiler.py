@@ -126,6 +126,7 @@ class Profiler:
         dump_period: float = DEFAULT_DUMP_PERIOD,
         min_duration: float = 0.0,
         follow_spawned: bool = False,
+        only: Callable[[greenlet.greenlet], bool] | None = None,
     ) -> None:
         if mode not in MODES:
             msg = f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}."
@@ -153,8 +154,23 @@ class Profiler:
                 "'hybrid' with it (thread mode samples every greenlet anyway)."
             )
             raise ConfigurationError(msg)
+        if only is not None and not callable(only):
+            msg = (
+                "only must be a function that takes a greenlet and returns whether "
+                f"to record it, not {type(only).__name__} {only!r}."
+            )
+            raise ConfigurationError(msg)
+        if only is not None and mode == "thread":
+            msg = (
+                "only picks greenlets by their switches: use mode='greenlet' or "
+                "'hybrid' with it (thread mode samples whichever greenlet runs)."
+            )
+            raise ConfigurationError(msg)
         self.mode = mode
         self.follow_spawned = bool(follow_spawned)
+        #: Greenlets for which this returns False are followed (with
+        #: ``follow_spawned``) but not recorded.
+        self.only = only
         #: Greenlets adopted by the switch path (``follow_spawned``):
         #: ``(greenlet ref, buffer, dispatcher)``; a deque, for the tracer
         #: appends without a lock.
@@ -249,13 +265,7 @@ class Profiler:
             self._check_not_running(key, glet)
             self._anchor()
             dispatcher = dispatcher_for_current_thread()
-            buffer = GreenletBuffer(
-                limit=self.max_snapshots,
-                depth=self.max_depth,
-                greenlet_id=key,
-                greenlet_name=greenlet_name(glet),
-                thread_id=dispatcher.thread_id,
-            )
+            buffer = self._new_buffer(glet, dispatcher.thread_id)
             record = _Target(key, buffer, weakref.ref(glet), dispatcher)
             if glet is current:
                 self._began_running.add(key)
@@ -314,13 +324,7 @@ class Profiler:
         # Runs inside the tracer: no lock, nothing that could switch.
         if self._stopping:
             return None
-        buffer = GreenletBuffer(
-            limit=self.max_snapshots,
-            depth=self.max_depth,
-            greenlet_id=id(child),
-            greenlet_name=greenlet_name(child),
-            thread_id=parent.thread_id,
-        )
+        buffer = self._new_buffer(child, parent.thread_id)
         buffer.parent_id = parent.greenlet_id
         buffer.follow = self._adopt
         buffer.sampler = parent.sampler
@@ -328,6 +332,24 @@ class Profiler:
         if dispatcher is not None:
             self._adopted.append((weakref.ref(child), buffer, dispatcher))
         return buffer
+
+    def _new_buffer(self, glet: greenlet.greenlet, thread_id: int) -> GreenletBuffer:
+        # May run inside the tracer (``_adopt``): nothing here may switch.
+        limit = self.max_snapshots
+        if self.only is not None:
+            try:
+                keep = bool(self.only(glet))
+            except Exception:
+                keep = True  # a broken filter must not hide a greenlet
+            if not keep:
+                limit = 0  # muted: followed, not recorded (max_snapshots is >= 1)
+        return GreenletBuffer(
+            limit=limit,
+            depth=self.max_depth,
+            greenlet_id=id(glet),
+            greenlet_name=greenlet_name(glet),
+            thread_id=thread_id,
+        )
 
     def _take_adopted(self) -> None:
         # Under self._lock.
@@ -454,7 +476,7 @@ class Profiler:
         with self._lock:
             dropped = dict(self._dropped_done)
             for buffer in self._buffers:
-                if buffer.dropped:
+                if buffer.dropped and buffer.limit:
                     dropped[buffer.greenlet_id] = (
                         dropped.get(buffer.greenlet_id, 0) + buffer.dropped
                     )
@@ -466,6 +488,15 @@ class Profiler:
                 tracer_reinstalls=sum(d.reinstalls for d in self._dispatchers),
                 sink_failures=self._sink_failures,
             )
+
+    def _progress(self) -> tuple[int, int]:
+        """``(greenlets followed, snapshots recorded)`` so far, from any thread,
+        without draining: cheap enough to call every second."""
+        with self._lock:
+            greenlets = len(self._running) + len(self._children) + len(self._adopted)
+            pending = sum(len(buffer.records) for buffer in self._buffers)
+            pending += sum(len(child[1].records) for child in list(self._adopted))
+            return greenlets, len(self._snapshots) + pending
 
     def report(self) -> Report:
         """Where the time went: on/off-CPU per stack and per greenlet, and the
@@ -512,7 +543,7 @@ class Profiler:
                 pending.extend((record[1], record, buffer) for record in buffer.drain())
                 if id(buffer) in running:
                     keep.append(buffer)
-                elif buffer.dropped:
+                elif buffer.dropped and buffer.limit:
                     self._dropped_done[buffer.greenlet_id] = (
                         self._dropped_done.get(buffer.greenlet_id, 0) + buffer.dropped
                     )
@@ -593,7 +624,7 @@ class Profiler:
 
     def _report_drops(self, targets: Sequence[_Target]) -> None:
         for target in targets:
-            if target.buffer.dropped:
+            if target.buffer.dropped and target.buffer.limit:
                 _logger.warning(
                     "greenprof: kept the first %d snapshots of %s and dropped %d "
                     "more; raise max_snapshots to keep them.",

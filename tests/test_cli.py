@@ -192,3 +192,18 @@ def test_the_api_demo_example_runs_and_finds_no_foreign_frames(tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     assert "Frames from other requests' code in this profile: 0" in result.stdout
     assert greenprof.load(tmp_path / "demo.jsonl")
+
+
+def test_show_colours_only_when_asked_or_on_a_terminal(tmp_path: Path) -> None:
+    from greenprof.sinks import JSONSink
+
+    path = tmp_path / "profile.jsonl"
+    worker = gevent.spawn(gevent.sleep, 0.001)
+    with greenprof.profile(worker, sinks=[JSONSink(path)]):
+        worker.join()
+    coloured = greenprof_command("show", "--color", str(path))
+    plain = greenprof_command("show", str(path))  # stdout is a pipe here
+    assert coloured.returncode == plain.returncode == 0
+    assert "\033[1m" in coloured.stdout
+    assert "\033[" not in plain.stdout
+    assert re.sub(r"\033\[\d+m", "", coloured.stdout) == plain.stdout

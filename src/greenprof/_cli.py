@@ -23,6 +23,23 @@ from .exceptions import GreenprofError
 from .sinks import JSONSink
 
 
+def _color_options(command: argparse.ArgumentParser) -> None:
+    group = command.add_mutually_exclusive_group()
+    group.add_argument(
+        "--color",
+        action="store_true",
+        default=None,
+        help="colour the tree (the default on a terminal, unless NO_COLOR is set)",
+    )
+    group.add_argument("--no-color", dest="color", action="store_false")
+
+
+def _use_color(option: bool | None) -> bool:
+    if option is not None:
+        return option
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="greenprof", description="Show and convert greenprof profiles."
@@ -40,10 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("-o", "--output", default="greenprof-demo.html", help="HTML file to write")
     demo.add_argument("--clients", type=int, default=50, help="concurrent clients (default 50)")
-    demo.add_argument("--color", action="store_true", default=None, help="colour the tree")
+    _color_options(demo)
     show = commands.add_parser("show", help="print a profile as a call tree")
     show.add_argument("file", help="a file written by greenprof.sinks.JSONSink")
-    show.add_argument("--color", action="store_true", help="colour the tree")
+    _color_options(show)
     convert = commands.add_parser("convert", help="write a profile in another format")
     convert.add_argument("file", help="a file written by greenprof.sinks.JSONSink")
     convert.add_argument("--format", required=True, choices=exporters.FORMATS)
@@ -225,7 +242,7 @@ def _run_demo(options: argparse.Namespace) -> int:
     if options.clients < 1:
         print("greenprof: --clients must be at least 1", file=sys.stderr)
         return 2
-    color = sys.stdout.isatty() if options.color is None else options.color
+    color = _use_color(options.color)
     try:
         return _demo.run(options.output, clients=options.clients, color=color)
     except OSError as exc:
@@ -242,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = Report(load(options.file))
         if options.command == "show":
-            sys.stdout.write(exporters.text(report, color=options.color))
+            sys.stdout.write(exporters.text(report, color=_use_color(options.color)))
             return 0
         if options.output != "-":
             exporters.write(report, options.format, options.output, weight=options.weight)

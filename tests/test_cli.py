@@ -207,3 +207,62 @@ def test_show_colours_only_when_asked_or_on_a_terminal(tmp_path: Path) -> None:
     assert "\033[1m" in coloured.stdout
     assert "\033[" not in plain.stdout
     assert re.sub(r"\033\[\d+m", "", coloured.stdout) == plain.stdout
+
+
+def test_run_refuses_only_in_thread_mode_in_one_line(tmp_path: Path) -> None:
+    script = tmp_path / "prog.py"
+    script.write_text("print('should not run')\n")
+    result = greenprof_command("run", "--mode", "thread", "--only", "x*", str(script))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.strip() == (
+        "greenprof: --only needs --mode greenlet or hybrid (thread mode samples "
+        "whichever greenlet runs)"
+    )
+
+
+def test_a_filter_raising_a_base_exception_records_the_greenlet_too() -> None:
+    def child() -> None:
+        gevent.sleep(0.001)
+
+    def exits(glet: greenlet.greenlet) -> bool:
+        if getattr(glet, "_run", None) is child:
+            raise SystemExit(3)
+        return True
+
+    def parent() -> None:
+        gevent.spawn(child).join()
+
+    worker = gevent.spawn(parent)
+    profiler = greenprof.Profiler(follow_spawned=True, only=exits)
+    profiler.start(worker)
+    worker.join()
+    profiler.stop()
+    assert len({s.greenlet_id for s in profiler.snapshots}) == 2
+    assert profiler.stats.tracer_errors == 0
+
+
+def test_muted_greenlets_walk_no_stack() -> None:
+    from greenprof._dispatcher import installed_dispatcher
+    from greenprof._threads import thread_ident
+
+    def deep(n: int) -> None:
+        if n:
+            deep(n - 1)
+        else:
+            gevent.sleep(0.001)
+
+    worker = gevent.spawn(deep, 30)
+    profiler = greenprof.Profiler(only=lambda glet: False)
+    profiler.start(worker)
+    gevent.sleep(0)  # the worker is now suspended 30 frames deep
+    dispatcher = installed_dispatcher(thread_ident())
+    assert dispatcher is not None
+    watch = dispatcher.watches.get(worker)
+    assert watch is not None
+    assert watch.depth == 0
+    assert watch.last_stack == []  # nothing captured at the switch-out
+    worker.join()
+    profiler.stop()
+    assert profiler.snapshots == []
+    assert profiler.stats.dropped == 0

@@ -324,3 +324,25 @@ def test_export_and_the_cli_write_pprof_as_bytes_and_html_as_a_page(tmp_path: Pa
         exporters.export(report, "svg")
     with pytest.raises(ConfigurationError, match="weight must be one of"):
         exporters.write(report, "html", tmp_path / "x.html", weight="wall")
+
+
+def test_write_escapes_file_names_that_are_not_utf8(tmp_path: Path) -> None:
+    frame = greenprof.Frame(filename="/srv/caf\udce9.py", function="handler", lineno=3)
+    snapshots = [
+        greenprof.Snapshot(
+            greenlet_id=1,
+            greenlet_name="worker",
+            thread_id=1,
+            event=event,
+            sequence=index,
+            timestamp_ns=1_000_000 * (index + 1),
+            stack=(frame,) if event == "switch_out" else (),
+            session_id="s",
+        )
+        for index, event in enumerate(("switch_in", "switch_out", "switch_in", "exit"))
+    ]
+    report = greenprof.Report(snapshots)
+    for format in ("collapsed", "text"):
+        out = tmp_path / f"profile.{format}"
+        exporters.write(report, format, out)
+        assert "caf\\udce9.py" in out.read_text(encoding="utf-8")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import os
+import re
 import runpy
 import sys
 import time
@@ -113,16 +114,17 @@ def _parser() -> argparse.ArgumentParser:
 def _matcher(patterns: Sequence[str]) -> Callable[[greenlet.greenlet], bool]:
     """True for a greenlet whose name, or the qualified name of the function
     it runs, matches one of ``patterns`` (shell-style, case-sensitive)."""
+    # Compiled here, not at the first match: matching runs inside the tracer.
+    match = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns)).match
 
     def matches(glet: greenlet.greenlet) -> bool:
         # Called inside greenprof's tracer: plain attribute reads only.
-        names = [greenlet_name(glet)]
+        if match(greenlet_name(glet)):
+            return True
         function = getattr(glet, "_run", None) or getattr(glet, "run", None)
         function = getattr(function, "func", function)  # functools.partial
         qualname = getattr(function, "__qualname__", None)
-        if isinstance(qualname, str):
-            names.append(qualname)
-        return any(fnmatch.fnmatchcase(name, p) for name in names for p in patterns)
+        return isinstance(qualname, str) and match(qualname) is not None
 
     return matches
 
@@ -171,8 +173,15 @@ def _run(options: argparse.Namespace) -> int:
     if not options.module and not options.program:
         print("greenprof: run needs a script or -m module to run", file=sys.stderr)
         return 2
-    if not options.progress_interval > 0:
-        print("greenprof: --progress-interval must be a number of seconds > 0", file=sys.stderr)
+    if not 0 < options.progress_interval <= 3600:
+        print("greenprof: --progress-interval must be seconds, > 0 and <= 3600", file=sys.stderr)
+        return 2
+    if options.only and options.mode == "thread":
+        print(
+            "greenprof: --only needs --mode greenlet or hybrid (thread mode samples "
+            "whichever greenlet runs)",
+            file=sys.stderr,
+        )
         return 2
     if options.patch:
         from gevent import monkey  # type: ignore[import-untyped,unused-ignore]
@@ -245,8 +254,8 @@ def _run_demo(options: argparse.Namespace) -> int:
     color = _use_color(options.color)
     try:
         return _demo.run(options.output, clients=options.clients, color=color)
-    except OSError as exc:
-        print(f"greenprof: demo failed: {exc}", file=sys.stderr)
+    except Exception as exc:  # one line, whatever went wrong
+        print(f"greenprof: demo failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 
 

@@ -111,8 +111,8 @@ def fetch(address: tuple[str, int], path: str) -> bytes:
         while chunk := connection.recv(65536):
             chunks.append(chunk)
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
-        msg = f"the demo service answered {head.splitlines()[0]!r} to {path}"
+    if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
+        msg = f"the demo service answered {head[:80]!r} to {path}"
         raise RuntimeError(msg)
     return body
 
@@ -124,8 +124,9 @@ def _foreign(snapshots: list[Snapshot], me: int) -> tuple[int, int, int]:
     return len(snapshots), other, search_code
 
 
-def run(output: str, *, clients: int = 50, color: bool = False, out: IO[str] = sys.stdout) -> int:
+def run(output: str, *, clients: int = 50, color: bool = False, out: IO[str] | None = None) -> int:
     """Run the demo; write the HTML flame graph to ``output``. 0: as expected."""
+    out = sys.stdout if out is None else out
     service = Service()
     server = gevent.pywsgi.WSGIServer(("127.0.0.1", 0), service, log=None)
     server.start()
@@ -184,8 +185,9 @@ def run(output: str, *, clients: int = 50, color: bool = False, out: IO[str] = s
     report = profiler.report()
     print("The hybrid-mode profile of its request (on-CPU and off-CPU time):\n", file=out)
     print(exporters.text(report, color=color, min_share=0.01), file=out)
+    page = exporters.html(report, title="greenprof demo: one /checkout request")
     with open(output, "w", encoding="utf-8") as file:
-        file.write(exporters.html(report, title="greenprof demo: one /checkout request"))
+        file.write(page)
     print(
         f"Flame graph written to {os.path.abspath(output)}; open it in a browser.",
         file=out,

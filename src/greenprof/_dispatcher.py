@@ -259,7 +259,7 @@ def _forgetter(
     return forget
 
 
-def _redeliver(exc: BaseException) -> None:
+def redeliver(exc: BaseException) -> None:
     """Swallow ``exc``, except that a Ctrl-C still reaches the program."""
     # A Ctrl-C that lands inside our tracer belongs to the program: raising it
     # here would make greenlet drop the tracer and throw it into whichever
@@ -365,7 +365,7 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                     attend(target)
             except BaseException as exc:
                 dispatcher.errors += 1
-                _redeliver(exc)
+                redeliver(exc)
 
     def attend(target: greenlet.greenlet) -> None:
         # Everything beyond watched greenlets, off the common path.
@@ -421,7 +421,7 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                 previous(event, args)
             except BaseException as exc:
                 dispatcher.previous_errors += 1
-                _redeliver(exc)
+                redeliver(exc)
 
     return trace, chained
 

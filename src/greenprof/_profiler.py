@@ -25,6 +25,7 @@ from ._dispatcher import (
     SwitchDispatcher,
     dispatcher_for_current_thread,
     installed_dispatcher,
+    redeliver,
 )
 from ._naming import greenlet_name
 from ._report import Report
@@ -335,17 +336,20 @@ class Profiler:
 
     def _new_buffer(self, glet: greenlet.greenlet, thread_id: int) -> GreenletBuffer:
         # May run inside the tracer (``_adopt``): nothing here may switch.
-        limit = self.max_snapshots
+        limit, depth = self.max_snapshots, self.max_depth
         if self.only is not None:
             try:
                 keep = bool(self.only(glet))
-            except Exception:
+            except BaseException as exc:
                 keep = True  # a broken filter must not hide a greenlet
+                redeliver(exc)  # nor swallow a Ctrl-C
             if not keep:
-                limit = 0  # muted: followed, not recorded (max_snapshots is >= 1)
+                # Muted: followed, not recorded (max_snapshots is >= 1), and
+                # with depth 0 no stack is walked for it.
+                limit = depth = 0
         return GreenletBuffer(
             limit=limit,
-            depth=self.max_depth,
+            depth=depth,
             greenlet_id=id(glet),
             greenlet_name=greenlet_name(glet),
             thread_id=thread_id,

@@ -211,6 +211,7 @@ def write(report: Report, format: str, path: str | os.PathLike[str], **options: 
     """:func:`export` ``report`` to the file at ``path`` (``weight=`` as there)."""
     rendered = export(report, format, **options)
     if isinstance(rendered, str):
-        rendered = rendered.encode("utf-8")
+        # A file name may hold a lone surrogate (a non-UTF-8 path): escape it.
+        rendered = rendered.encode("utf-8", "backslashreplace")
     with open(path, "wb") as file:
         file.write(rendered)

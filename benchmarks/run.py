@@ -1,4 +1,8 @@
-"""Run every greenprof benchmark; ``--quick`` for a short run (``tox -e bench``)."""
+"""Run every greenprof benchmark; ``--quick`` for a short run (``tox -e bench``).
+
+``bench_peers.py`` runs last and ends with the table of greenprof against
+the other profilers, every workload in one table.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["bench_switch.py", "bench_modes.py"]
+BENCHMARKS = ["bench_switch.py", "bench_modes.py", "bench_peers.py"]
 
 
 def main() -> int:

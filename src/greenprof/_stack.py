@@ -45,31 +45,46 @@ def _line_for_offset(code: CodeType, offset: int) -> int:
 
 
 class FrameFormatter:
-    """Turns raw stacks into ``Frame`` tuples; caches are bounded and per formatter."""
+    """Turns raw stacks into ``Frame`` tuples; caches are bounded and per formatter.
+
+    Frames are cached by ``(id(code), offset)``: hashing a code object hashes
+    its contents, which made that most of a stack's formatting time. The
+    code objects are kept in ``_codes`` while cached, so an id cannot be
+    reused by another code object meanwhile.
+    """
 
     def __init__(self, max_entries: int = 1 << 16) -> None:
         self._max_entries = max_entries
-        self._frames: dict[tuple[CodeType, int], Frame] = {}
+        self._frames: dict[tuple[int, int], Frame] = {}
+        self._codes: dict[int, CodeType] = {}
 
     def frame(self, code: CodeType, offset: int) -> Frame:
-        key = (code, offset)
+        key = (id(code), offset)
         found = self._frames.get(key)
         if found is None:
             if len(self._frames) >= self._max_entries:
                 self._frames.clear()
+                self._codes.clear()
             if sys.version_info >= (3, 11):
                 name = code.co_qualname
             else:
                 name = code.co_name
             found = Frame(code.co_filename, name, _line_for_offset(code, offset))
+            self._codes[id(code)] = code
             self._frames[key] = found
         return found
 
     def stack(self, raw: RawStack, depth: int) -> tuple[Frame, ...]:
         """Outermost first, keeping at most the ``depth`` innermost frames."""
-        frame = self.frame
         pairs = min(len(raw) // 2, depth)
-        return tuple(
-            frame(raw[2 * i], raw[2 * i + 1])  # type: ignore[arg-type]
-            for i in range(pairs - 1, -1, -1)
-        )
+        codes, offsets = raw[0 : 2 * pairs : 2], raw[1 : 2 * pairs : 2]
+        keys = zip(map(id, codes), offsets, strict=True)
+        try:
+            frames = list(map(self._frames.__getitem__, keys))  # type: ignore[arg-type]
+        except KeyError:  # a frame not seen yet
+            frames = [
+                self.frame(code, offset)  # type: ignore[arg-type]
+                for code, offset in zip(codes, offsets, strict=True)
+            ]
+        frames.reverse()
+        return tuple(frames)

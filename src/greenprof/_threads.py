@@ -11,16 +11,25 @@ import contextlib
 import sys
 from typing import Any
 
+_originals: dict[str, Any] = {}
+
 
 def original(name: str) -> Any:
-    """``_thread.<name>`` as it was before gevent patched it."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None:
-        try:
-            return monkey.get_original("_thread", name)
-        except Exception:  # pragma: no cover - gevent API drift; fall back to the module
-            pass
-    return getattr(_thread, name)
+    """``_thread.<name>`` as it was before gevent patched it.
+
+    Cached: before patching, the module holds the original; after, gevent
+    keeps it for ``get_original``; it is the same object either way.
+    """
+    found = _originals.get(name)
+    if found is None:
+        found = getattr(_thread, name)
+        monkey = sys.modules.get("gevent.monkey")
+        if monkey is not None:
+            # On gevent API drift, keep the module's.
+            with contextlib.suppress(Exception):
+                found = monkey.get_original("_thread", name)
+        _originals[name] = found
+    return found
 
 
 def thread_ident() -> int:

@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 
 import gevent
@@ -16,41 +15,12 @@ import greenprof
 from greenprof import exporters
 from greenprof.exceptions import ConfigurationError
 
-
-def spin(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
-def red_wait() -> None:
-    gevent.sleep(0.004)
-
-
-def red_work() -> None:
-    for _ in range(3):
-        spin(0.002)
-        red_wait()
-
-
-def blue_wait() -> None:
-    gevent.sleep(0.006)
-
-
-def blue_work() -> None:
-    for _ in range(2):
-        spin(0.003)
-        blue_wait()
+from .workloads import record_red_and_blue, red_work
 
 
 @pytest.fixture(scope="module")
 def report() -> greenprof.Report:
-    red, blue = gevent.spawn(red_work), gevent.spawn(blue_work)
-    profiler = greenprof.Profiler(mode="hybrid", dump_period=0.001)
-    profiler.start(red)
-    profiler.start(blue)
-    gevent.joinall([red, blue])
-    profiler.stop()
+    profiler, _, _ = record_red_and_blue()
     return profiler.report()
 
 

@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 from typing import Any
@@ -21,28 +20,10 @@ import greenprof
 from greenprof.exporters._html import SLICES
 from greenprof.exporters._html import html as html_page
 
+from .workloads import record_red_and_blue
+
 EVIL = "</script><script>alert(1)</script>"
 EVIL_FILE = "<!--<script>evil.py"
-
-
-def spin(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
-def red_wait() -> None:
-    gevent.sleep(0.004)
-
-
-def red_work() -> None:
-    for _ in range(3):
-        spin(0.002)
-        red_wait()
-
-
-def blue_wait() -> None:
-    gevent.sleep(0.006)
 
 
 def _evil_template() -> None:
@@ -60,23 +41,10 @@ def _renamed(func: types.FunctionType, name: str, filename: str) -> types.Functi
 evil = _renamed(_evil_template, EVIL, EVIL_FILE)
 
 
-def blue_work() -> None:
-    for _ in range(2):
-        spin(0.003)
-        blue_wait()
-    evil()
-
-
 @pytest.fixture(scope="module")
 def workload() -> tuple[greenprof.Report, dict[str, str]]:
     """The report of a red and a blue greenlet, and each one's label."""
-    red, blue = gevent.spawn(red_work), gevent.spawn(blue_work)
-    red.name, blue.name = "red", "blue"
-    profiler = greenprof.Profiler(mode="hybrid", dump_period=0.001)
-    profiler.start(red)
-    profiler.start(blue)
-    gevent.joinall([red, blue])
-    profiler.stop()
+    profiler, red, blue = record_red_and_blue(blue_then=evil)
     labels = {"red": f"red [{id(red):#x}]", "blue": f"blue [{id(blue):#x}]"}
     return profiler.report(), labels
 

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import time
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import attrs
-import gevent
 import pytest
 from grpc_tools import protoc
 
@@ -26,6 +24,8 @@ from greenprof import Frame, Snapshot
 from greenprof.exceptions import ConfigurationError
 from greenprof.exporters import pprof
 from greenprof.sinks import JSONSink
+
+from .workloads import record_red_and_blue
 
 PROTO = Path(__file__).parent / "data" / "profile.proto"
 SAMPLE_TYPES = [("on_cpu", "nanoseconds"), ("off_cpu", "nanoseconds"), ("snapshots", "count")]
@@ -101,32 +101,6 @@ def expected_values(report: greenprof.Report) -> dict[tuple[int, tuple[Frame, ..
 # -- a real workload -----------------------------------------------------------------------
 
 
-def spin(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
-def red_wait() -> None:
-    gevent.sleep(0.004)
-
-
-def red_work() -> None:
-    for _ in range(3):
-        spin(0.002)
-        red_wait()
-
-
-def blue_wait() -> None:
-    gevent.sleep(0.006)
-
-
-def blue_work() -> None:
-    for _ in range(2):
-        spin(0.003)
-        blue_wait()
-
-
 @attrs.frozen
 class Recording:
     report: greenprof.Report
@@ -138,13 +112,7 @@ class Recording:
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory: pytest.TempPathFactory) -> Recording:
     path = tmp_path_factory.mktemp("pprof") / "profile.jsonl"
-    red, blue = gevent.spawn(red_work), gevent.spawn(blue_work)
-    red.name, blue.name = "red", "blue"
-    profiler = greenprof.Profiler(mode="hybrid", dump_period=0.001, sinks=[JSONSink(path)])
-    profiler.start(red)
-    profiler.start(blue)
-    gevent.joinall([red, blue])
-    profiler.stop()
+    profiler, red, blue = record_red_and_blue(sinks=[JSONSink(path)])
     return Recording(profiler.report(), path, id(red), id(blue))
 
 

@@ -1,0 +1,56 @@
+"""The workload the exporter tests record: a red and a blue greenlet, each
+spinning (on-CPU) and sleeping (off-CPU) in functions of its own colour."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import gevent
+import greenlet
+
+import greenprof
+from greenprof.sinks import Sink
+
+
+def spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def red_wait() -> None:
+    gevent.sleep(0.004)
+
+
+def red_work() -> None:
+    for _ in range(3):
+        spin(0.002)
+        red_wait()
+
+
+def blue_wait() -> None:
+    gevent.sleep(0.006)
+
+
+def blue_work(then: Callable[[], None] | None = None) -> None:
+    for _ in range(2):
+        spin(0.003)
+        blue_wait()
+    if then is not None:
+        then()
+
+
+def record_red_and_blue(
+    *, sinks: Iterable[Sink] = (), blue_then: Callable[[], None] | None = None
+) -> tuple[greenprof.Profiler, greenlet.greenlet, greenlet.greenlet]:
+    """Run both greenlets, named ``red`` and ``blue``, profiled in hybrid mode
+    with a 1 ms dump period; the stopped profiler and the two greenlets."""
+    red, blue = gevent.spawn(red_work), gevent.spawn(blue_work, blue_then)
+    red.name, blue.name = "red", "blue"
+    profiler = greenprof.Profiler(mode="hybrid", dump_period=0.001, sinks=sinks)
+    profiler.start(red)
+    profiler.start(blue)
+    gevent.joinall([red, blue])
+    profiler.stop()
+    return profiler, red, blue

@@ -79,7 +79,7 @@ import gevent.server
 import gevent.socket
 import greenlet
 
-from peers import DUMP_PERIOD, Peer, make_peers
+from peers import DUMP_PERIOD, Outcome, Peer, Session, make_peers
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -139,14 +139,7 @@ def _storm_once(peer: Peer, size: int, rounds: int, pingpongs: int) -> Metrics:
                 glet.switch()
         peer.end(session)
         storm = time.perf_counter_ns() - start
-        session = peer.begin(target)
-        switch = target.switch
-        start = time.perf_counter_ns()
-        for _ in range(pingpongs):
-            switch()
-        path = time.perf_counter_ns() - start
-        outcome = peer.end(session)
-        profiled = time.perf_counter_ns() - start
+        path, profiled, _, outcome = _switch_into(peer, target, pingpongs)
     finally:
         gc.enable()
         peer.stop_run()
@@ -156,6 +149,21 @@ def _storm_once(peer: Peer, size: int, rounds: int, pingpongs: int) -> Metrics:
         "ns_per_profiled_switch_path": path / (2 * pingpongs),
         "records_per_switch": outcome.records / (2 * pingpongs),
     }
+
+
+def _switch_into(
+    peer: Peer, target: greenlet.greenlet, times: int
+) -> tuple[int, int, Session, Outcome]:
+    """Profile ``target`` while switching into it ``times`` times: ns spent
+    switching, ns including the profiler's ``end()``, the session and its outcome."""
+    session = peer.begin(target)
+    switch = target.switch
+    start = time.perf_counter_ns()
+    for _ in range(times):
+        switch()
+    path = time.perf_counter_ns() - start
+    outcome = peer.end(session)
+    return path, time.perf_counter_ns() - start, session, outcome
 
 
 def storm(quick: bool) -> dict[str, Metrics]:
@@ -203,14 +211,7 @@ def _deep_once(peer: Peer, depths: list[int], round_trips: int) -> Metrics:
     peer.start_run()
     gc.disable()
     try:
-        session = peer.begin(worker)
-        switch = worker.switch
-        start = time.perf_counter_ns()
-        for _ in range(round_trips):
-            switch()
-        path = time.perf_counter_ns() - start
-        outcome = peer.end(session)
-        elapsed = time.perf_counter_ns() - start
+        path, elapsed, session, outcome = _switch_into(peer, worker, round_trips)
     finally:
         gc.enable()
         peer.stop_run()

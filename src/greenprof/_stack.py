@@ -57,14 +57,16 @@ class FrameFormatter:
         self._max_entries = max_entries
         self._frames: dict[tuple[int, int], Frame] = {}
         self._codes: dict[int, CodeType] = {}
+        # Whole stacks by their code ids and offsets: a service goes through
+        # the same few paths again and again.
+        self._stacks: dict[tuple[int, ...], tuple[Frame, ...]] = {}
 
     def frame(self, code: CodeType, offset: int) -> Frame:
         key = (id(code), offset)
         found = self._frames.get(key)
         if found is None:
             if len(self._frames) >= self._max_entries:
-                self._frames.clear()
-                self._codes.clear()
+                self.clear()
             if sys.version_info >= (3, 11):
                 name = code.co_qualname
             else:
@@ -74,10 +76,21 @@ class FrameFormatter:
             self._frames[key] = found
         return found
 
+    def clear(self) -> None:
+        # Together: the ids in both stack and frame keys are only safe while
+        # ``_codes`` keeps their code objects alive.
+        self._frames.clear()
+        self._stacks.clear()
+        self._codes.clear()
+
     def stack(self, raw: RawStack, depth: int) -> tuple[Frame, ...]:
         """Outermost first, keeping at most the ``depth`` innermost frames."""
         pairs = min(len(raw) // 2, depth)
         codes, offsets = raw[0 : 2 * pairs : 2], raw[1 : 2 * pairs : 2]
+        key: tuple[int, ...] = (*map(id, codes), *offsets)  # type: ignore[arg-type]
+        found = self._stacks.get(key)
+        if found is not None:
+            return found
         keys = zip(map(id, codes), offsets, strict=True)
         try:
             frames = list(map(self._frames.__getitem__, keys))  # type: ignore[arg-type]
@@ -86,5 +99,13 @@ class FrameFormatter:
                 self.frame(code, offset)  # type: ignore[arg-type]
                 for code, offset in zip(codes, offsets, strict=True)
             ]
+            # frame() may have cleared the caches half-way: keep every code
+            # of ``key`` alive again.
+            for code in codes:
+                self._codes[id(code)] = code  # type: ignore[assignment]
         frames.reverse()
-        return tuple(frames)
+        found = tuple(frames)
+        if len(self._stacks) >= self._max_entries:
+            self._stacks.clear()
+        self._stacks[key] = found
+        return found

@@ -1,0 +1,61 @@
+"""FrameFormatter: raw stacks to Frames, through its caches, stays exact."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from types import FrameType
+
+from greenprof._stack import FrameFormatter, capture
+
+
+def expected(frame: FrameType, depth: int) -> list[tuple[str, str, int]]:
+    summary = traceback.extract_stack(frame)[-depth:]
+    return [(entry.filename, entry.name, entry.lineno or 0) for entry in summary]
+
+
+def formatted(
+    formatter: FrameFormatter, frame: FrameType, depth: int
+) -> list[tuple[str, str, int]]:
+    return [
+        (f.filename, f.function.rpartition(".")[2], f.lineno)
+        for f in formatter.stack(capture(frame, depth), depth)
+    ]
+
+
+def nest(levels: int, seen: list[FrameType]) -> None:
+    if levels:
+        nest(levels - 1, seen)
+        nest_again(levels - 1, seen)  # same depth, another line and function
+    else:
+        seen.append(sys._getframe(1))
+
+
+def nest_again(levels: int, seen: list[FrameType]) -> None:
+    nest(levels, seen)
+
+
+def test_stacks_through_tiny_caches_are_the_stacks_traceback_sees() -> None:
+    frames: list[FrameType] = []
+    nest(4, frames)
+    # Frames are kept alive here on purpose, to compare them afterwards.
+    wanted = [(frame, depth) for frame in frames for depth in (3, 7, 100)]
+    for max_entries in (1, 2, 5, 1 << 16):
+        formatter = FrameFormatter(max_entries=max_entries)
+        for _ in range(3):  # cold, then cached (or evicted and rebuilt)
+            for frame, depth in wanted:
+                assert formatted(formatter, frame, depth) == expected(frame, depth)
+
+
+def test_the_same_code_at_another_offset_is_another_stack() -> None:
+    formatter = FrameFormatter()
+    raws = []
+
+    def here() -> None:
+        raws.append(capture(sys._getframe(), 2))
+
+    here()
+    here()  # the same two code objects; the caller is one line further
+    first, second = (formatter.stack(raw, 2) for raw in raws)
+    assert first[-1] == second[-1]  # here() itself, at the same line
+    assert first[0].lineno + 1 == second[0].lineno

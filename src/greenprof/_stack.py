@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from types import CodeType, FrameType
 
+from ._threads import allocate_real_lock
 from .snapshot import Frame
 
 #: Innermost first, alternating code object and ``f_lasti``. Never mutated
@@ -50,7 +51,9 @@ class FrameFormatter:
     Frames are cached by ``(id(code), offset)``: hashing a code object hashes
     its contents, which made that most of a stack's formatting time. The
     code objects are kept in ``_codes`` while cached, so an id cannot be
-    reused by another code object meanwhile.
+    reused by another code object meanwhile. Profilers drain from any
+    thread: a cache hit needs no lock; filling and clearing take one, so an
+    entry is never stored while another thread lets its code objects go.
     """
 
     def __init__(self, max_entries: int = 1 << 16) -> None:
@@ -60,8 +63,10 @@ class FrameFormatter:
         # Whole stacks by their code ids and offsets: a service goes through
         # the same few paths again and again.
         self._stacks: dict[tuple[int, ...], tuple[Frame, ...]] = {}
+        self._lock = allocate_real_lock()
 
     def frame(self, code: CodeType, offset: int) -> Frame:
+        # Under self._lock.
         key = (id(code), offset)
         found = self._frames.get(key)
         if found is None:
@@ -77,8 +82,8 @@ class FrameFormatter:
         return found
 
     def clear(self) -> None:
-        # Together: the ids in both stack and frame keys are only safe while
-        # ``_codes`` keeps their code objects alive.
+        # Under self._lock. Together, and ``_codes`` last: the ids in stack
+        # and frame keys are only safe while it keeps their code objects alive.
         self._frames.clear()
         self._stacks.clear()
         self._codes.clear()
@@ -91,21 +96,22 @@ class FrameFormatter:
         found = self._stacks.get(key)
         if found is not None:
             return found
-        keys = zip(map(id, codes), offsets, strict=True)
-        try:
-            frames = list(map(self._frames.__getitem__, keys))  # type: ignore[arg-type]
-        except KeyError:  # a frame not seen yet
-            frames = [
-                self.frame(code, offset)  # type: ignore[arg-type]
-                for code, offset in zip(codes, offsets, strict=True)
-            ]
-            # frame() may have cleared the caches half-way: keep every code
-            # of ``key`` alive again.
-            for code in codes:
-                self._codes[id(code)] = code  # type: ignore[assignment]
-        frames.reverse()
-        found = tuple(frames)
-        if len(self._stacks) >= self._max_entries:
-            self._stacks.clear()
-        self._stacks[key] = found
+        with self._lock:
+            keys = zip(map(id, codes), offsets, strict=True)
+            try:
+                frames = list(map(self._frames.__getitem__, keys))  # type: ignore[arg-type]
+            except KeyError:  # a frame not seen yet
+                frames = [
+                    self.frame(code, offset)  # type: ignore[arg-type]
+                    for code, offset in zip(codes, offsets, strict=True)
+                ]
+                # frame() may have cleared the caches half-way: keep every
+                # code of ``key`` alive again.
+                for code in codes:
+                    self._codes[id(code)] = code  # type: ignore[assignment]
+            frames.reverse()
+            found = tuple(frames)
+            if len(self._stacks) >= self._max_entries:
+                self._stacks.clear()
+            self._stacks[key] = found
         return found

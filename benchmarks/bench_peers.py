@@ -79,12 +79,12 @@ import gevent.server
 import gevent.socket
 import greenlet
 
+from bench_switch import DEPTH, wait_deep
 from peers import DUMP_PERIOD, Outcome, Peer, Session, make_peers
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 WORKLOADS = ("storm", "deep", "web", "accuracy")
-DEPTH = 30
 Metrics = dict[str, Any]
 
 
@@ -115,17 +115,9 @@ def _rotations(peers: list[Peer], repeats: int) -> list[list[Peer]]:
 # -- 1. switch storm -----------------------------------------------------------
 
 
-def _wait_deep(main: greenlet.greenlet, depth: int) -> None:
-    if depth > 1:
-        _wait_deep(main, depth - 1)
-        return
-    while True:
-        main.switch()
-
-
 def _storm_once(peer: Peer, size: int, rounds: int, pingpongs: int) -> Metrics:
     main = greenlet.getcurrent()
-    ring = [greenlet.greenlet(functools.partial(_wait_deep, main, DEPTH)) for _ in range(size)]
+    ring = [greenlet.greenlet(functools.partial(wait_deep, main, DEPTH)) for _ in range(size)]
     for glet in ring:
         glet.switch()
     target = ring[size // 2]

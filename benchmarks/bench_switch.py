@@ -31,9 +31,9 @@ import greenprof
 DEPTH = 30
 
 
-def _wait_deep(main: greenlet.greenlet, depth: int) -> None:
+def wait_deep(main: greenlet.greenlet, depth: int) -> None:
     if depth > 1:
-        _wait_deep(main, depth - 1)
+        wait_deep(main, depth - 1)
         return
     while True:
         main.switch()
@@ -56,7 +56,7 @@ def _make_worker(depth: int, fresh: bool = False) -> greenlet.greenlet:
     happens in newly created frames (it recurses anew every round), so no
     part of the stack but the outermost frame is the same as last time."""
     main = greenlet.getcurrent()
-    body = _wait_fresh if fresh else _wait_deep
+    body = _wait_fresh if fresh else wait_deep
     worker = greenlet.greenlet(lambda: body(main, depth))
     worker.switch()
     return worker

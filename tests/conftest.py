@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -31,3 +32,10 @@ def line_of(func: object, marker: str) -> int:
         if marker in text:
             return start + offset
     raise AssertionError(f"{marker!r} not in {func!r}")
+
+
+def greenprof_command(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m greenprof ARGS`` in a real subprocess (text output)."""
+    return subprocess.run(
+        [sys.executable, "-m", "greenprof", *args], capture_output=True, text=True, timeout=300
+    )

@@ -14,15 +14,7 @@ import pytest
 import greenprof
 from greenprof.exceptions import ConfigurationError
 
-
-def greenprof_command(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "greenprof", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
+from .conftest import greenprof_command
 
 
 def test_demo_shows_thread_sampling_contaminated_and_greenlet_mode_clean(tmp_path: Path) -> None:

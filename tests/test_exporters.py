@@ -8,14 +8,14 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-import gevent
 import pytest
 
 import greenprof
 from greenprof import exporters
 from greenprof.exceptions import ConfigurationError
 
-from .workloads import record_red_and_blue, red_work
+from .conftest import greenprof_command
+from .workloads import record_red_and_blue, recorded_red_work
 
 
 @pytest.fixture(scope="module")
@@ -135,47 +135,21 @@ def test_chrome_trace_has_a_named_track_per_greenlet_with_nested_slices(
 
 
 def test_cli_shows_and_converts_a_recorded_file(tmp_path: Path) -> None:
-    import sys
 
-    from greenprof.sinks import JSONSink
-
-    path = tmp_path / "profile.jsonl"
-    worker = gevent.spawn(red_work)
-    with greenprof.profile(worker, sinks=[JSONSink(path)]):
-        worker.join()
-    shown = subprocess.run(
-        [sys.executable, "-m", "greenprof", "show", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    path = recorded_red_work(tmp_path)
+    shown = greenprof_command("show", str(path))
+    assert shown.returncode == 0, shown.stderr
     assert "red_work" in shown.stdout
     assert "red_wait" in shown.stdout
     out = tmp_path / "profile.folded"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "greenprof",
-            "convert",
-            str(path),
-            "--format",
-            "collapsed",
-            "--weight",
-            "off_cpu",
-            "-o",
-            str(out),
-        ],
-        check=True,
+    converted = greenprof_command(
+        "convert", str(path), "--format", "collapsed", "--weight", "off_cpu", "-o", str(out)
     )
+    assert converted.returncode == 0, converted.stderr
     expected = exporters.collapsed(greenprof.Report(greenprof.load(path)), weight="off_cpu")
     assert out.read_text() == expected
     assert expected
-    bad = subprocess.run(
-        [sys.executable, "-m", "greenprof", "show", str(tmp_path / "missing.jsonl")],
-        capture_output=True,
-        text=True,
-    )
+    bad = greenprof_command("show", str(tmp_path / "missing.jsonl"))
     assert bad.returncode == 1
     assert bad.stderr.startswith("greenprof: ")
     assert len(bad.stderr.strip().splitlines()) == 1
@@ -199,28 +173,13 @@ main()
 
 
 def test_cli_run_profiles_a_program_and_keeps_its_exit_code(tmp_path: Path) -> None:
-    import sys
 
     script = tmp_path / "prog.py"
     script.write_text(PROGRAM)
     seen = tmp_path / "argv.txt"
     output = tmp_path / "out.jsonl"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "greenprof",
-            "run",
-            "--patch",
-            "-o",
-            str(output),
-            str(script),
-            str(seen),
-            "alpha",
-            "beta",
-        ],
-        capture_output=True,
-        text=True,
+    result = greenprof_command(
+        "run", "--patch", "-o", str(output), str(script), str(seen), "alpha", "beta"
     )
     assert result.returncode == 3
     assert seen.read_text() == "alpha beta True"  # arguments passed, gevent patched
@@ -231,59 +190,24 @@ def test_cli_run_profiles_a_program_and_keeps_its_exit_code(tmp_path: Path) -> N
     assert "snapshots of 4 greenlets" in result.stderr
 
     folded = tmp_path / "out.folded"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "greenprof",
-            "run",
-            "--format",
-            "collapsed",
-            "-o",
-            str(folded),
-            str(script),
-            str(seen),
-        ],
-        capture_output=True,
-        check=False,
-    )
+    greenprof_command("run", "--format", "collapsed", "-o", str(folded), str(script), str(seen))
     assert "fetch (" in folded.read_text()
-    missing = subprocess.run(
-        [sys.executable, "-m", "greenprof", "run"], capture_output=True, text=True
-    )
+    missing = greenprof_command("run")
     assert missing.returncode == 2
     assert "needs a script or -m module" in missing.stderr
 
 
 def test_export_and_the_cli_write_pprof_as_bytes_and_html_as_a_page(tmp_path: Path) -> None:
     import gzip
-    import sys
 
-    from greenprof.sinks import JSONSink
-
-    path = tmp_path / "profile.jsonl"
-    worker = gevent.spawn(red_work)
-    with greenprof.profile(worker, sinks=[JSONSink(path)]):
-        worker.join()
+    path = recorded_red_work(tmp_path)
     report = greenprof.Report(greenprof.load(path))
     for format, weight in (("pprof", "off_cpu"), ("html", "on_cpu")):
         out = tmp_path / f"profile.{format}"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "greenprof",
-                "convert",
-                str(path),
-                "--format",
-                format,
-                "--weight",
-                weight,
-                "-o",
-                str(out),
-            ],
-            check=True,
+        converted = greenprof_command(
+            "convert", str(path), "--format", format, "--weight", weight, "-o", str(out)
         )
+        assert converted.returncode == 0, converted.stderr
         expected = exporters.export(report, format, weight=weight)
         written = out.read_bytes()
         assert written == (expected if isinstance(expected, bytes) else expected.encode())

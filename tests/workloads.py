@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import gevent
 import greenlet
 
 import greenprof
-from greenprof.sinks import Sink
+from greenprof.sinks import JSONSink, Sink
 
 
 def spin(seconds: float) -> None:
@@ -54,3 +55,12 @@ def record_red_and_blue(
     gevent.joinall([red, blue])
     profiler.stop()
     return profiler, red, blue
+
+
+def recorded_red_work(directory: Path) -> Path:
+    """Profile ``red_work`` in a greenlet into ``directory/profile.jsonl``."""
+    path = directory / "profile.jsonl"
+    worker = gevent.spawn(red_work)
+    with greenprof.profile(worker, sinks=[JSONSink(path)]):
+        worker.join()
+    return path

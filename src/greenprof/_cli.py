@@ -23,16 +23,14 @@ from ._threads import Waker, allocate_real_lock, original
 from .exceptions import GreenprofError
 from .sinks import JSONSink
 
+COLOR_HELP = "colour the tree (the default on a terminal, unless NO_COLOR is set)"
 
-def _color_options(command: argparse.ArgumentParser) -> None:
+
+def _switch(command: argparse.ArgumentParser, name: str, help: str) -> None:
+    """``--name`` / ``--no-name``; the option is None when neither is given."""
     group = command.add_mutually_exclusive_group()
-    group.add_argument(
-        "--color",
-        action="store_true",
-        default=None,
-        help="colour the tree (the default on a terminal, unless NO_COLOR is set)",
-    )
-    group.add_argument("--no-color", dest="color", action="store_false")
+    group.add_argument(f"--{name}", action="store_true", default=None, help=help)
+    group.add_argument(f"--no-{name}", dest=name, action="store_false")
 
 
 def _use_color(option: bool | None) -> bool:
@@ -58,10 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("-o", "--output", default="greenprof-demo.html", help="HTML file to write")
     demo.add_argument("--clients", type=int, default=50, help="concurrent clients (default 50)")
-    _color_options(demo)
+    _switch(demo, "color", COLOR_HELP)
     show = commands.add_parser("show", help="print a profile as a call tree")
     show.add_argument("file", help="a file written by greenprof.sinks.JSONSink")
-    _color_options(show)
+    _switch(show, "color", COLOR_HELP)
     convert = commands.add_parser("convert", help="write a profile in another format")
     convert.add_argument("file", help="a file written by greenprof.sinks.JSONSink")
     convert.add_argument("--format", required=True, choices=exporters.FORMATS)
@@ -91,14 +89,7 @@ def _parser() -> argparse.ArgumentParser:
             "pattern (repeatable); the others are still followed, not recorded"
         ),
     )
-    progress = run.add_mutually_exclusive_group()
-    progress.add_argument(
-        "--progress",
-        action="store_true",
-        default=None,
-        help="show progress on stderr (the default when stderr is a terminal)",
-    )
-    progress.add_argument("--no-progress", dest="progress", action="store_false")
+    _switch(run, "progress", "show progress on stderr (the default when stderr is a terminal)")
     run.add_argument(
         "--progress-interval",
         type=float,

@@ -19,7 +19,7 @@ def formatted(
 ) -> list[tuple[str, str, int]]:
     return [
         (f.filename, f.function.rpartition(".")[2], f.lineno)
-        for f in formatter.stack(capture(frame, depth), depth)
+        for f in formatter.stack(capture(frame, depth, mark=False), depth)
     ]
 
 
@@ -52,7 +52,7 @@ def test_the_same_code_at_another_offset_is_another_stack() -> None:
     raws = []
 
     def here() -> None:
-        raws.append(capture(sys._getframe(), 2))
+        raws.append(capture(sys._getframe(), 2, mark=False))
 
     here()
     here()  # the same two code objects; the caller is one line further

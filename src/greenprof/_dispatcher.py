@@ -17,7 +17,7 @@ from typing import Any
 import greenlet
 
 from ._buffer import EXIT, SWITCH_IN, SWITCH_OUT, THROW, GreenletBuffer
-from ._stack import EMPTY_STACK, RawStack, capture
+from ._stack import EMPTY_STACK, UNTRUSTED_CODE, RawStack, StackNode, capture
 from ._threads import allocate_real_lock, thread_ident
 
 TraceFunction = Callable[[str, Any], Any]
@@ -314,34 +314,18 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                         if frame is None:
                             record = (EXIT, now(), EMPTY_STACK)
                         else:
-                            # capture(), inlined and unrolled: this loop is most of a
-                            # snapshot's cost. It may keep up to 3 frames beyond
-                            # ``depth``; formatting drops them.
-                            stack: RawStack = []
-                            append = stack.append
-                            limit = watch.depth
-                            while limit > 0:
-                                append(frame.f_code)
-                                append(frame.f_lasti)
-                                frame = frame.f_back
-                                if frame is None:
-                                    break
-                                append(frame.f_code)
-                                append(frame.f_lasti)
-                                frame = frame.f_back
-                                if frame is None:
-                                    break
-                                append(frame.f_code)
-                                append(frame.f_lasti)
-                                frame = frame.f_back
-                                if frame is None:
-                                    break
-                                append(frame.f_code)
-                                append(frame.f_lasti)
-                                frame = frame.f_back
-                                if frame is None:
-                                    break
-                                limit -= 4
+                            # Where it stopped last time, still in the same
+                            # call (see _stack): the commonest case, inlined.
+                            mark = frame.f_trace
+                            stack: RawStack
+                            if (
+                                mark.__class__ is StackNode
+                                and frame.f_lasti == mark.lasti
+                                and not mark.code.co_flags & UNTRUSTED_CODE
+                            ):
+                                stack = mark
+                            else:
+                                stack = capture(frame, watch.depth)
                             watch.last_stack = stack
                             record = (SWITCH_OUT, now(), stack)
                         # GreenletBuffer.add(), inlined here and below.

@@ -7,11 +7,12 @@ records into :class:`~greenprof.Snapshot` objects and feeds its sinks.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import operator
+import os
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -45,7 +46,7 @@ from .exceptions import (
     WrongThreadError,
 )
 from .sinks._base import Sink
-from .snapshot import EVENTS, Frame, Snapshot
+from .snapshot import EVENTS, SNAPSHOT_SETTERS, Frame, Snapshot
 
 __all__ = [
     "DEFAULT_FLUSH_TIMEOUT",
@@ -70,6 +71,30 @@ MODES: Final = ("greenlet", "hybrid", "thread")
 
 _logger = logging.getLogger("greenprof")
 _formatter = FrameFormatter()
+
+
+class _SessionIds:
+    """Session ids: 32 hex digits, a random per-process half and a counter.
+
+    Unique across processes like ``uuid4().hex``, without reading the OS's
+    random source for each session (a request-scoped profiler makes one per
+    request, and that read alone cost several microseconds here).
+    """
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        # Also in a forked child, which must not repeat its parent's ids.
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+_new_session_id = _SessionIds()
+os.register_at_fork(after_in_child=_new_session_id.reseed)
 
 
 @attrs.frozen
@@ -198,7 +223,7 @@ class Profiler:
         #: stop is 0 while it runs.
         self.bounds: dict[int, tuple[int, int]] = {}
         #: Identifies this session in every snapshot it records.
-        self.session_id = uuid.uuid4().hex
+        self.session_id = _new_session_id()
         self._lock = allocate_real_lock()
         self._running: dict[int, _Target] = {}
         self._buffers: list[GreenletBuffer] = []
@@ -542,10 +567,12 @@ class Profiler:
             self._take_adopted()
             running = {id(t.buffer) for t in self._running.values()}
             running.update(id(child[1]) for child in self._children)
-            pending: list[tuple[int, Record, GreenletBuffer]] = []
+            drained: list[tuple[list[Record], GreenletBuffer]] = []
             keep: list[GreenletBuffer] = []
             for buffer in self._buffers:
-                pending.extend((record[1], record, buffer) for record in buffer.drain())
+                records = buffer.drain()
+                if records:
+                    drained.append((records, buffer))
                 if id(buffer) in running:
                     keep.append(buffer)
                 elif buffer.dropped and buffer.limit:
@@ -553,37 +580,53 @@ class Profiler:
                         self._dropped_done.get(buffer.greenlet_id, 0) + buffer.dropped
                     )
             self._buffers = keep
-            if not pending:
+            if not drained:
                 return
-            pending.sort(key=_by_time)
-            stacks: dict[tuple[int, int], tuple[Frame, ...]] = {}
-            sequence = len(self._snapshots)
-            offset = self._wall_anchor - self._mono_anchor
-            out = self._snapshots
-            for stamp, record, buffer in pending:
-                code, raw = record[0], record[2]
-                stack_key = (id(raw), buffer.depth)
-                stack = stacks.get(stack_key)
-                if stack is None:
-                    stack = stacks[stack_key] = _formatter.stack(raw, buffer.depth)
-                if len(record) == 5:  # a thread-mode sample, labelled
-                    label_id, label_name = record[3], record[4]
-                else:
-                    label_id, label_name = buffer.greenlet_id, buffer.greenlet_name
-                out.append(
-                    Snapshot(
-                        greenlet_id=label_id,
-                        greenlet_name=label_name,
-                        thread_id=buffer.thread_id,
-                        event=EVENTS[code],
-                        sequence=sequence,
-                        timestamp_ns=offset + stamp,
-                        stack=stack,
-                        session_id=self.session_id,
-                        parent_id=buffer.parent_id,
-                    )
-                )
-                sequence += 1
+            pending: Iterable[tuple[Record, GreenletBuffer]]
+            if len(drained) == 1:
+                records, buffer = drained[0]
+                records.sort(key=_by_time)  # a sampler's record may land a little late
+                pending = zip(records, itertools.repeat(buffer))
+            else:
+                merged = [(r, b) for records, b in drained for r in records]
+                merged.sort(key=_by_record_time)
+                pending = merged
+            self._build(pending)
+
+    def _build(self, pending: Iterable[tuple[Record, GreenletBuffer]]) -> None:
+        # Under self._lock. The hot loop of stop(): a Snapshot is built with
+        # its slot setters (see snapshot.SNAPSHOT_SETTERS), and each raw
+        # stack is formatted once.
+        set_gid, set_name, set_thread, set_event, set_seq, set_time, set_stack, set_session, set_parent = SNAPSHOT_SETTERS  # fmt: skip  # noqa: E501
+        new = object.__new__
+        stack_of = _formatter.stack
+        stacks: dict[tuple[int, int], tuple[Frame, ...]] = {}
+        sequence = len(self._snapshots)
+        offset = self._wall_anchor - self._mono_anchor
+        session_id = self.session_id
+        append = self._snapshots.append
+        for record, buffer in pending:
+            raw = record[2]
+            key = (id(raw), buffer.depth)
+            stack = stacks.get(key)
+            if stack is None:
+                stack = stacks[key] = stack_of(raw, buffer.depth)
+            snapshot = new(Snapshot)
+            if len(record) == 5:  # a thread-mode sample, labelled
+                set_gid(snapshot, record[3])
+                set_name(snapshot, record[4])
+            else:
+                set_gid(snapshot, buffer.greenlet_id)
+                set_name(snapshot, buffer.greenlet_name)
+            set_thread(snapshot, buffer.thread_id)
+            set_event(snapshot, EVENTS[record[0]])
+            set_seq(snapshot, sequence)
+            set_time(snapshot, offset + record[1])
+            set_stack(snapshot, stack)
+            set_session(snapshot, session_id)
+            set_parent(snapshot, buffer.parent_id)
+            append(snapshot)
+            sequence += 1
 
     def _deliver(self, timeout: float | None) -> bool:
         # Ranges are claimed under the lock and exported outside it: a sink may
@@ -639,8 +682,12 @@ class Profiler:
                 )
 
 
-#: Sort key of ``_drain``'s pending records: their time.
-_by_time: Final = operator.itemgetter(0)
+#: Sort keys of ``_drain``: a record's time, and that of a (record, buffer) pair.
+_by_time: Final = operator.itemgetter(1)
+
+
+def _by_record_time(pair: tuple[Record, GreenletBuffer]) -> int:
+    return pair[0][1]
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -221,7 +221,7 @@ class HybridTaker:
             or not _runs(glet)
         ):
             return
-        buffer.add((SAMPLE, time.perf_counter_ns(), capture(frame, buffer.depth)))
+        buffer.add((SAMPLE, time.perf_counter_ns(), capture(frame, buffer.depth, mark=False)))
 
 
 class ThreadTaker:
@@ -266,5 +266,5 @@ class ThreadTaker:
             label_id, label_name = 0, f"thread {self.thread_name}"
         else:
             label_id, label_name = id(running), greenlet_name(running)
-        stack = capture(frame, self.buffer.depth)
+        stack = capture(frame, self.buffer.depth, mark=False)
         self.buffer.add((SAMPLE, time.perf_counter_ns(), stack, label_id, label_name))

@@ -1,0 +1,242 @@
+"""Snapshots that share what did not change: frames marked through ``f_trace``.
+
+Every stack the switch path builds from marks must be exactly the stack
+``traceback`` sees at that moment, whatever the greenlet did in between:
+returned, called again from the same place, moved on in the same frame,
+resumed a generator from another caller, raised, or went deeper than
+``max_depth``. And marks must not hold frames, nor disturb a tracer or a
+debugger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+import weakref
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+import greenlet
+
+import greenprof
+from greenprof._stack import StackNode
+
+from .test_switch_path import SwitchCounter
+
+
+def short(stack: tuple[greenprof.Frame, ...]) -> list[tuple[str, str, int]]:
+    # traceback names functions by co_name; compare the last name component.
+    return [(f.filename, f.function.rsplit(".", 1)[-1], f.lineno) for f in stack]
+
+
+class Script:
+    """A seeded program of calls, returns, switches, raises and generator
+    resumptions, run by a greenlet that switches back to the main one."""
+
+    def __init__(self, seed: int, steps: int, main: greenlet.greenlet) -> None:
+        rng = random.Random(seed)
+        ops = ["call_a", "call_b", "ret", "switch_a", "switch_b", "raise", "gen", "twice"]
+        weights = [5, 5, 6, 4, 4, 1, 2, 2]
+        self.ops = iter(rng.choices(ops, weights, k=steps))
+        self.main = main
+        self.gen = self.produce()
+
+    def produce(self) -> Iterator[int]:
+        while True:
+            self.main.switch()  # inside a generator, resumed from many callers
+            yield 0
+
+    def fail(self) -> None:
+        self.main.switch()
+        raise ValueError("unwinds through marked frames")
+
+    def run(self) -> None:
+        with contextlib.suppress(StopIteration):
+            self.level_a(0)
+
+    def level_a(self, depth: int) -> None:
+        self.steps(depth)
+
+    def level_b(self, depth: int) -> None:
+        self.steps(depth)
+
+    def steps(self, depth: int) -> None:
+        while True:
+            op = next(self.ops)
+            if op == "call_a" and depth < 40:
+                self.level_a(depth + 1)
+            elif op == "call_b" and depth < 40:
+                self.level_b(depth + 1)
+            elif op == "ret" and depth:
+                return
+            elif op == "switch_a":
+                self.main.switch()  # one place in this frame
+            elif op == "switch_b":
+                self.main.switch()  # another place in the same frame
+            elif op == "twice":
+                for _ in range(2):
+                    self.main.switch()  # the same place twice in a row
+            elif op == "raise":
+                with contextlib.suppress(ValueError):
+                    self.fail()
+            elif op == "gen":
+                next(self.gen)
+
+
+def run_script(seed: int, steps: int, **options: Any) -> tuple[list[Any], list[Any]]:
+    """(stacks greenprof recorded at each switch-out, stacks traceback saw)."""
+    main = greenlet.getcurrent()
+    script = Script(seed, steps, main)
+    glet = greenlet.greenlet(script.run)
+    counter = SwitchCounter(glet)
+    got: list[Any] = []
+    counter.install()
+    try:
+        # Two sessions one after the other: the second starts among marks
+        # the first left, which must still be right.
+        for _ in range(2):
+            with greenprof.profile(glet, max_snapshots=100_000, **options) as profiler:
+                for _ in range(steps // 4):
+                    if glet.dead:
+                        break
+                    glet.switch()
+            got += [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
+    finally:
+        counter.uninstall()
+    return got, counter.stacks
+
+
+def test_every_switch_out_is_the_stack_traceback_sees() -> None:
+    for seed in range(6):
+        got, wanted = run_script(seed, 4000, max_depth=500)
+        assert len(got) > 100
+        assert got == wanted
+
+
+def test_below_max_depth_stacks_are_the_innermost_frames() -> None:
+    for seed in range(3):
+        got, wanted = run_script(seed, 4000, max_depth=7)
+        assert len(got) > 100
+        assert got == [stack[-7:] for stack in wanted]
+        assert any(len(stack) > 7 for stack in wanted)  # truncation happened
+
+
+def test_the_same_wait_site_shares_one_formatted_stack() -> None:
+    main = greenlet.getcurrent()
+
+    def wait() -> None:
+        while True:
+            main.switch()
+
+    glet = greenlet.greenlet(wait)
+    with greenprof.profile(glet) as profiler:
+        for _ in range(5):
+            glet.switch()
+    outs = [s for s in profiler.snapshots if s.event == "switch_out"]
+    assert len(outs) == 5
+    assert all(s.stack is outs[0].stack for s in outs)
+    assert outs[0].stack[-1].function.endswith("wait")
+
+
+def test_marks_hold_no_frame_and_no_local() -> None:
+    main = greenlet.getcurrent()
+    refs: list[weakref.ref[Any]] = []
+
+    class Big:
+        pass
+
+    def hold() -> None:
+        big = Big()
+        refs.append(weakref.ref(big))
+        main.switch()  # marked here, with ``big`` alive
+
+    def body() -> None:
+        hold()
+        main.switch()  # ``hold`` has returned
+
+    glet = greenlet.greenlet(body)
+    with greenprof.profile(glet) as profiler:
+        glet.switch()
+        frame = glet.gr_frame
+        assert frame is not None
+        assert isinstance(frame.f_trace, StackNode)  # the mark is there
+        del frame
+        glet.switch()
+        assert refs[0]() is None  # gone as soon as ``hold`` returned
+        glet.switch()
+    events = [s.event for s in profiler.snapshots]
+    assert events == ["switch_in", "switch_out"] * 2 + ["switch_in", "exit"]
+
+
+def test_a_trace_function_someone_else_set_is_left_alone() -> None:
+    main = greenlet.getcurrent()
+    theirs_calls: list[str] = []
+
+    def theirs(frame: FrameType, event: str, arg: Any) -> Any:
+        theirs_calls.append(event)
+        return theirs
+
+    def body() -> None:
+        here = sys._getframe()
+        here.f_trace = theirs
+        for _ in range(3):
+            main.switch()  # walked every time, never marked
+        assert here.f_trace is theirs
+
+    glet = greenlet.greenlet(body)
+    counter = SwitchCounter(glet)
+    counter.install()
+    try:
+        with greenprof.profile(glet) as profiler:
+            while not glet.dead:
+                glet.switch()
+    finally:
+        counter.uninstall()
+    outs = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
+    assert outs == counter.stacks
+    assert theirs_calls == []  # no sys.settrace tracer ran: nobody called it
+
+
+def test_a_settrace_tracer_started_later_still_works_through_marked_frames() -> None:
+    main = greenlet.getcurrent()
+    seen: list[tuple[str, str]] = []
+
+    def probe() -> int:
+        total = 1
+        total += 1
+        return total
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        if frame.f_code is probe.__code__:
+            seen.append((event, frame.f_code.co_name))
+            return tracer
+        return None  # leave every other frame alone
+
+    def body() -> None:
+        main.switch()  # marked here
+        x = 1  # line events of this frame go to its mark once tracing starts
+        x += probe()
+        main.switch()
+
+    glet = greenlet.greenlet(body)
+    with greenprof.profile(glet):
+        glet.switch()
+    frame = glet.gr_frame
+    assert frame is not None
+    assert isinstance(frame.f_trace, StackNode)
+    del frame
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        glet.switch()
+        still = sys.gettrace()
+    finally:
+        sys.settrace(previous)
+    assert still is tracer  # not dropped by an error in a mark
+    assert ("call", "probe") in seen
+    assert ("return", "probe") in seen
+    assert sum(event == "line" for event, _ in seen) == 3
+    glet.switch()
+    assert glet.dead

@@ -11,6 +11,7 @@ debugger.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import sys
 import weakref
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
+import attrs
 import greenlet
 
 import greenprof
@@ -240,3 +242,39 @@ def test_a_settrace_tracer_started_later_still_works_through_marked_frames() -> 
     assert sum(event == "line" for event, _ in seen) == 3
     glet.switch()
     assert glet.dead
+
+
+def test_snapshots_built_by_the_profiler_equal_ones_built_by_their_class() -> None:
+    main = greenlet.getcurrent()
+    glet = greenlet.greenlet(lambda: [main.switch() for _ in range(3)])
+    with greenprof.profile(glet) as profiler:
+        while not glet.dead:
+            glet.switch()
+    snapshots = profiler.snapshots
+    assert [s.event for s in snapshots] == ["switch_in", "switch_out"] * 3 + ["switch_in", "exit"]
+    for snapshot in snapshots:
+        rebuilt = greenprof.Snapshot(**attrs.asdict(snapshot, recurse=False))
+        assert rebuilt == snapshot
+        assert hash(rebuilt) == hash(snapshot)
+        assert attrs.asdict(rebuilt) == attrs.asdict(snapshot)
+
+
+def test_session_ids_are_unique_here_and_in_a_forked_child() -> None:
+    ids = {greenprof.Profiler().session_id for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report a few ids and leave at once
+        try:
+            os.write(write, " ".join(greenprof.Profiler().session_id for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split()
+    os.waitpid(pid, 0)
+    assert len(child) == 3
+    assert not ids & set(child)
+    # A fresh random half in the child, not its parent's continued.
+    assert {i[:16] for i in child}.isdisjoint({i[:16] for i in ids})

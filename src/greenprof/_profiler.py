@@ -467,7 +467,9 @@ class Profiler:
         if self.min_duration and stopped - self._run_started_ns < self.min_duration * 1e9:
             self._discard()
             return
-        self.flush()
+        # flush(), without checking the tracer again.
+        self._drain()
+        self._deliver(self.flush_timeout)
         self._report_drops(targets)
 
     def _discard(self) -> None:
@@ -565,6 +567,8 @@ class Profiler:
     def _drain(self) -> None:
         with self._lock:
             self._take_adopted()
+            if not self._buffers:
+                return
             running = {id(t.buffer) for t in self._running.values()}
             running.update(id(child[1]) for child in self._children)
             drained: list[tuple[list[Record], GreenletBuffer]] = []
@@ -632,6 +636,8 @@ class Profiler:
         # Ranges are claimed under the lock and exported outside it: a sink may
         # do I/O that switches greenlets, and a real lock held across a switch
         # would deadlock the thread.
+        if not self._sinks:
+            return True
         with self._lock:
             end = len(self._snapshots)
             jobs: list[tuple[_SinkState, list[tuple[int, int]]]] = []

@@ -85,7 +85,9 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = True) -> RawSta
     frees a user object. (The tracer inlines the case where the top frame
     is unchanged.)
     """
-    walked: list[FrameType] = []
+    top = frame
+    first: StackNode | None = None
+    node: StackNode | None = None
     limit = depth
     while frame is not None:
         found = frame.f_trace
@@ -101,32 +103,39 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = True) -> RawSta
                 base.frames = None
                 if mark:
                     frame.f_trace = base
-            return _hang(walked, base, mark=mark)
+            if node is None:
+                return base
+            node.outer = base
+            return first
         if not limit:
-            return _hang(walked, None, mark=False)
-        walked.append(frame)
+            if mark:
+                _unmark(top, first)
+            return first
+        new = _new_node(StackNode)
+        new.code = frame.f_code
+        new.lasti = frame.f_lasti
+        new.outer = None
+        new.frames = None
+        if node is None:
+            first = new
+        else:
+            node.outer = new
+        node = new
+        if mark and (found is None or found.__class__ is StackNode):
+            frame.f_trace = new
         frame = frame.f_back
         limit -= 1
-    return _hang(walked, None, mark=mark)
+    return first
 
 
-def _hang(walked: list[FrameType], base: StackNode | None, *, mark: bool) -> RawStack:
-    """Nodes for ``walked`` (innermost first) on top of ``base``; with
-    ``mark``, each is left in its frame's ``f_trace`` unless something
-    else's is there."""
-    node = base
-    for frame in reversed(walked):
-        outer = node
-        node = _new_node(StackNode)
-        node.code = frame.f_code
-        node.lasti = frame.f_lasti
-        node.outer = outer
-        node.frames = None
-        if mark:
-            trace = frame.f_trace
-            if trace is None or trace.__class__ is StackNode:
-                frame.f_trace = node
-    return node
+def _unmark(frame: FrameType | None, node: StackNode | None) -> None:
+    """Take back the marks a walk that stopped at its depth limit left:
+    the nodes below them are missing."""
+    while frame is not None and node is not None:
+        if frame.f_trace is node:
+            frame.f_trace = None
+        frame = frame.f_back
+        node = node.outer
 
 
 def _line_for_offset(code: CodeType, offset: int) -> int:

@@ -1,4 +1,5 @@
-"""Snapshots that share what did not change: frames marked through ``f_trace``.
+"""Snapshots that share what did not change: frames marked through ``f_trace``
+(Python 3.12+; before, nothing is marked and every stack is walked whole).
 
 Every stack the switch path builds from marks must be exactly the stack
 ``traceback`` sees at that moment, whatever the greenlet did in between:
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import subprocess
 import sys
 import weakref
 from collections.abc import Iterator
@@ -23,7 +25,9 @@ import attrs
 import greenlet
 
 import greenprof
-from greenprof._stack import StackNode
+from greenprof._dispatcher import installed_dispatcher
+from greenprof._stack import MARKS, StackNode
+from greenprof._threads import thread_ident
 
 from .test_switch_path import SwitchCounter
 
@@ -163,7 +167,10 @@ def test_marks_hold_no_frame_and_no_local() -> None:
         glet.switch()
         frame = glet.gr_frame
         assert frame is not None
-        assert isinstance(frame.f_trace, StackNode)  # the mark is there
+        if MARKS:
+            assert isinstance(frame.f_trace, StackNode)  # the mark is there
+        else:
+            assert frame.f_trace is None  # before 3.12 nothing is marked
         del frame
         glet.switch()
         assert refs[0]() is None  # gone as soon as ``hold`` returned
@@ -227,7 +234,7 @@ def test_a_settrace_tracer_started_later_still_works_through_marked_frames() -> 
         glet.switch()
     frame = glet.gr_frame
     assert frame is not None
-    assert isinstance(frame.f_trace, StackNode)
+    assert isinstance(frame.f_trace, StackNode) is MARKS
     del frame
     previous = sys.gettrace()
     sys.settrace(tracer)
@@ -278,3 +285,153 @@ def test_session_ids_are_unique_here_and_in_a_forked_child() -> None:
     assert not ids & set(child)
     # A fresh random half in the child, not its parent's continued.
     assert {i[:16] for i in child}.isdisjoint({i[:16] for i in ids})
+
+
+def test_a_mark_copied_to_another_frame_is_not_trusted() -> None:
+    main = greenlet.getcurrent()
+
+    def inherit(frame: FrameType, event: str, arg: Any) -> Any:
+        # "Trace callees like their caller": hands the caller's f_trace,
+        # greenprof's mark, to the callee.
+        if event == "call" and frame.f_back is not None:
+            return frame.f_back.f_trace
+        return None
+
+    def callee() -> None:
+        main.switch()  # its f_trace is its caller's mark here
+
+    def caller() -> None:
+        main.switch()  # marked here
+        sys.settrace(inherit)
+        try:
+            callee()
+        finally:
+            sys.settrace(None)
+        main.switch()
+
+    glet = greenlet.greenlet(caller)
+    counter = SwitchCounter(glet)
+    counter.install()
+    try:
+        with greenprof.profile(glet) as profiler:
+            while not glet.dead:
+                glet.switch()
+    finally:
+        counter.uninstall()
+    outs = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
+    assert len(outs) == 3
+    assert outs == counter.stacks
+    assert outs[1][-1][1] == "callee"
+
+
+def test_a_stack_that_deepens_little_by_little_stays_within_max_depth() -> None:
+    main = greenlet.getcurrent()
+
+    def down(level: int) -> None:
+        main.switch()  # one switch at every level on the way down
+        if level:
+            down(level - 1)
+
+    glet = greenlet.greenlet(lambda: down(600))
+    counter = SwitchCounter(glet)
+    heights: list[int] = []
+    counter.install()
+    try:
+        with greenprof.profile(glet, max_depth=10) as profiler:
+            dispatcher = installed_dispatcher(thread_ident())
+            assert dispatcher is not None
+            while not glet.dead:
+                glet.switch()
+                watch = dispatcher.watches.get(glet)
+                if watch is not None and watch.last_stack is not None:
+                    heights.append(watch.last_stack.height)
+    finally:
+        counter.uninstall()
+    outs = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
+    assert len(outs) == 601
+    assert outs == [stack[-10:] for stack in counter.stacks]
+    # What is kept never grows past max_depth, however deep the greenlet goes.
+    assert len(heights) >= 601
+    assert max(heights) <= 10
+
+
+SCRIPT_F_LINENO = """
+import contextlib, sys
+import greenlet, greenprof
+main = greenlet.getcurrent()
+
+def jumper():
+    caller = sys._getframe(1)
+    caller.f_lineno = caller.f_code.co_firstlineno + 5  # a program error
+
+def victim():
+    for item in range(2):
+        main.switch()
+        jumper()
+        print("in loop", item)
+
+glet = greenlet.greenlet(victim)
+with greenprof.profile(glet) if sys.argv[1] == "profile" else contextlib.nullcontext():
+    glet.switch()
+    try:
+        glet.switch()
+    except ValueError as exc:
+        print("ValueError:", exc)
+print("done")
+"""
+
+
+def test_setting_f_lineno_outside_a_trace_function_fails_as_it_would_unprofiled() -> None:
+    # Before 3.12 a frame's f_trace is what lets f_lineno be set: a mark
+    # there would turn this ValueError into a crash. The outcome must be the
+    # same with and without greenprof (whatever this Python does).
+    outcomes = [
+        subprocess.run(
+            [sys.executable, "-c", SCRIPT_F_LINENO, how],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        for how in ("plain", "profile")
+    ]
+    plain, profiled = ((o.returncode, o.stdout) for o in outcomes)
+    assert profiled == plain
+    if plain[0] == 0:
+        assert "ValueError" in plain[1]
+
+
+def test_a_tracer_may_set_attributes_on_whatever_f_trace_it_finds() -> None:
+    main = greenlet.getcurrent()
+    found: list[object] = []
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "call" and frame.f_code.co_name == "enter" and frame.f_back is not None:
+            theirs = frame.f_back.f_trace
+            if theirs is not None:
+                theirs.just_changed = True  # as some logging tracers do
+                found.append(theirs)
+        return None
+
+    def enter() -> None:
+        return None
+
+    def body() -> None:
+        main.switch()  # marked here (3.12+)
+        enter()
+        main.switch()
+
+    glet = greenlet.greenlet(body)
+    with greenprof.profile(glet) as profiler:
+        glet.switch()
+        previous = sys.gettrace()
+        sys.settrace(tracer)
+        try:
+            glet.switch()
+            still = sys.gettrace()
+        finally:
+            sys.settrace(previous)
+        glet.switch()
+    assert still is tracer
+    assert len(found) == (1 if MARKS else 0)
+    assert [s.event for s in profiler.snapshots][-1] == "exit"

@@ -17,7 +17,15 @@ from typing import Any
 import greenlet
 
 from ._buffer import EXIT, SWITCH_IN, SWITCH_OUT, THROW, GreenletBuffer
-from ._stack import EMPTY_STACK, UNTRUSTED_CODE, RawStack, StackNode, capture
+from ._stack import (
+    EMPTY_STACK,
+    MARKS,
+    UNTRUSTED_CODE,
+    RawStack,
+    StackNode,
+    capture,
+    walk_whole,
+)
 from ._threads import allocate_real_lock, thread_ident
 
 TraceFunction = Callable[[str, Any], Any]
@@ -314,13 +322,18 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                         if frame is None:
                             record = (EXIT, now(), EMPTY_STACK)
                         else:
-                            # Where it stopped last time, still in the same
-                            # call (see _stack): the commonest case, inlined.
-                            mark = frame.f_trace
+                            # Before 3.12, the whole stack. Else the commonest
+                            # case is inlined: the top frame is where it stopped
+                            # last time, still in the same call (see _stack).
                             stack: RawStack
-                            if (
-                                mark.__class__ is StackNode
+                            if not MARKS:
+                                stack = walk_whole(frame, watch.depth)
+                            elif (
+                                (mark := frame.f_trace).__class__ is StackNode
+                                and mark.owner == id(frame)
                                 and frame.f_lasti == mark.lasti
+                                and mark.code is frame.f_code
+                                and mark.height <= watch.depth
                                 and not mark.code.co_flags & UNTRUSTED_CODE
                             ):
                                 stack = mark

@@ -1,21 +1,29 @@
 """Raw stacks on the switch path, readable frames later.
 
-A raw stack is a chain of :class:`StackNode` objects, innermost first: a
-frame's code object and ``f_lasti``, and a link to the node of the frame
-below. Stacks of one greenlet share their
-outer nodes, so a snapshot costs (and is formatted for) the frames that
-changed since the last one, not the depth of the stack.
+A raw stack is a chain of :class:`StackNode` objects, innermost first: the
+code objects and ``f_lasti`` of one or more frames, and a link to the node
+of the frames below. Stacks of one greenlet share their outer nodes, so a
+snapshot costs (and is formatted for) the frames that changed since the
+last one, not the depth of the stack.
 
-How the switch path knows what did not change: it leaves the node of a frame
-it walked in that frame's ``f_trace`` slot. A frame found later with its node
-still there is the very same frame object, alive all along (a new frame
-starts with ``f_trace`` unset, and a dead one takes its ``f_trace`` with it),
-so it is still in the same call, and so is every frame below it: the rest of
-the stack is that node's. No frame is ever held, so nothing is kept alive
-and nothing is freed on the switch path. Generator and coroutine frames are
-never trusted that way (they can be resumed from another caller), and a
-frame whose ``f_trace`` something else set (a debugger, coverage) is walked
-every time and left alone.
+How the switch path knows what did not change (Python 3.12+): it leaves the
+node of each frame it walked in that frame's ``f_trace`` slot. A frame found
+later with its own node still there is the very same frame object, alive
+all along (a new frame starts with ``f_trace`` unset, and a dead one takes
+its ``f_trace`` with it), so it is still in the same call, and so is every
+frame below it: the rest of the stack is that node's. No frame is ever held,
+so nothing is kept alive and nothing is freed on the switch path. Generator
+and coroutine frames are never trusted that way (they can be resumed from
+another caller), nor is a node found on another frame than its own, nor one
+that would make the stack deeper than the walk's limit; a frame whose
+``f_trace`` something else set (a debugger, coverage) is walked every time
+and left alone.
+
+Before 3.12 a frame's ``f_trace`` is also what lets code set its
+``f_lineno`` (an error otherwise, and a crash if it is let through), and
+Python calls it on every line while any ``sys.settrace`` tracer runs; so
+there greenprof marks nothing and walks the whole stack each time, into one
+node.
 """
 
 from __future__ import annotations
@@ -30,40 +38,58 @@ from .snapshot import Frame
 #: ``co_flags`` of code whose frames can be resumed from another caller:
 #: generators, coroutines, async generators.
 UNTRUSTED_CODE: Final = 0x20 | 0x80 | 0x100 | 0x200
+#: Whether the switch path leaves nodes in ``f_trace`` (see above).
+MARKS: Final = sys.version_info >= (3, 12)
 
 
 class StackNode:
-    """One frame of a raw stack, and the node of the frame below it.
+    """A few frames of a raw stack, and the node of the frames below.
 
-    ``code`` and ``lasti`` (``f_lasti``) say where the frame was; ``outer``
-    is None at the bottom of the greenlet's stack (or where a walk stopped
-    at its depth limit). ``frames`` caches the formatted stack, outermost
-    first, this frame last.
+    ``code`` and ``lasti`` (``f_lasti``) say where the node's first
+    (innermost) frame was; ``rest`` is ``(code, f_lasti, ...)`` for more
+    frames below it in this node, innermost first (empty for a node that
+    marks a frame). ``outer`` is None at the bottom of the greenlet's stack
+    or where a walk stopped at its limit; ``height`` counts the frames of
+    the whole chain. ``owner`` is ``id()`` of the frame whose ``f_trace``
+    holds this node (0: none). ``frames`` caches the formatted stack,
+    outermost first.
 
-    A node in a frame's ``f_trace`` describes that frame and everything
-    below it. Python calls ``f_trace`` only while a ``sys.settrace`` tracer
+    Python calls a frame's ``f_trace`` only while a ``sys.settrace`` tracer
     runs, and only for frames that tracer left alone; a node then does
-    nothing and returns None, so tracing of that frame stays as it was.
+    nothing and returns None, so tracing of that frame stays as it was. A
+    tool that sets an attribute on what it finds in ``f_trace`` may do so.
     """
 
-    __slots__ = ("code", "frames", "lasti", "outer")
+    __slots__ = ("__dict__", "code", "frames", "height", "lasti", "outer", "owner", "rest")
 
     code: CodeType
     lasti: int
+    rest: tuple[CodeType | int, ...]
     outer: StackNode | None
+    height: int
+    owner: int
     frames: tuple[Frame, ...] | None
 
-    def __init__(self, code: CodeType, lasti: int, outer: StackNode | None) -> None:
+    def __init__(
+        self,
+        code: CodeType,
+        lasti: int,
+        outer: StackNode | None,
+        rest: tuple[CodeType | int, ...] = (),
+    ) -> None:
         self.code = code
         self.lasti = lasti
+        self.rest = rest
         self.outer = outer
+        self.height = 1 + len(rest) // 2 + (outer.height if outer is not None else 0)
+        self.owner = 0
         self.frames = None
 
     def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
         return None
 
     def __repr__(self) -> str:
-        return f"<StackNode {self.code.co_name} at {self.lasti}>"
+        return f"<StackNode {self.code.co_name} at {self.lasti}, {self.height} frame(s)>"
 
 
 #: A stack with no frames (a greenlet that has not started, or has ended).
@@ -73,25 +99,41 @@ EMPTY_STACK: RawStack = None
 _new_node = object.__new__
 
 
-def capture(frame: FrameType | None, depth: int, *, mark: bool = True) -> RawStack:
-    """The stack whose top frame is ``frame``, innermost first.
+def trusted(node: StackNode, frame: FrameType, above: int, depth: int) -> bool:
+    """Whether ``node``, found in ``frame.f_trace`` after walking ``above``
+    frames, stands for ``frame`` and everything below it."""
+    return (
+        node.owner == id(frame)
+        and node.code is frame.f_code
+        and not node.code.co_flags & UNTRUSTED_CODE
+        and node.height + above <= depth
+    )
 
-    A frame carrying a node from an earlier walk ends the walk (see the
-    module docstring); with ``mark``, the frames above it get new nodes,
-    each left in its frame's ``f_trace``. Without ``mark`` nothing is
-    written: for a sampler reading another thread's frames. A walk that
-    reaches ``depth`` frames first keeps those, unmarked: what is below them
-    is unknown. Runs on the switch path: nothing here raises, switches or
-    frees a user object. (The tracer inlines the case where the top frame
-    is unchanged.)
+
+def capture(frame: FrameType | None, depth: int, *, mark: bool = MARKS) -> RawStack:
+    """The stack whose top frame is ``frame``, innermost first, at most
+    ``depth`` frames.
+
+    A frame whose own node is in its ``f_trace`` ends the walk (see the
+    module docstring). With ``mark`` the frames walked above it get a node
+    each, left in their ``f_trace``; without, they go into one node and
+    nothing is written (before 3.12, and for a sampler reading another
+    thread's frames). A walk that reaches ``depth`` frames first keeps
+    those, unmarked. Runs on the switch path: nothing here raises, switches
+    or frees a user object. (The tracer inlines the case where the top
+    frame is unchanged.)
     """
+    if not MARKS:
+        return walk_whole(frame, depth)
+    if not mark:
+        return _capture_run(frame, depth)
     top = frame
-    first: StackNode | None = None
-    node: StackNode | None = None
-    limit = depth
+    head = _new_node(StackNode)
+    node = head
+    walked = 0
     while frame is not None:
         found = frame.f_trace
-        if found.__class__ is StackNode and not found.code.co_flags & UNTRUSTED_CODE:
+        if found.__class__ is StackNode and trusted(found, frame, walked, depth):
             lasti = frame.f_lasti
             if lasti == found.lasti:
                 base = found
@@ -99,43 +141,126 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = True) -> RawSta
                 base = _new_node(StackNode)
                 base.code = found.code
                 base.lasti = lasti
+                base.rest = ()
                 base.outer = found.outer
+                base.height = found.height
+                base.owner = found.owner
                 base.frames = None
-                if mark:
-                    frame.f_trace = base
-            if node is None:
-                return base
+                frame.f_trace = base
             node.outer = base
-            return first
-        if not limit:
-            if mark:
-                _unmark(top, first)
-            return first
+            return _measure(head.outer, walked, base.height)
+        if walked == depth:
+            node.outer = None
+            _unmark(top, head.outer)
+            return _measure(head.outer, walked, 0)
         new = _new_node(StackNode)
         new.code = frame.f_code
         new.lasti = frame.f_lasti
-        new.outer = None
+        new.rest = ()
         new.frames = None
-        if node is None:
-            first = new
-        else:
-            node.outer = new
+        node.outer = new
         node = new
-        if mark and (found is None or found.__class__ is StackNode):
+        if found is None or found.__class__ is StackNode:
+            new.owner = id(frame)
             frame.f_trace = new
+        else:
+            new.owner = 0
         frame = frame.f_back
-        limit -= 1
+        walked += 1
+    node.outer = None
+    return _measure(head.outer, walked, 0)
+
+
+def _measure(first: StackNode | None, walked: int, below: int) -> RawStack:
+    """Set the heights of the ``walked`` new nodes from ``first`` down, on
+    top of ``below`` frames."""
+    node = first
+    height = walked + below
+    while walked:
+        node.height = height  # type: ignore[union-attr]
+        height -= 1
+        walked -= 1
+        node = node.outer  # type: ignore[union-attr]
     return first
 
 
 def _unmark(frame: FrameType | None, node: StackNode | None) -> None:
-    """Take back the marks a walk that stopped at its depth limit left:
-    the nodes below them are missing."""
+    """Take back the marks of a walk that stopped at its limit: the nodes
+    below them are missing."""
     while frame is not None and node is not None:
         if frame.f_trace is node:
             frame.f_trace = None
+        node.owner = 0
         frame = frame.f_back
         node = node.outer
+
+
+def _capture_run(frame: FrameType | None, depth: int) -> RawStack:
+    """``capture()`` without marking: the frames above the first trusted
+    mark (if any), in one node."""
+    pairs: list[CodeType | int] = []
+    append = pairs.append
+    walked = 0
+    base: StackNode | None = None
+    while frame is not None and walked < depth:
+        found = frame.f_trace
+        if found.__class__ is StackNode and trusted(found, frame, walked, depth):
+            if frame.f_lasti == found.lasti:
+                base = found
+            else:
+                base = StackNode(found.code, frame.f_lasti, found.outer)
+            break
+        append(frame.f_code)
+        append(frame.f_lasti)
+        frame = frame.f_back
+        walked += 1
+    return _run(pairs, base)
+
+
+def walk_whole(frame: FrameType | None, depth: int) -> RawStack:
+    """The innermost ``depth`` frames in one node, trusting no mark: the
+    switch path before 3.12, where there are none. Unrolled: this loop is
+    most of such a snapshot's cost."""
+    pairs: list[CodeType | int] = []
+    append = pairs.append
+    limit = depth
+    while frame is not None and limit > 0:
+        append(frame.f_code)
+        append(frame.f_lasti)
+        frame = frame.f_back
+        if frame is None:
+            break
+        append(frame.f_code)
+        append(frame.f_lasti)
+        frame = frame.f_back
+        if frame is None:
+            break
+        append(frame.f_code)
+        append(frame.f_lasti)
+        frame = frame.f_back
+        if frame is None:
+            break
+        append(frame.f_code)
+        append(frame.f_lasti)
+        frame = frame.f_back
+        limit -= 4
+    del pairs[2 * depth :]  # up to 3 frames too many
+    return _run(pairs, None)
+
+
+def _run(pairs: list[CodeType | int], base: StackNode | None) -> RawStack:
+    """One unmarked node for ``pairs`` on top of ``base``."""
+    if not pairs:
+        return base
+    node = _new_node(StackNode)
+    node.code = pairs[0]  # type: ignore[assignment]
+    node.lasti = pairs[1]  # type: ignore[assignment]
+    node.rest = tuple(pairs[2:])
+    node.outer = base
+    node.height = len(pairs) // 2 + (base.height if base is not None else 0)
+    node.owner = 0
+    node.frames = None
+    return node
 
 
 def _line_for_offset(code: CodeType, offset: int) -> int:
@@ -150,8 +275,8 @@ class FrameFormatter:
 
     Each node keeps its formatted stack, so a node shared by many snapshots
     is formatted once; and formatted stacks are shared by content (keyed by
-    the stack below, the code's id and the offset), so the same path taken
-    again with new frames costs one lookup a frame. Codes are kept in
+    the formatted stack below and the node's code ids and offsets), so the
+    same path taken again with new frames costs one lookup a node. Codes are kept in
     ``_codes`` while their ids are in keys, so an id is never reused
     meanwhile. Profilers drain from any thread: a cache hit needs no lock;
     filling and clearing take one.
@@ -159,10 +284,13 @@ class FrameFormatter:
 
     def __init__(self, max_entries: int = 1 << 16) -> None:
         self._max_entries = max_entries
+        # Stacks are up to ``max_depth`` frames long: fewer of them.
+        self._max_stacks = max(1, max_entries // 4)
         self._frames: dict[tuple[int, int], Frame] = {}
-        # (id(stack below), id(code), offset) -> (stack, stack below): the
-        # value keeps the stack below alive, so its id stays its own.
-        self._stacks: dict[tuple[int, int, int], tuple[tuple[Frame, ...], tuple[Frame, ...]]] = {}
+        # (id(stack below), ids of a node's codes, its offsets) -> (stack,
+        # stack below): the value keeps the stack below alive, so its id
+        # stays its own.
+        self._stacks: dict[tuple[int, ...], tuple[tuple[Frame, ...], tuple[Frame, ...]]] = {}
         self._codes: dict[int, CodeType] = {}
         self._lock = allocate_real_lock()
 
@@ -200,23 +328,41 @@ class FrameFormatter:
         frames: tuple[Frame, ...] = below or ()
         stacks = self._stacks
         for node in reversed(chain):
-            key = (id(frames), id(node.code), node.lasti)
+            rest = node.rest
+            if rest:
+                key: tuple[int, ...] = (
+                    id(frames),
+                    id(node.code),
+                    node.lasti,
+                    *map(id, rest[0::2]),
+                    *rest[1::2],  # type: ignore[arg-type]
+                )
+            else:
+                key = (id(frames), id(node.code), node.lasti)
             hit = stacks.get(key)
-            frames = self._add(key, frames, node.code, node.lasti) if hit is None else hit[0]
+            frames = self._add(key, frames, node) if hit is None else hit[0]
             node.frames = frames
         return frames
 
     def _add(
-        self, key: tuple[int, int, int], below: tuple[Frame, ...], code: CodeType, offset: int
+        self, key: tuple[int, ...], below: tuple[Frame, ...], node: StackNode
     ) -> tuple[Frame, ...]:
         with self._lock:
-            if len(self._stacks) >= self._max_entries or len(self._frames) >= self._max_entries:
+            if len(self._stacks) >= self._max_stacks or len(self._frames) >= self._max_entries:
                 # ``_codes`` last: ids in keys are safe only while it keeps
                 # their code objects alive.
                 self._stacks.clear()
                 self._frames.clear()
                 self._codes.clear()
-            frames = (*below, self._frame(code, offset))
-            self._codes[id(code)] = code
+            codes = [node.code, *node.rest[0::2]]
+            offsets = [node.lasti, *node.rest[1::2]]
+            more = [
+                self._frame(code, offset)  # type: ignore[arg-type]
+                for code, offset in zip(codes, offsets, strict=True)
+            ]
+            more.reverse()
+            frames = (*below, *more)
+            for code in codes:
+                self._codes[id(code)] = code  # type: ignore[assignment]
             self._stacks[key] = (frames, below)
         return frames

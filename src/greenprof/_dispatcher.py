@@ -20,7 +20,6 @@ from ._buffer import EXIT, SWITCH_IN, SWITCH_OUT, THROW, GreenletBuffer
 from ._stack import (
     EMPTY_STACK,
     MARKS,
-    UNTRUSTED_CODE,
     RawStack,
     StackNode,
     capture,
@@ -334,7 +333,6 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                                 and frame.f_lasti == mark.lasti
                                 and mark.code is frame.f_code
                                 and mark.height <= watch.depth
-                                and not mark.code.co_flags & UNTRUSTED_CODE
                             ):
                                 stack = mark
                             else:

@@ -589,7 +589,10 @@ class Profiler:
             pending: Iterable[tuple[Record, GreenletBuffer]]
             if len(drained) == 1:
                 records, buffer = drained[0]
-                records.sort(key=_by_time)  # a sampler's record may land a little late
+                if buffer.sampler is not None:
+                    # Two writers (the tracer, the hybrid sampler): a sample
+                    # may land a little late. One writer appends in order.
+                    records.sort(key=_by_time)
                 pending = zip(records, itertools.repeat(buffer))
             else:
                 merged = [(r, b) for records, b in drained for r in records]
@@ -611,10 +614,15 @@ class Profiler:
         append = self._snapshots.append
         for record, buffer in pending:
             raw = record[2]
-            key = (id(raw), buffer.depth)
-            stack = stacks.get(key)
-            if stack is None:
-                stack = stacks[key] = stack_of(raw, buffer.depth)
+            done = raw.frames if raw is not None and raw.height <= buffer.depth else None
+            if done is not None:
+                stack = done  # formatted already, and not too deep
+            else:
+                key = (id(raw), buffer.depth)
+                cached = stacks.get(key)
+                if cached is None:
+                    cached = stacks[key] = stack_of(raw, buffer.depth)
+                stack = cached
             snapshot = new(Snapshot)
             if len(record) == 5:  # a thread-mode sample, labelled
                 set_gid(snapshot, record[3])

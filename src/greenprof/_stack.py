@@ -13,8 +13,8 @@ all along (a new frame starts with ``f_trace`` unset, and a dead one takes
 its ``f_trace`` with it), so it is still in the same call, and so is every
 frame below it: the rest of the stack is that node's. No frame is ever held,
 so nothing is kept alive and nothing is freed on the switch path. Generator
-and coroutine frames are never trusted that way (they can be resumed from
-another caller), nor is a node found on another frame than its own, nor one
+and coroutine frames are never marked (they can be resumed from another
+caller); a node found on another frame than its own is not trusted, nor one
 that would make the stack deeper than the walk's limit; a frame whose
 ``f_trace`` something else set (a debugger, coverage) is walked every time
 and left alone.
@@ -35,8 +35,8 @@ from typing import Any, Final
 from ._threads import allocate_real_lock
 from .snapshot import Frame
 
-#: ``co_flags`` of code whose frames can be resumed from another caller:
-#: generators, coroutines, async generators.
+#: ``co_flags`` of code whose frames can be resumed from another caller
+#: (generators, coroutines, async generators): never marked.
 UNTRUSTED_CODE: Final = 0x20 | 0x80 | 0x100 | 0x200
 #: Whether the switch path leaves nodes in ``f_trace`` (see above).
 MARKS: Final = sys.version_info >= (3, 12)
@@ -102,12 +102,7 @@ _new_node = object.__new__
 def trusted(node: StackNode, frame: FrameType, above: int, depth: int) -> bool:
     """Whether ``node``, found in ``frame.f_trace`` after walking ``above``
     frames, stands for ``frame`` and everything below it."""
-    return (
-        node.owner == id(frame)
-        and node.code is frame.f_code
-        and not node.code.co_flags & UNTRUSTED_CODE
-        and node.height + above <= depth
-    )
+    return node.owner == id(frame) and node.code is frame.f_code and node.height + above <= depth
 
 
 def capture(frame: FrameType | None, depth: int, *, mark: bool = MARKS) -> RawStack:
@@ -154,13 +149,13 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = MARKS) -> RawSt
             _unmark(top, head.outer)
             return _measure(head.outer, walked, 0)
         new = _new_node(StackNode)
-        new.code = frame.f_code
+        new.code = code = frame.f_code
         new.lasti = frame.f_lasti
         new.rest = ()
         new.frames = None
         node.outer = new
         node = new
-        if found is None or found.__class__ is StackNode:
+        if (found is None or found.__class__ is StackNode) and not code.co_flags & UNTRUSTED_CODE:
             new.owner = id(frame)
             frame.f_trace = new
         else:

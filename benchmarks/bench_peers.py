@@ -52,7 +52,9 @@ Targets (issue 7):
   information).
 
 Run: ``python benchmarks/bench_peers.py [--quick] [--check]``; without
-``--quick`` it also writes ``benchmarks/results/peers.json`` and ``peers.png``.
+``--quick`` it also writes ``benchmarks/results/peers-py3XX.json`` and
+``peers-py3XX.png`` for the Python running it (greenprof takes its snapshots
+differently before 3.12: see README.rst).
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ from peers import DUMP_PERIOD, Outcome, Peer, Session, make_peers
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 WORKLOADS = ("storm", "deep", "web", "accuracy")
+#: Result files are per Python version: ``peers-py312.json``.
+_STEM = f"peers-py{sys.version_info[0]}{sys.version_info[1]}"
 Metrics = dict[str, Any]
 
 
@@ -673,7 +677,7 @@ def write_results(results: dict[str, dict[str, Metrics]], targets: list[Target])
             for label, value, wanted, met in targets
         ],
     }
-    (RESULTS / "peers.json").write_text(json.dumps(document, indent=2) + "\n")
+    (RESULTS / f"{_STEM}.json").write_text(json.dumps(document, indent=2) + "\n")
     try:
         import matplotlib
 
@@ -683,7 +687,7 @@ def write_results(results: dict[str, dict[str, Metrics]], targets: list[Target])
         print("matplotlib is not installed: no chart (it is in tox -e bench)")
         return
     _chart(plt, results)
-    print(f"wrote {RESULTS / 'peers.json'} and {RESULTS / 'peers.png'}")
+    print(f"wrote {RESULTS / (_STEM + '.json')} and {RESULTS / (_STEM + '.png')}")
 
 
 def _chart(plt: Any, results: dict[str, dict[str, Metrics]]) -> None:
@@ -763,7 +767,7 @@ def _chart(plt: Any, results: dict[str, dict[str, Metrics]]) -> None:
         clip=1.5,
     )
     figure.tight_layout()
-    figure.savefig(RESULTS / "peers.png", dpi=80)
+    figure.savefig(RESULTS / f"{_STEM}.png", dpi=80)
 
 
 def main() -> int:

@@ -119,7 +119,7 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = MARKS) -> RawSt
     frame is unchanged.)
     """
     if not MARKS:
-        return walk_whole(frame, depth)
+        return walk_whole(frame, depth) if frame is not None else None
     if not mark:
         return _capture_run(frame, depth)
     top = frame
@@ -212,35 +212,47 @@ def _capture_run(frame: FrameType | None, depth: int) -> RawStack:
     return _run(pairs, base)
 
 
-def walk_whole(frame: FrameType | None, depth: int) -> RawStack:
+def walk_whole(frame: FrameType, depth: int) -> RawStack:
     """The innermost ``depth`` frames in one node, trusting no mark: the
     switch path before 3.12, where there are none. Unrolled: this loop is
     most of such a snapshot's cost."""
+    if depth <= 0:
+        return None
+    node = _new_node(StackNode)
+    node.code = frame.f_code
+    node.lasti = frame.f_lasti
+    frame = frame.f_back  # type: ignore[assignment]
     pairs: list[CodeType | int] = []
     append = pairs.append
-    limit = depth
+    limit = depth - 1
     while frame is not None and limit > 0:
         append(frame.f_code)
         append(frame.f_lasti)
-        frame = frame.f_back
+        frame = frame.f_back  # type: ignore[assignment]
         if frame is None:
             break
         append(frame.f_code)
         append(frame.f_lasti)
-        frame = frame.f_back
+        frame = frame.f_back  # type: ignore[assignment]
         if frame is None:
             break
         append(frame.f_code)
         append(frame.f_lasti)
-        frame = frame.f_back
+        frame = frame.f_back  # type: ignore[assignment]
         if frame is None:
             break
         append(frame.f_code)
         append(frame.f_lasti)
-        frame = frame.f_back
+        frame = frame.f_back  # type: ignore[assignment]
         limit -= 4
-    del pairs[2 * depth :]  # up to 3 frames too many
-    return _run(pairs, None)
+    if len(pairs) > 2 * (depth - 1):
+        del pairs[2 * (depth - 1) :]  # up to 3 frames too many
+    node.rest = tuple(pairs)
+    node.outer = None
+    node.height = 1 + len(pairs) // 2
+    node.owner = 0
+    node.frames = None
+    return node
 
 
 def _run(pairs: list[CodeType | int], base: StackNode | None) -> RawStack:

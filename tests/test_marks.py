@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 import greenlet
+import pytest
 
 import greenprof
 from greenprof._dispatcher import installed_dispatcher
@@ -435,3 +436,67 @@ def test_a_tracer_may_set_attributes_on_whatever_f_trace_it_finds() -> None:
     assert still is tracer
     assert len(found) == (1 if MARKS else 0)
     assert [s.event for s in profiler.snapshots][-1] == "exit"
+
+
+def test_a_deeper_session_joining_gets_the_whole_stack_at_its_first_switch_in() -> None:
+    main = greenlet.getcurrent()
+
+    def down(level: int) -> None:
+        if level:
+            down(level - 1)
+        else:
+            while True:
+                main.switch()  # suspended 20 frames deep
+
+    glet = greenlet.greenlet(lambda: down(20))
+    glet.switch()
+    shallow = greenprof.Profiler(max_depth=3)
+    shallow.start(glet)
+    try:
+        with greenprof.profile(glet, max_depth=50) as deep:
+            glet.switch()
+    finally:
+        shallow.stop()
+    first_in = next(s for s in deep.snapshots if s.event == "switch_in")
+    first_out = next(s for s in deep.snapshots if s.event == "switch_out")
+    assert len(first_in.stack) == len(first_out.stack) > 20
+    assert first_in.stack == first_out.stack
+    assert all(len(s.stack) == 3 for s in shallow.snapshots)
+
+
+@pytest.mark.skipif(not MARKS, reason="nothing is marked before Python 3.12")
+def test_a_sampler_reading_a_half_built_chain_gets_a_whole_stack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A sampler thread may read a greenlet's frames between the moment a walk
+    # leaves its nodes in f_trace and the moment it measures them. Stand in
+    # for it at exactly that point, in this thread.
+    from greenprof import _stack
+
+    main = greenlet.getcurrent()
+    seen: list[list[str]] = []
+    measure = _stack._measure
+
+    def read_in_the_gap(first: Any, walked: int, below: int) -> Any:
+        frame = glet.gr_frame
+        if frame is not None:
+            raw = _stack.capture(frame, 100, mark=False)
+            seen.append([f.function for f in _stack.FrameFormatter().frames(raw)])
+        return measure(first, walked, below)
+
+    def level(n: int) -> None:
+        if n:
+            level(n - 1)
+        else:
+            for _ in range(3):
+                main.switch()
+
+    glet = greenlet.greenlet(lambda: level(5))
+    monkeypatch.setattr(_stack, "_measure", read_in_the_gap)
+    with greenprof.profile(glet) as profiler:
+        while not glet.dead:
+            glet.switch()
+    outs = [[f.function for f in s.stack] for s in profiler.snapshots if s.event == "switch_out"]
+    assert seen
+    assert all(stack == outs[0] for stack in seen)
+    assert sum(name.endswith("level") for name in outs[0]) == 6

@@ -235,6 +235,9 @@ class SwitchDispatcher:
                 # event is a switch-out, which captures its stack. Not started:
                 # it starts with no stack.)
                 watch.last_stack = capture(glet.gr_frame, buffer.depth)
+        elif buffer.depth > watch.depth and not running and glet.gr_frame is not None:
+            # A deeper session joins: its first switch-in gets the whole stack.
+            watch.last_stack = capture(glet.gr_frame, buffer.depth)
         watch.depth = max(watch.depth, buffer.depth)
         watch.buffers = (*watch.buffers, buffer)
         self.watches[watch] = watch
@@ -328,7 +331,7 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                             if not MARKS:
                                 stack = walk_whole(frame, watch.depth)
                             elif (
-                                (mark := frame.f_trace).__class__ is StackNode
+                                type(mark := frame.f_trace) is StackNode
                                 and mark.owner == id(frame)
                                 and frame.f_lasti == mark.lasti
                                 and mark.code is frame.f_code

@@ -467,9 +467,7 @@ class Profiler:
         if self.min_duration and stopped - self._run_started_ns < self.min_duration * 1e9:
             self._discard()
             return
-        # flush(), without checking the tracer again.
-        self._drain()
-        self._deliver(self.flush_timeout)
+        self.flush()
         self._report_drops(targets)
 
     def _discard(self) -> None:

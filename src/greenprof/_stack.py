@@ -97,6 +97,8 @@ RawStack = StackNode | None
 EMPTY_STACK: RawStack = None
 
 _new_node = object.__new__
+#: The height of a node whose chain is still being built: never trusted.
+_UNMEASURED: Final = sys.maxsize // 2
 
 
 def trusted(node: StackNode, frame: FrameType, above: int, depth: int) -> bool:
@@ -128,7 +130,7 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = MARKS) -> RawSt
     walked = 0
     while frame is not None:
         found = frame.f_trace
-        if found.__class__ is StackNode and trusted(found, frame, walked, depth):
+        if type(found) is StackNode and trusted(found, frame, walked, depth):
             lasti = frame.f_lasti
             if lasti == found.lasti:
                 base = found
@@ -153,9 +155,13 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = MARKS) -> RawSt
         new.lasti = frame.f_lasti
         new.rest = ()
         new.frames = None
+        # Complete before it is published in f_trace, and untrusted until
+        # _measure() gives it its height: a sampler thread may read it.
+        new.outer = None
+        new.height = _UNMEASURED
         node.outer = new
         node = new
-        if (found is None or found.__class__ is StackNode) and not code.co_flags & UNTRUSTED_CODE:
+        if (found is None or type(found) is StackNode) and not code.co_flags & UNTRUSTED_CODE:
             new.owner = id(frame)
             frame.f_trace = new
         else:
@@ -199,7 +205,7 @@ def _capture_run(frame: FrameType | None, depth: int) -> RawStack:
     base: StackNode | None = None
     while frame is not None and walked < depth:
         found = frame.f_trace
-        if found.__class__ is StackNode and trusted(found, frame, walked, depth):
+        if type(found) is StackNode and trusted(found, frame, walked, depth):
             if frame.f_lasti == found.lasti:
                 base = found
             else:

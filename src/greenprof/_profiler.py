@@ -610,31 +610,39 @@ class Profiler:
         offset = self._wall_anchor - self._mono_anchor
         session_id = self.session_id
         append = self._snapshots.append
+        current: GreenletBuffer | None = None
+        depth = gid = thread = 0
+        name = ""
+        parent: int | None = None
         for record, buffer in pending:
+            if buffer is not current:  # hoisted: usually one buffer throughout
+                current = buffer
+                depth, gid, name = buffer.depth, buffer.greenlet_id, buffer.greenlet_name
+                thread, parent = buffer.thread_id, buffer.parent_id
             raw = record[2]
-            done = raw.frames if raw is not None and raw.height <= buffer.depth else None
+            done = raw.frames if raw is not None and raw.height <= depth else None
             if done is not None:
                 stack = done  # formatted already, and not too deep
             else:
-                key = (id(raw), buffer.depth)
+                key = (id(raw), depth)
                 cached = stacks.get(key)
                 if cached is None:
-                    cached = stacks[key] = stack_of(raw, buffer.depth)
+                    cached = stacks[key] = stack_of(raw, depth)
                 stack = cached
             snapshot = new(Snapshot)
             if len(record) == 5:  # a thread-mode sample, labelled
                 set_gid(snapshot, record[3])
                 set_name(snapshot, record[4])
             else:
-                set_gid(snapshot, buffer.greenlet_id)
-                set_name(snapshot, buffer.greenlet_name)
-            set_thread(snapshot, buffer.thread_id)
+                set_gid(snapshot, gid)
+                set_name(snapshot, name)
+            set_thread(snapshot, thread)
             set_event(snapshot, EVENTS[record[0]])
             set_seq(snapshot, sequence)
             set_time(snapshot, offset + record[1])
             set_stack(snapshot, stack)
             set_session(snapshot, session_id)
-            set_parent(snapshot, buffer.parent_id)
+            set_parent(snapshot, parent)
             append(snapshot)
             sequence += 1
 

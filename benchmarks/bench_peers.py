@@ -381,14 +381,9 @@ def web(quick: bool) -> dict[str, Metrics]:
     finally:
         service.server.stop()
         service.backend.stop()
-    result: dict[str, Metrics] = {}
+    result = _medians_with_foreign(runs)
     for name, metrics in runs.items():
-        merged = _medians({name: metrics})[name]
-        records = sum(m["records_total"] for m in metrics)
-        foreign = sum(m["foreign_total"] for m in metrics)
-        merged["foreign"] = foreign / records if records else None
-        merged["errors"] = sum(m["errors"] for m in metrics)
-        result[name] = merged
+        result[name]["errors"] = sum(m["errors"] for m in metrics)
     base = result["unprofiled"]
     for metrics in result.values():
         metrics["throughput"] = metrics["rps"] / base["rps"]
@@ -493,13 +488,7 @@ def accuracy(quick: bool) -> dict[str, Metrics]:
     for order in _rotations(peers, repeats):
         for peer in order:
             runs[peer.name].append(_accuracy_once(peer, plans))
-    result: dict[str, Metrics] = {}
-    for name, metrics in runs.items():
-        merged = _medians({name: metrics})[name]
-        records = sum(m["records_total"] for m in metrics)
-        foreign = sum(m["foreign_total"] for m in metrics)
-        merged["foreign"] = foreign / records if records else None
-        result[name] = merged
+    result = _medians_with_foreign(runs)
     base = result["unprofiled"]
     for metrics in result.values():
         metrics["throughput"] = base["wall_s"] / metrics["wall_s"]
@@ -517,6 +506,16 @@ def _medians(runs: dict[str, list[Metrics]]) -> dict[str, Metrics]:
             values = [m[key] for m in metrics if isinstance(m.get(key), int | float)]
             merged[key] = _median(values) if values else None
         result[name] = merged
+    return result
+
+
+def _medians_with_foreign(runs: dict[str, list[Metrics]]) -> dict[str, Metrics]:
+    """Medians per profiler, and the foreign fraction over all its runs' records."""
+    result = _medians(runs)
+    for name, metrics in runs.items():
+        records = sum(m["records_total"] for m in metrics)
+        foreign = sum(m["foreign_total"] for m in metrics)
+        result[name]["foreign"] = foreign / records if records else None
     return result
 
 

@@ -115,6 +115,21 @@ def run_script(seed: int, steps: int, **options: Any) -> tuple[list[Any], list[A
     return got, counter.stacks
 
 
+def run_to_the_end(glet: greenlet.greenlet) -> tuple[list[Any], list[Any]]:
+    """Profile ``glet`` until it ends: (greenprof's switch-out stacks, the
+    stacks traceback saw at the same moments)."""
+    counter = SwitchCounter(glet)
+    counter.install()
+    try:
+        with greenprof.profile(glet) as profiler:
+            while not glet.dead:
+                glet.switch()
+    finally:
+        counter.uninstall()
+    got = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
+    return got, counter.stacks
+
+
 def test_every_switch_out_is_the_stack_traceback_sees() -> None:
     for seed in range(6):
         got, wanted = run_script(seed, 4000, max_depth=500)
@@ -195,17 +210,8 @@ def test_a_trace_function_someone_else_set_is_left_alone() -> None:
             main.switch()  # walked every time, never marked
         assert here.f_trace is theirs
 
-    glet = greenlet.greenlet(body)
-    counter = SwitchCounter(glet)
-    counter.install()
-    try:
-        with greenprof.profile(glet) as profiler:
-            while not glet.dead:
-                glet.switch()
-    finally:
-        counter.uninstall()
-    outs = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
-    assert outs == counter.stacks
+    outs, wanted = run_to_the_end(greenlet.greenlet(body))
+    assert outs == wanted
     assert theirs_calls == []  # no sys.settrace tracer ran: nobody called it
 
 
@@ -310,18 +316,9 @@ def test_a_mark_copied_to_another_frame_is_not_trusted() -> None:
             sys.settrace(None)
         main.switch()
 
-    glet = greenlet.greenlet(caller)
-    counter = SwitchCounter(glet)
-    counter.install()
-    try:
-        with greenprof.profile(glet) as profiler:
-            while not glet.dead:
-                glet.switch()
-    finally:
-        counter.uninstall()
-    outs = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
+    outs, wanted = run_to_the_end(greenlet.greenlet(caller))
     assert len(outs) == 3
-    assert outs == counter.stacks
+    assert outs == wanted
     assert outs[1][-1][1] == "callee"
 
 

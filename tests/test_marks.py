@@ -497,3 +497,66 @@ def test_a_sampler_reading_a_half_built_chain_gets_a_whole_stack(
     assert seen
     assert all(stack == outs[0] for stack in seen)
     assert sum(name.endswith("level") for name in outs[0]) == 6
+
+
+def test_waiting_at_the_same_place_again_records_the_same_raw_stack() -> None:
+    # Formatted once per place, not once per switch. Before 3.12 a walk that
+    # finds the codes and offsets of the last one keeps the last one; from
+    # 3.12 the marks share what lies below a new frame.
+    main = greenlet.getcurrent()
+
+    def park() -> None:
+        main.switch()
+
+    def body() -> None:
+        for _ in range(3):
+            main.switch()  # the same frame each time
+        for _ in range(3):
+            park()  # a new frame each time, at the same place
+
+    glet = greenlet.greenlet(body)
+    glet.switch()
+    with greenprof.profile(glet) as profiler:
+        dispatcher = installed_dispatcher(thread_ident())
+        assert dispatcher is not None
+        watch = dispatcher.watches[glet]
+        raws = [watch.last_stack]
+        while not glet.dead:
+            glet.switch()
+            raws.append(watch.last_stack)
+    assert raws[0] is raws[1] is raws[2]
+    assert raws[3] is not raws[2]
+    if MARKS:
+        assert raws[4] is not raws[3]
+        assert raws[4].outer is raws[3].outer  # type: ignore[union-attr]
+    else:
+        assert raws[3] is raws[4] is raws[5]
+    outs = [s.stack for s in profiler.snapshots if s.event == "switch_out"]
+    assert [stack[-1].function.rsplit(".", 1)[-1] for stack in outs] == ["body"] * 2 + ["park"] * 3
+
+
+def test_equal_code_from_another_file_is_another_stack() -> None:
+    # Code objects compare equal when their bytecode, names and lines do,
+    # whatever their file: only the very same code is the same stack.
+    source = "def park(wait):\n    wait()\n"
+    parks = []
+    for filename in ("first.py", "second.py"):
+        namespace: dict[str, Any] = {}
+        exec(compile(source, filename, "exec"), namespace)
+        parks.append(namespace["park"])
+    assert parks[0].__code__ == parks[1].__code__
+    main = greenlet.getcurrent()
+
+    def wait() -> None:
+        main.switch()  # the same top frame each time
+
+    def body() -> None:
+        for park in (*parks, *parks):
+            park(wait)  # from the same place each time
+
+    glet = greenlet.greenlet(body)
+    with greenprof.profile(glet) as profiler:
+        while not glet.dead:
+            glet.switch()
+    outs = [s.stack[-2].filename for s in profiler.snapshots if s.event == "switch_out"]
+    assert outs == ["first.py", "second.py"] * 2

@@ -29,6 +29,7 @@ node.
 from __future__ import annotations
 
 import sys
+from operator import is_
 from types import CodeType, FrameType
 from typing import Any, Final
 
@@ -218,10 +219,15 @@ def _capture_run(frame: FrameType | None, depth: int) -> RawStack:
     return _run(pairs, base)
 
 
-def walk_whole(frame: FrameType, depth: int) -> RawStack:
+def walk_whole(frame: FrameType, depth: int, previous: RawStack = None) -> RawStack:
     """The innermost ``depth`` frames in one node, trusting no mark: the
     switch path before 3.12, where there are none. Unrolled: this loop is
-    most of such a snapshot's cost."""
+    most of such a snapshot's cost.
+
+    ``previous`` is returned instead of a new node when it holds the same
+    codes and offsets (a greenlet waiting at the same place again, through
+    new frames or not): that stack is then formatted once, not per switch.
+    """
     if depth <= 0:
         return None
     node = _new_node(StackNode)
@@ -253,7 +259,19 @@ def walk_whole(frame: FrameType, depth: int) -> RawStack:
         limit -= 4
     if len(pairs) > 2 * (depth - 1):
         del pairs[2 * (depth - 1) :]  # up to 3 frames too many
-    node.rest = tuple(pairs)
+    rest = tuple(pairs)
+    if (
+        previous is not None
+        and previous.lasti == node.lasti
+        and previous.code is node.code
+        and previous.outer is None
+        and previous.rest == rest
+        # == matches distinct code objects with equal bytecode; only the
+        # same code objects are the same stack (file names may differ).
+        and all(map(is_, rest[0::2], previous.rest[0::2]))
+    ):
+        return previous
+    node.rest = rest
     node.outer = None
     node.height = 1 + len(pairs) // 2
     node.owner = 0

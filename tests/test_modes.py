@@ -442,6 +442,35 @@ def test_min_duration_discards_a_short_session_even_with_children() -> None:
     assert profiler.snapshots == []
 
 
+def test_a_discarded_session_formats_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Profiling every request and keeping the slow ones must not pay for
+    # formatting the fast ones: their records go unread.
+    from greenprof import _profiler
+
+    formatted: list[object] = []
+    stack = _profiler._formatter.stack
+
+    def counting(raw: object, depth: int) -> object:
+        formatted.append(raw)
+        return stack(raw, depth)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_profiler._formatter, "stack", counting)
+
+    def handler() -> None:
+        for _ in range(3):
+            gevent.sleep(0)
+
+    with greenprof.profile(min_duration=10) as fast:
+        handler()
+    assert fast.discarded is True
+    assert formatted == []
+    assert fast.snapshots == []
+    with greenprof.profile() as kept:
+        handler()
+    assert len(kept.snapshots) == 6
+    assert formatted
+
+
 def test_a_session_without_a_switch_still_reports_its_time() -> None:
     with greenprof.profile() as profiler:
         start = time.perf_counter()

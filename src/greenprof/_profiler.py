@@ -471,9 +471,10 @@ class Profiler:
         self._report_drops(targets)
 
     def _discard(self) -> None:
-        # Drop this run's snapshots only: earlier runs' were delivered.
-        self._drain()
+        # Drop this run's snapshots only: earlier runs' were delivered. Its
+        # records not built yet are dropped as they are, unformatted.
         with self._lock:
+            self._take_records()
             del self._snapshots[self._run_first :]
             for state in self._sinks:
                 state.delivered = min(state.delivered, len(self._snapshots))
@@ -564,24 +565,7 @@ class Profiler:
 
     def _drain(self) -> None:
         with self._lock:
-            self._take_adopted()
-            if not self._buffers:
-                return
-            running = {id(t.buffer) for t in self._running.values()}
-            running.update(id(child[1]) for child in self._children)
-            drained: list[tuple[list[Record], GreenletBuffer]] = []
-            keep: list[GreenletBuffer] = []
-            for buffer in self._buffers:
-                records = buffer.drain()
-                if records:
-                    drained.append((records, buffer))
-                if id(buffer) in running:
-                    keep.append(buffer)
-                elif buffer.dropped and buffer.limit:
-                    self._dropped_done[buffer.greenlet_id] = (
-                        self._dropped_done.get(buffer.greenlet_id, 0) + buffer.dropped
-                    )
-            self._buffers = keep
+            drained = self._take_records()
             if not drained:
                 return
             pending: Iterable[tuple[Record, GreenletBuffer]]
@@ -597,6 +581,29 @@ class Profiler:
                 merged.sort(key=_by_record_time)
                 pending = merged
             self._build(pending)
+
+    def _take_records(self) -> list[tuple[list[Record], GreenletBuffer]]:
+        """Every buffer's records not taken yet (under self._lock); buffers of
+        greenlets no longer profiled are let go."""
+        self._take_adopted()
+        if not self._buffers:
+            return []
+        running = {id(t.buffer) for t in self._running.values()}
+        running.update(id(child[1]) for child in self._children)
+        drained: list[tuple[list[Record], GreenletBuffer]] = []
+        keep: list[GreenletBuffer] = []
+        for buffer in self._buffers:
+            records = buffer.drain()
+            if records:
+                drained.append((records, buffer))
+            if id(buffer) in running:
+                keep.append(buffer)
+            elif buffer.dropped and buffer.limit:
+                self._dropped_done[buffer.greenlet_id] = (
+                    self._dropped_done.get(buffer.greenlet_id, 0) + buffer.dropped
+                )
+        self._buffers = keep
+        return drained
 
     def _build(self, pending: Iterable[tuple[Record, GreenletBuffer]]) -> None:
         # Under self._lock. The hot loop of stop(): a Snapshot is built with

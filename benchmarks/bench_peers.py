@@ -19,7 +19,9 @@ time, so a profiler that slows Python code down shows it.
    three times (0.1-0.3 ms each), asks an in-process backend over a local
    socket, and sleeps twice (1-3 ms). A client in another process holds 32
    keep-alive connections for a fixed time. Requests per second, p50/p99
-   latency, server CPU per request; every request profiled.
+   latency, server CPU per request; every request profiled. One more row,
+   for information: greenlet mode keeping only requests over 100 ms
+   (``min_duration``, as a production service would run it; none is).
 4. accuracy: requests at once, each a few steps of ``decode`` (pure CPU,
    10-40 ms), ``fetch`` (a 5-20 ms gevent sleep) and ``notify`` (1-5 ms),
    timing themselves for the truth; every request profiled. Error: the sum
@@ -82,7 +84,7 @@ import gevent.socket
 import greenlet
 
 from bench_switch import DEPTH, wait_deep
-from peers import DUMP_PERIOD, Outcome, Peer, Session, make_peers
+from peers import DUMP_PERIOD, Greenprof, Outcome, Peer, Session, make_peers
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -90,6 +92,8 @@ WORKLOADS = ("storm", "deep", "web", "accuracy")
 #: Result files are per Python version: ``peers-py312.json``.
 _STEM = f"peers-py{sys.version_info[0]}{sys.version_info[1]}"
 Metrics = dict[str, Any]
+#: The web workload's extra, informational row.
+SLOW_ONLY = "greenprof slow only"
 
 
 # -- the work itself -----------------------------------------------------------
@@ -372,6 +376,11 @@ def web(quick: bool) -> dict[str, Metrics]:
     duration, warmup, repeats = (1.5, 0.3, 3) if quick else (4.0, 0.5, 7)
     service = WebService()
     peers = make_peers()
+    # For information: every request profiled, and kept only if it took
+    # longer than 100 ms (none does here), as ProfilerMiddleware(min_duration=0.1)
+    # would leave it running in production.
+    slow_only = Greenprof("greenlet", min_duration=0.1, name=SLOW_ONLY)
+    peers.insert([p.name for p in peers].index("greenprof greenlet") + 1, slow_only)
     runs: dict[str, list[Metrics]] = {p.name: [] for p in peers}
     try:
         _web_once(service, peers[0], concurrency, 1.0, 0.2)  # warm the process up
@@ -565,6 +574,8 @@ def _notes(workload: str, name: str, metrics: Metrics) -> str:
     )
     if metrics.get("covered") is not None and metrics.get("records"):
         notes += f"; {metrics['covered']:.0%} of requests with records"
+    if name == SLOW_ONLY:
+        notes += "; kept only if over 100 ms (none is)"
     if metrics.get("orphans"):
         notes += f"; {metrics['orphans']:,.0f} records after their request ended"
     return notes

@@ -148,9 +148,11 @@ def _noop(event: str, args: Any) -> None:
 
 
 class Greenprof(Peer):
-    def __init__(self, mode: str, dump_period: float = DUMP_PERIOD, **options: Any) -> None:
+    def __init__(
+        self, mode: str, dump_period: float = DUMP_PERIOD, name: str = "", **options: Any
+    ) -> None:
         self.mode = mode
-        self.name = f"greenprof {mode}"
+        self.name = name or f"greenprof {mode}"
         self.dump_period = dump_period
         self.options = options
 

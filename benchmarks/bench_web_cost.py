@@ -1,0 +1,102 @@
+"""Where greenprof's cost on the web workload goes, one layer at a time.
+
+The web workload of ``bench_peers.py`` (a ``gevent.pywsgi`` app, a client in
+another process, 32 keep-alive connections), run with greenprof switched on
+a layer at a time, interleaved, medians compared with the unprofiled run of
+this same process:
+
+1. greenprof's tracer installed (one idle greenlet watched all along), no
+   session per request: what every switch of the server pays;
+2. a ``Profiler`` per request, started and stopped, with ``max_depth=1``
+   and ``min_duration`` so long that every session is dropped: the
+   session's own cost, with captures as cheap as they get;
+3. the same with full stacks: adds the stack captures on the switch path;
+4. the same, kept: adds building and formatting the snapshots at ``stop()``
+   (row 4 is ``bench_peers.py``'s "greenprof greenlet").
+
+Printed: requests per second against unprofiled, and server CPU per request
+added, in microseconds. For information; the targets are in
+``bench_peers.py``.
+
+Run: ``python benchmarks/bench_web_cost.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import greenlet
+
+import greenprof
+from bench_peers import WebService, _rotations, _web_once
+from peers import Greenprof, NoopTracer, Peer, Unprofiled
+
+#: Seconds no request lasts: sessions shorter than this are dropped.
+NEVER = 3600.0
+
+
+class TracerOnly(Peer):
+    """greenprof's tracer installed for the whole run, no session per request."""
+
+    name = "tracer, no session"
+    per_request = False
+
+    def start_run(self, concurrency: int = 1) -> None:
+        self._idle = greenlet.greenlet(_nothing)  # never runs: its watch stays
+        self._profiler = greenprof.Profiler()
+        self._profiler.start(self._idle)
+
+    def stop_run(self) -> None:
+        self._profiler.stop()
+
+
+def _nothing() -> None:
+    return None
+
+
+def layers() -> list[Peer]:
+    return [
+        Unprofiled(),
+        NoopTracer(),
+        TracerOnly(),
+        Greenprof("greenlet", name="session, dropped, 1 frame", max_depth=1, min_duration=NEVER),
+        Greenprof("greenlet", name="session, dropped", min_duration=NEVER),
+        Greenprof("greenlet", name="session, kept"),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run (tox -e bench)")
+    options = parser.parse_args()
+    duration, warmup, repeats = (1.5, 0.3, 3) if options.quick else (4.0, 0.5, 7)
+    peers = layers()
+    service = WebService()
+    runs: dict[str, list[tuple[float, float]]] = {p.name: [] for p in peers}
+    try:
+        _web_once(service, peers[0], 32, 1.0, 0.2)  # warm the process up
+        for order in _rotations(peers, repeats):
+            for peer in order:
+                metrics = _web_once(service, peer, 32, duration, warmup)
+                runs[peer.name].append((metrics["rps"], metrics["cpu_per_request_ms"] * 1000))
+    finally:
+        service.server.stop()
+        service.backend.stop()
+    print(
+        f"Python {sys.version.split()[0]}; web workload, 32 connections, "
+        f"medians of {repeats} interleaved runs of {duration:g} s"
+    )
+    base_rps = statistics.median(rps for rps, _ in runs["unprofiled"])
+    base_cpu = statistics.median(cpu for _, cpu in runs["unprofiled"])
+    print(f"{'layer':<28} {'rps ratio':>9} {'CPU per request':>16} {'added':>8}")
+    for name, values in runs.items():
+        rps = statistics.median(r for r, _ in values)
+        cpu = statistics.median(c for _, c in values)
+        print(f"{name:<28} {rps / base_rps:>9.3f} {cpu:>13.0f} us {cpu - base_cpu:>+6.0f} us")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -70,6 +70,9 @@ def layers() -> list[Peer]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run (tox -e bench)")
+    parser.add_argument(
+        "--check", action="store_true", help="accepted like the other benchmarks; no target here"
+    )
     options = parser.parse_args()
     duration, warmup, repeats = (1.5, 0.3, 3) if options.quick else (4.0, 0.5, 7)
     peers = layers()

@@ -499,10 +499,28 @@ def test_a_sampler_reading_a_half_built_chain_gets_a_whole_stack(
     assert sum(name.endswith("level") for name in outs[0]) == 6
 
 
-def test_waiting_at_the_same_place_again_records_the_same_raw_stack() -> None:
-    # Formatted once per place, not once per switch. Before 3.12 a walk that
-    # finds the codes and offsets of the last one keeps the last one; from
-    # 3.12 the marks share what lies below a new frame.
+class CountingDict(dict[Any, Any]):
+    """A formatter's content cache that counts its lookups."""
+
+    lookups = 0
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.lookups += 1
+        return super().get(key, default)
+
+
+def test_waiting_at_the_same_place_again_is_formatted_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # From 3.12 the marks share the raw stack of a frame that waits again,
+    # and what lies below a new frame. Before, each wait is walked into a
+    # new raw stack, and formatting one just like the last one formatted
+    # skips the content cache's key.
+    from greenprof import _profiler, _stack
+
+    formatter = _stack.FrameFormatter()
+    formatter._stacks = counting = CountingDict()
+    monkeypatch.setattr(_profiler, "_formatter", formatter)
     main = greenlet.getcurrent()
 
     def park() -> None:
@@ -514,9 +532,12 @@ def test_waiting_at_the_same_place_again_records_the_same_raw_stack() -> None:
         for _ in range(3):
             park()  # a new frame each time, at the same place
 
-    glet = greenlet.greenlet(body)
+    def run() -> None:
+        body()  # so that every stack is more than one frame
+
+    glet = greenlet.greenlet(run)
     glet.switch()
-    with greenprof.profile(glet) as profiler:
+    with greenprof.profile(glet, max_depth=500) as profiler:
         dispatcher = installed_dispatcher(thread_ident())
         assert dispatcher is not None
         watch = dispatcher.watches[glet]
@@ -524,15 +545,19 @@ def test_waiting_at_the_same_place_again_records_the_same_raw_stack() -> None:
         while not glet.dead:
             glet.switch()
             raws.append(watch.last_stack)
-    assert raws[0] is raws[1] is raws[2]
-    assert raws[3] is not raws[2]
+    outs = [s.stack for s in profiler.snapshots if s.event == "switch_out"]
+    assert [stack[-1].function.rsplit(".", 1)[-1] for stack in outs] == ["body"] * 2 + ["park"] * 3
+    assert outs[0] is outs[1]
+    assert outs[2] is outs[3] is outs[4]
     if MARKS:
+        assert raws[0] is raws[1] is raws[2]
         assert raws[4] is not raws[3]
         assert raws[4].outer is raws[3].outer  # type: ignore[union-attr]
     else:
-        assert raws[3] is raws[4] is raws[5]
-    outs = [s.stack for s in profiler.snapshots if s.event == "switch_out"]
-    assert [stack[-1].function.rsplit(".", 1)[-1] for stack in outs] == ["body"] * 2 + ["park"] * 3
+        assert len({id(raw) for raw in raws[:6]}) == 6
+        # The suspended stack at start and the first wait in park(): the
+        # four other waits were each like the one before.
+        assert counting.lookups == 2
 
 
 def test_equal_code_from_another_file_is_another_stack() -> None:
@@ -560,3 +585,32 @@ def test_equal_code_from_another_file_is_another_stack() -> None:
             glet.switch()
     outs = [s.stack[-2].filename for s in profiler.snapshots if s.event == "switch_out"]
     assert outs == ["first.py", "second.py"] * 2
+
+
+def test_the_same_top_frame_from_other_callers_is_another_stack() -> None:
+    main = greenlet.getcurrent()
+
+    def park() -> None:
+        main.switch()  # the same code and offset every time
+
+    def deeper() -> None:
+        park()
+
+    def body() -> None:
+        park()  # from one line
+        park()  # from another
+        deeper()  # one frame more
+        park()
+
+    def run() -> None:
+        body()
+
+    glet = greenlet.greenlet(run)
+    with greenprof.profile(glet) as profiler:
+        while not glet.dead:
+            glet.switch()
+    outs = [s.stack for s in profiler.snapshots if s.event == "switch_out"]
+    callers = [(stack[-2].function.rsplit(".", 1)[-1], stack[-2].lineno) for stack in outs]
+    assert [name for name, _ in callers] == ["body", "body", "deeper", "body"]
+    assert len(set(callers)) == 4
+    assert [len(stack) for stack in outs] == [len(outs[0])] * 2 + [len(outs[0]) + 1, len(outs[0])]

@@ -309,6 +309,40 @@ def test_export_failure_is_retried_at_next_flush() -> None:
     assert profiler.stats.sink_failures == 1
 
 
+class BatchRecordingSink(MemorySink):
+    """Records the size of every batch; the exports numbered in ``fail`` raise."""
+
+    def __init__(self, fail: set[int]) -> None:
+        super().__init__()
+        self.fail = fail
+        self.batches: list[int] = []
+
+    def export(self, batch: Sequence[Snapshot]) -> None:
+        self.batches.append(len(batch))
+        if len(self.batches) in self.fail:
+            raise OSError("the collector is down")
+        super().export(batch)
+
+
+def test_a_failed_batch_of_a_discarded_run_is_not_retried() -> None:
+    sink = BatchRecordingSink(fail={3})
+    glet = make_worker(20)
+    profiler = greenprof.Profiler(sinks=[sink], min_duration=3600)
+    profiler.start(glet)
+    run(glet, switches=2)
+    assert profiler.flush() is True  # export 1
+    run(glet, switches=2)
+    assert profiler.flush() is True  # export 2
+    run(glet, switches=2)
+    assert profiler.flush() is False  # export 3 fails: retried later...
+    profiler.stop()  # ...but the run is too short: it is all dropped
+    assert profiler.discarded is True
+    assert profiler.snapshots == []
+    assert profiler.flush() is True
+    assert 0 not in sink.batches  # nothing left to retry: no empty batch
+    assert profiler.stats.sink_failures == 1
+
+
 def test_batch_that_failed_at_stop_is_delivered_by_a_later_flush() -> None:
     recovering = FailingSink(failures=1)
     profiler = profile_worker(2, sinks=[recovering])

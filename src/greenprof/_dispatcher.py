@@ -329,7 +329,7 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                             # last time, still in the same call (see _stack).
                             stack: RawStack
                             if not MARKS:
-                                stack = walk_whole(frame, watch.depth, watch.last_stack)
+                                stack = walk_whole(frame, watch.depth)
                             elif (
                                 type(mark := frame.f_trace) is StackNode
                                 and mark.owner == id(frame)

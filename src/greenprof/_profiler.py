@@ -476,9 +476,10 @@ class Profiler:
         with self._lock:
             self._take_records()
             del self._snapshots[self._run_first :]
+            kept = len(self._snapshots)
             for state in self._sinks:
-                state.delivered = min(state.delivered, len(self._snapshots))
-                state.retry = [(a, min(b, len(self._snapshots))) for a, b in state.retry if a < b]
+                state.delivered = min(state.delivered, kept)
+                state.retry = [(a, min(b, kept)) for a, b in state.retry if a < min(b, kept)]
             self.discarded = True
 
     @property

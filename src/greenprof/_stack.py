@@ -219,15 +219,10 @@ def _capture_run(frame: FrameType | None, depth: int) -> RawStack:
     return _run(pairs, base)
 
 
-def walk_whole(frame: FrameType, depth: int, previous: RawStack = None) -> RawStack:
+def walk_whole(frame: FrameType, depth: int) -> RawStack:
     """The innermost ``depth`` frames in one node, trusting no mark: the
     switch path before 3.12, where there are none. Unrolled: this loop is
-    most of such a snapshot's cost.
-
-    ``previous`` is returned instead of a new node when it holds the same
-    codes and offsets (a greenlet waiting at the same place again, through
-    new frames or not): that stack is then formatted once, not per switch.
-    """
+    most of such a snapshot's cost."""
     if depth <= 0:
         return None
     node = _new_node(StackNode)
@@ -259,19 +254,7 @@ def walk_whole(frame: FrameType, depth: int, previous: RawStack = None) -> RawSt
         limit -= 4
     if len(pairs) > 2 * (depth - 1):
         del pairs[2 * (depth - 1) :]  # up to 3 frames too many
-    rest = tuple(pairs)
-    if (
-        previous is not None
-        and previous.lasti == node.lasti
-        and previous.code is node.code
-        and previous.outer is None
-        and previous.rest == rest
-        # == matches distinct code objects with equal bytecode; only the
-        # same code objects are the same stack (file names may differ).
-        and all(map(is_, rest[0::2], previous.rest[0::2]))
-    ):
-        return previous
-    node.rest = rest
+    node.rest = tuple(pairs)
     node.outer = None
     node.height = 1 + len(pairs) // 2
     node.owner = 0
@@ -292,6 +275,14 @@ def _run(pairs: list[CodeType | int], base: StackNode | None) -> RawStack:
     node.owner = 0
     node.frames = None
     return node
+
+
+def _no_code() -> None:
+    return None
+
+
+#: Stands for "no node formatted yet": its code is no one's.
+_NO_NODE: Final = StackNode(_no_code.__code__, -1, None, (_no_code.__code__, -1))
 
 
 def _line_for_offset(code: CodeType, offset: int) -> int:
@@ -324,6 +315,11 @@ class FrameFormatter:
         self._stacks: dict[tuple[int, ...], tuple[tuple[Frame, ...], tuple[Frame, ...]]] = {}
         self._codes: dict[int, CodeType] = {}
         self._lock = allocate_real_lock()
+        # The last node of several frames formatted, and the stack below it.
+        # Before 3.12 every snapshot is one such node, walked anew, and a
+        # greenlet waiting at the same place again makes the same node
+        # again: comparing with the last one costs less than the key.
+        self._last: tuple[StackNode, tuple[Frame, ...]] = (_NO_NODE, ())
 
     def _frame(self, code: CodeType, offset: int) -> Frame:
         # Under self._lock.
@@ -361,6 +357,18 @@ class FrameFormatter:
         for node in reversed(chain):
             rest = node.rest
             if rest:
+                last, last_below = self._last
+                if (
+                    last.lasti == node.lasti
+                    and last.code is node.code
+                    and last_below is frames
+                    and last.rest == rest
+                    # == matches distinct code objects with equal bytecode;
+                    # only the same code objects are the same stack.
+                    and all(map(is_, rest[0::2], last.rest[0::2]))
+                ):
+                    frames = node.frames = last.frames  # type: ignore[assignment]
+                    continue
                 key: tuple[int, ...] = (
                     id(frames),
                     id(node.code),
@@ -371,8 +379,11 @@ class FrameFormatter:
             else:
                 key = (id(frames), id(node.code), node.lasti)
             hit = stacks.get(key)
+            below = frames
             frames = self._add(key, frames, node) if hit is None else hit[0]
             node.frames = frames
+            if rest:
+                self._last = (node, below)
         return frames
 
     def _add(

@@ -27,7 +27,7 @@ import pytest
 
 import greenprof
 from greenprof._dispatcher import installed_dispatcher
-from greenprof._stack import MARKS, StackNode
+from greenprof._stack import MARKS, FrameFormatter, StackNode
 from greenprof._threads import thread_ident
 
 from .test_switch_path import SwitchCounter
@@ -614,3 +614,41 @@ def test_the_same_top_frame_from_other_callers_is_another_stack() -> None:
     assert [name for name, _ in callers] == ["body", "body", "deeper", "body"]
     assert len(set(callers)) == 4
     assert [len(stack) for stack in outs] == [len(outs[0])] * 2 + [len(outs[0]) + 1, len(outs[0])]
+
+
+def test_another_top_function_from_the_same_call_site_is_another_stack() -> None:
+    main = greenlet.getcurrent()
+
+    def park_a() -> None:
+        main.switch()
+
+    def park_b() -> None:
+        main.switch()  # the same bytecode and offset as park_a
+
+    def body() -> None:
+        for park in (park_a, park_b):
+            park()  # one call site
+
+    def run() -> None:
+        body()
+
+    glet = greenlet.greenlet(run)
+    with greenprof.profile(glet) as profiler:
+        while not glet.dead:
+            glet.switch()
+    tops = [s.stack[-1].function for s in profiler.snapshots if s.event == "switch_out"]
+    assert [name.rsplit(".", 1)[-1] for name in tops] == ["park_a", "park_b"]
+
+
+def test_the_same_frames_on_another_stack_below_are_another_stack() -> None:
+    # A node of several frames on top of another node (a sampler's capture
+    # on 3.12+), formatted twice in a row over different stacks below.
+    codes = {}
+    for name in ("a", "b", "middle", "top"):
+        namespace: dict[str, Any] = {}
+        exec(f"def {name}():\n    pass\n", namespace)
+        codes[name] = namespace[name].__code__
+    formatter = FrameFormatter()
+    for bottom in ("a", "b"):
+        raw = StackNode(codes["top"], 0, StackNode(codes[bottom], 0, None), (codes["middle"], 0))
+        assert [f.function for f in formatter.frames(raw)] == [bottom, "middle", "top"]

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -340,6 +341,33 @@ def test_a_failed_batch_of_a_discarded_run_is_not_retried() -> None:
     assert profiler.snapshots == []
     assert profiler.flush() is True
     assert 0 not in sink.batches  # nothing left to retry: no empty batch
+    assert profiler.stats.sink_failures == 1
+
+
+def test_a_batch_failing_while_another_thread_discards_its_run_is_not_retried() -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    class Blocking(BatchRecordingSink):
+        def export(self, batch: Sequence[Snapshot]) -> None:
+            if not self.batches:
+                entered.set()  # the first export is in flight...
+                release.wait(10)
+            super().export(batch)
+
+    sink = Blocking(fail={1})
+    glet = make_worker(20)
+    profiler = greenprof.Profiler(sinks=[sink], min_duration=3600)
+    profiler.start(glet)
+    run(glet, switches=3)
+    flusher = threading.Thread(target=profiler.flush)
+    flusher.start()
+    assert entered.wait(10)
+    profiler.stop()  # ...when this thread drops the run it came from
+    release.set()
+    flusher.join(10)
+    assert profiler.discarded is True
+    assert profiler.flush() is True
+    assert sink.batches == [6]  # failed, and not retried (it was empty)
     assert profiler.stats.sink_failures == 1
 
 

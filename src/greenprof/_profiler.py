@@ -232,6 +232,9 @@ class Profiler:
         self._snapshots: list[Snapshot] = []
         self._sinks: list[_SinkState] = []
         self._sink_failures = 0
+        #: Runs discarded so far: a failed export re-queues its range only if
+        #: no run was discarded while it ran (the range may be gone).
+        self._discards = 0
         self._wall_anchor = 0
         self._mono_anchor = 0
         for sink in sinks:
@@ -480,6 +483,7 @@ class Profiler:
             for state in self._sinks:
                 state.delivered = min(state.delivered, kept)
                 state.retry = [(a, min(b, kept)) for a, b in state.retry if a < min(b, kept)]
+            self._discards += 1
             self.discarded = True
 
     @property
@@ -662,6 +666,7 @@ class Profiler:
             return True
         with self._lock:
             end = len(self._snapshots)
+            discards = self._discards
             jobs: list[tuple[_SinkState, list[tuple[int, int]]]] = []
             for state in self._sinks:
                 ranges = state.retry
@@ -679,7 +684,10 @@ class Profiler:
                 except Exception as exc:
                     ok = False
                     with self._lock:
-                        state.retry.append((start, stop))
+                        # Unless a discarded run took these snapshots away
+                        # meanwhile (stop() in another thread).
+                        if self._discards == discards:
+                            state.retry.append((start, stop))
                         self._sink_failures += 1
                     _report_sink_failure(state.sink, "export", exc)
             if timeout == 0:

@@ -298,10 +298,10 @@ class FrameFormatter:
     Each node keeps its formatted stack, so a node shared by many snapshots
     is formatted once; and formatted stacks are shared by content (keyed by
     the formatted stack below and the node's code ids and offsets), so the
-    same path taken again with new frames costs one lookup a node. Codes are kept in
-    ``_codes`` while their ids are in keys, so an id is never reused
-    meanwhile. Profilers drain from any thread: a cache hit needs no lock;
-    filling and clearing take one.
+    same path taken again with new frames costs one lookup a node. Codes are
+    kept in ``_codes`` while their ids are in keys, so an id is never reused
+    meanwhile. Profilers drain from any thread: a cache hit, or a stack like
+    the last one, needs no lock; filling and clearing take one.
     """
 
     def __init__(self, max_entries: int = 1 << 16) -> None:
@@ -315,10 +315,12 @@ class FrameFormatter:
         self._stacks: dict[tuple[int, ...], tuple[tuple[Frame, ...], tuple[Frame, ...]]] = {}
         self._codes: dict[int, CodeType] = {}
         self._lock = allocate_real_lock()
-        # The last node of several frames formatted, and the stack below it.
-        # Before 3.12 every snapshot is one such node, walked anew, and a
-        # greenlet waiting at the same place again makes the same node
-        # again: comparing with the last one costs less than the key.
+        # The last node of several frames formatted, and the stack below it
+        # (replaced whole, so read without the lock). Before 3.12 every
+        # snapshot is one such node, walked anew: a greenlet waiting at the
+        # same place again makes a new node equal to the last one, and
+        # comparing with that costs less than the key. (From 3.12 only a
+        # sampler's captures make such nodes.)
         self._last: tuple[StackNode, tuple[Frame, ...]] = (_NO_NODE, ())
 
     def _frame(self, code: CodeType, offset: int) -> Frame:

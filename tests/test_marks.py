@@ -130,6 +130,18 @@ def run_to_the_end(glet: greenlet.greenlet) -> tuple[list[Any], list[Any]]:
     return got, counter.stacks
 
 
+def switch_traced(glet: greenlet.greenlet, tracer: Any) -> object:
+    """Switch into ``glet`` with ``tracer`` as the ``sys.settrace`` tracer;
+    the tracer installed when it switched back."""
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        glet.switch()
+        return sys.gettrace()
+    finally:
+        sys.settrace(previous)
+
+
 def test_every_switch_out_is_the_stack_traceback_sees() -> None:
     for seed in range(6):
         got, wanted = run_script(seed, 4000, max_depth=500)
@@ -243,14 +255,7 @@ def test_a_settrace_tracer_started_later_still_works_through_marked_frames() -> 
     assert frame is not None
     assert isinstance(frame.f_trace, StackNode) is MARKS
     del frame
-    previous = sys.gettrace()
-    sys.settrace(tracer)
-    try:
-        glet.switch()
-        still = sys.gettrace()
-    finally:
-        sys.settrace(previous)
-    assert still is tracer  # not dropped by an error in a mark
+    assert switch_traced(glet, tracer) is tracer  # not dropped by an error in a mark
     assert ("call", "probe") in seen
     assert ("return", "probe") in seen
     assert sum(event == "line" for event, _ in seen) == 3
@@ -422,13 +427,7 @@ def test_a_tracer_may_set_attributes_on_whatever_f_trace_it_finds() -> None:
     glet = greenlet.greenlet(body)
     with greenprof.profile(glet) as profiler:
         glet.switch()
-        previous = sys.gettrace()
-        sys.settrace(tracer)
-        try:
-            glet.switch()
-            still = sys.gettrace()
-        finally:
-            sys.settrace(previous)
+        still = switch_traced(glet, tracer)
         glet.switch()
     assert still is tracer
     assert len(found) == (1 if MARKS else 0)
@@ -579,12 +578,9 @@ def test_equal_code_from_another_file_is_another_stack() -> None:
         for park in (*parks, *parks):
             park(wait)  # from the same place each time
 
-    glet = greenlet.greenlet(body)
-    with greenprof.profile(glet) as profiler:
-        while not glet.dead:
-            glet.switch()
-    outs = [s.stack[-2].filename for s in profiler.snapshots if s.event == "switch_out"]
-    assert outs == ["first.py", "second.py"] * 2
+    got, wanted = run_to_the_end(greenlet.greenlet(body))
+    assert got == wanted
+    assert [stack[-2][0] for stack in got] == ["first.py", "second.py"] * 2
 
 
 def test_the_same_top_frame_from_other_callers_is_another_stack() -> None:
@@ -605,15 +601,12 @@ def test_the_same_top_frame_from_other_callers_is_another_stack() -> None:
     def run() -> None:
         body()
 
-    glet = greenlet.greenlet(run)
-    with greenprof.profile(glet) as profiler:
-        while not glet.dead:
-            glet.switch()
-    outs = [s.stack for s in profiler.snapshots if s.event == "switch_out"]
-    callers = [(stack[-2].function.rsplit(".", 1)[-1], stack[-2].lineno) for stack in outs]
+    got, wanted = run_to_the_end(greenlet.greenlet(run))
+    assert got == wanted
+    callers = [stack[-2][1:] for stack in got]
     assert [name for name, _ in callers] == ["body", "body", "deeper", "body"]
     assert len(set(callers)) == 4
-    assert [len(stack) for stack in outs] == [len(outs[0])] * 2 + [len(outs[0]) + 1, len(outs[0])]
+    assert [len(stack) for stack in got] == [len(got[0])] * 2 + [len(got[0]) + 1, len(got[0])]
 
 
 def test_another_top_function_from_the_same_call_site_is_another_stack() -> None:
@@ -632,12 +625,9 @@ def test_another_top_function_from_the_same_call_site_is_another_stack() -> None
     def run() -> None:
         body()
 
-    glet = greenlet.greenlet(run)
-    with greenprof.profile(glet) as profiler:
-        while not glet.dead:
-            glet.switch()
-    tops = [s.stack[-1].function for s in profiler.snapshots if s.event == "switch_out"]
-    assert [name.rsplit(".", 1)[-1] for name in tops] == ["park_a", "park_b"]
+    got, wanted = run_to_the_end(greenlet.greenlet(run))
+    assert got == wanted
+    assert [stack[-1][1] for stack in got] == ["park_a", "park_b"]
 
 
 def test_the_same_frames_on_another_stack_below_are_another_stack() -> None:

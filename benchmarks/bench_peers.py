@@ -371,25 +371,38 @@ def _web_once(
     }
 
 
-def web(quick: bool) -> dict[str, Metrics]:
-    concurrency = 32
-    duration, warmup, repeats = (1.5, 0.3, 3) if quick else (4.0, 0.5, 7)
+#: Client connections of the web workload; and its (seconds, warm-up, repeats)
+#: for a quick run and a full one.
+WEB_CONCURRENCY = 32
+WEB_QUICK = (1.5, 0.3, 3)
+WEB_FULL = (4.0, 0.5, 7)
+
+
+def web_runs(peers: list[Peer], quick: bool) -> dict[str, list[Metrics]]:
+    """Every peer's runs of the web workload, interleaved, on one server."""
+    duration, warmup, repeats = WEB_QUICK if quick else WEB_FULL
     service = WebService()
+    runs: dict[str, list[Metrics]] = {p.name: [] for p in peers}
+    try:
+        _web_once(service, peers[0], WEB_CONCURRENCY, 1.0, 0.2)  # warm the process up
+        for order in _rotations(peers, repeats):
+            for peer in order:
+                runs[peer.name].append(_web_once(service, peer, WEB_CONCURRENCY, duration, warmup))
+    finally:
+        service.server.stop()
+        service.backend.stop()
+    return runs
+
+
+def web(quick: bool) -> dict[str, Metrics]:
+    duration, warmup, repeats = WEB_QUICK if quick else WEB_FULL
     peers = make_peers()
     # For information: every request profiled, and kept only if it took
     # longer than 100 ms (none does here), as ProfilerMiddleware(min_duration=0.1)
     # would leave it running in production.
     slow_only = Greenprof("greenlet", min_duration=0.1, name=SLOW_ONLY)
     peers.insert([p.name for p in peers].index("greenprof greenlet") + 1, slow_only)
-    runs: dict[str, list[Metrics]] = {p.name: [] for p in peers}
-    try:
-        _web_once(service, peers[0], concurrency, 1.0, 0.2)  # warm the process up
-        for order in _rotations(peers, repeats):
-            for peer in order:
-                runs[peer.name].append(_web_once(service, peer, concurrency, duration, warmup))
-    finally:
-        service.server.stop()
-        service.backend.stop()
+    runs = web_runs(peers, quick)
     result = _medians_with_foreign(runs)
     for name, metrics in runs.items():
         result[name]["errors"] = sum(m["errors"] for m in metrics)
@@ -398,7 +411,7 @@ def web(quick: bool) -> dict[str, Metrics]:
         metrics["throughput"] = metrics["rps"] / base["rps"]
         metrics["cpu_overhead"] = metrics["cpu_per_request_ms"] / base["cpu_per_request_ms"] - 1
     result["_settings"] = {
-        "concurrency": concurrency,
+        "concurrency": WEB_CONCURRENCY,
         "seconds": duration,
         "warmup": warmup,
         "repeats": repeats,

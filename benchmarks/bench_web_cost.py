@@ -30,7 +30,7 @@ import sys
 import greenlet
 
 import greenprof
-from bench_peers import WebService, _rotations, _web_once
+from bench_peers import WEB_CONCURRENCY, WEB_FULL, WEB_QUICK, web_runs
 from peers import Greenprof, NoopTracer, Peer, Unprofiled
 
 #: Seconds no request lasts: sessions shorter than this are dropped.
@@ -74,29 +74,22 @@ def main() -> int:
         "--check", action="store_true", help="accepted like the other benchmarks; no target here"
     )
     options = parser.parse_args()
-    duration, warmup, repeats = (1.5, 0.3, 3) if options.quick else (4.0, 0.5, 7)
-    peers = layers()
-    service = WebService()
-    runs: dict[str, list[tuple[float, float]]] = {p.name: [] for p in peers}
-    try:
-        _web_once(service, peers[0], 32, 1.0, 0.2)  # warm the process up
-        for order in _rotations(peers, repeats):
-            for peer in order:
-                metrics = _web_once(service, peer, 32, duration, warmup)
-                runs[peer.name].append((metrics["rps"], metrics["cpu_per_request_ms"] * 1000))
-    finally:
-        service.server.stop()
-        service.backend.stop()
+    runs = web_runs(layers(), options.quick)
+    duration, _, repeats = WEB_QUICK if options.quick else WEB_FULL
     print(
-        f"Python {sys.version.split()[0]}; web workload, 32 connections, "
+        f"Python {sys.version.split()[0]}; web workload, {WEB_CONCURRENCY} connections, "
         f"medians of {repeats} interleaved runs of {duration:g} s"
     )
-    base_rps = statistics.median(rps for rps, _ in runs["unprofiled"])
-    base_cpu = statistics.median(cpu for _, cpu in runs["unprofiled"])
+    medians = {
+        name: (
+            statistics.median(m["rps"] for m in values),
+            statistics.median(m["cpu_per_request_ms"] * 1000 for m in values),
+        )
+        for name, values in runs.items()
+    }
+    base_rps, base_cpu = medians["unprofiled"]
     print(f"{'layer':<28} {'rps ratio':>9} {'CPU per request':>16} {'added':>8}")
-    for name, values in runs.items():
-        rps = statistics.median(r for r, _ in values)
-        cpu = statistics.median(c for _, c in values)
+    for name, (rps, cpu) in medians.items():
         print(f"{name:<28} {rps / base_rps:>9.3f} {cpu:>13.0f} us {cpu - base_cpu:>+6.0f} us")
     return 0
 

@@ -277,14 +277,6 @@ def _run(pairs: list[CodeType | int], base: StackNode | None) -> RawStack:
     return node
 
 
-def _no_code() -> None:
-    return None
-
-
-#: Stands for "no node formatted yet": its code is no one's.
-_NO_NODE: Final = StackNode(_no_code.__code__, -1, None, (_no_code.__code__, -1))
-
-
 def _line_for_offset(code: CodeType, offset: int) -> int:
     for start, end, line in code.co_lines():
         if start <= offset < end:
@@ -321,7 +313,7 @@ class FrameFormatter:
         # same place again makes a new node equal to the last one, and
         # comparing with that costs less than the key. (From 3.12 only a
         # sampler's captures make such nodes.)
-        self._last: tuple[StackNode, tuple[Frame, ...]] = (_NO_NODE, ())
+        self._last: tuple[StackNode, tuple[Frame, ...]] | None = None
 
     def _frame(self, code: CodeType, offset: int) -> Frame:
         # Under self._lock.
@@ -359,11 +351,12 @@ class FrameFormatter:
         for node in reversed(chain):
             rest = node.rest
             if rest:
-                last, last_below = self._last
+                # None below matches nothing: nothing was formatted yet.
+                last, last_below = self._last or (node, None)
                 if (
-                    last.lasti == node.lasti
+                    last_below is frames
+                    and last.lasti == node.lasti
                     and last.code is node.code
-                    and last_below is frames
                     and last.rest == rest
                     # == matches distinct code objects with equal bytecode;
                     # only the same code objects are the same stack.

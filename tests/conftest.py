@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import greenlet
 import pytest
+
+import greenprof
+
+#: The installed package's folder: a frame whose file starts with this is
+#: greenprof's own (the clone's folder may be called greenprof too).
+GREENPROF_DIR = os.path.dirname(os.path.abspath(greenprof.__file__)) + os.sep
 
 
 @pytest.fixture(autouse=True)

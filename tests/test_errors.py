@@ -318,7 +318,7 @@ def test_snapshot_with_an_unknown_event_raises_value_error() -> None:
             timestamp_ns=0,
             stack=(),
         )
-    assert "switch_in, throw, switch_out, exit, sample, not 'bogus'" in str(info.value)
+    assert "switch_in, throw, switch_out, exit, sample, start, stop, not 'bogus'" in str(info.value)
 
 
 # -- failed starts leave nothing behind ------------------------------------------------

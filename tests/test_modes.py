@@ -16,6 +16,7 @@ from greenprof._sampler import SAMPLER
 from greenprof.exceptions import ConfigurationError
 from greenprof.sinks import MemorySink
 
+from .conftest import line_of
 from .test_gevent_integration import run_python
 
 
@@ -467,20 +468,28 @@ def test_a_discarded_session_formats_nothing(monkeypatch: pytest.MonkeyPatch) ->
     assert fast.snapshots == []
     with greenprof.profile() as kept:
         handler()
-    assert len(kept.snapshots) == 6
+    assert len(kept.snapshots) == 8  # start, 3 x (switch_out, switch_in), stop
     assert formatted
 
 
 def test_a_session_without_a_switch_still_reports_its_time() -> None:
-    with greenprof.profile() as profiler:
+    with greenprof.profile() as profiler:  # where it starts and stops
         start = time.perf_counter()
         busy(0.05)
         elapsed = time.perf_counter() - start
-    assert profiler.snapshots == []
+    line = line_of(test_a_session_without_a_switch_still_reports_its_time, "where it starts")
+    assert [s.event for s in profiler.snapshots] == ["start", "stop"]
+    for snapshot in profiler.snapshots:
+        assert snapshot.stack[-1].lineno == line
+        assert snapshot.stack[-1].filename == __file__
     report = profiler.report()
     totals = report.greenlets[id(greenlet.getcurrent())]
     assert totals.on_cpu_ns / 1e9 == pytest.approx(elapsed, rel=0.1)
     assert len(report.slices) == 1
+    # The time goes to where the session started, not to an empty stack.
+    (cell,) = [t for t in report.stacks if t.on_cpu_ns]
+    assert cell.stack == profiler.snapshots[0].stack
+    assert cell.on_cpu_ns == totals.on_cpu_ns
 
 
 def test_reused_profiler_discards_only_the_short_run() -> None:

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
 import greenlet
 import pytest
 
@@ -156,15 +157,21 @@ def test_profile_decorator_delivers_every_call_to_its_sinks() -> None:
         glet = greenlet.greenlet(lambda: results.append(waits_twice(main)))
         run(glet)
     assert results == ["done", "done"]
-    # Each call profiles the greenlet running it from entry to return: two
-    # (switch_out, switch_in) pairs, no first switch_in and no exit.
-    per_call = ["switch_out", "switch_in", "switch_out", "switch_in"]
+    # Each call profiles the greenlet running it from entry to return: where
+    # it started, two (switch_out, switch_in) pairs and where it stopped; no
+    # first switch_in and no exit.
+    per_call = ["start", "switch_out", "switch_in", "switch_out", "switch_in", "stop"]
     assert [s.event for s in sink.snapshots] == per_call + per_call
-    first, second = sink.snapshots[:4], sink.snapshots[4:]
-    assert sequences(first) == sequences(second) == list(range(4))
+    first, second = sink.snapshots[:6], sink.snapshots[6:]
+    assert sequences(first) == sequences(second) == list(range(6))
     assert len({s.session_id for s in first}) == 1
     assert len({s.session_id for s in second}) == 1
     assert first[0].session_id != second[0].session_id
+    # One session record per call, after its snapshots.
+    assert [s.session_id for s in sink.sessions] == [first[0].session_id, second[0].session_id]
+    for session, snapshots in zip(sink.sessions, (first, second), strict=True):
+        assert session.start_ns == snapshots[0].timestamp_ns
+        assert session.stop_ns == snapshots[-1].timestamp_ns
 
 
 def test_removed_sink_receives_nothing_after_removal() -> None:
@@ -427,9 +434,10 @@ def test_json_file_starts_with_the_format_header(tmp_path: Path) -> None:
     path = tmp_path / "profile.jsonl"
     profile_worker(1, sinks=[JSONSink(path)])
     lines = path.read_text(encoding="utf-8").splitlines()
-    assert json.loads(lines[0]) == {"format": "greenprof-snapshots", "version": 1}
-    assert len(lines) == 1 + snapshots_for(1)
-    assert all(json.loads(line)["type"] == "snapshot" for line in lines[1:])
+    assert json.loads(lines[0]) == {"format": "greenprof-snapshots", "version": 2}
+    assert len(lines) == 1 + snapshots_for(1) + 1
+    assert all(json.loads(line)["type"] == "snapshot" for line in lines[1:-1])
+    assert json.loads(lines[-1])["type"] == "session"
 
 
 def test_json_file_written_over_several_flushes_has_one_header(tmp_path: Path) -> None:
@@ -479,7 +487,7 @@ def test_closed_json_sink_counts_as_a_failing_sink(tmp_path: Path) -> None:
     sink = JSONSink(tmp_path / "profile.jsonl")
     sink.close()
     profiler = profile_worker(1, sinks=[sink])
-    assert profiler.stats.sink_failures == 1
+    assert profiler.stats.sink_failures == 2  # its export and its export_sessions
     assert len(profiler.snapshots) == snapshots_for(1)
 
 
@@ -523,8 +531,8 @@ EXPECTED = Snapshot(
 
 def test_load_rejects_a_newer_schema_version(tmp_path: Path) -> None:
     path = tmp_path / "future.jsonl"
-    write_lines(path, {"format": "greenprof-snapshots", "version": 2}, snapshot_line())
-    with pytest.raises(UnsupportedFormatError, match=r"line 1: schema version 2") as info:
+    write_lines(path, {"format": "greenprof-snapshots", "version": 3}, snapshot_line())
+    with pytest.raises(UnsupportedFormatError, match=r"line 1: schema version 3") as info:
         greenprof.load(path)
     assert "Upgrade greenprof" in str(info.value)
     assert isinstance(info.value, LoadError)
@@ -537,10 +545,22 @@ def test_load_rejects_another_format(tmp_path: Path) -> None:
         greenprof.load(path)
 
 
-def test_load_names_the_line_that_is_not_json(tmp_path: Path) -> None:
+def test_load_skips_a_line_cut_short_and_reads_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "torn.jsonl"
+    later = snapshot_line(sequence=1)
+    write_lines(path, HEADER, snapshot_line(), '{"type": "snapsh', later)
+    with caplog.at_level("WARNING", logger="greenprof"):
+        assert greenprof.load(path) == [EXPECTED, attrs.evolve(EXPECTED, sequence=1)]
+    assert "skipped 1 damaged line(s)" in caplog.text
+    assert "first at line 3" in caplog.text
+
+
+def test_load_refuses_a_file_whose_first_line_is_not_json(tmp_path: Path) -> None:
     path = tmp_path / "corrupt.jsonl"
-    write_lines(path, HEADER, snapshot_line(), '{"type": "snapsh')
-    with pytest.raises(LoadError, match=r"line 3: not JSON"):
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(LoadError, match=r"is not a greenprof snapshot file: line 1 is not JSON"):
         greenprof.load(path)
 
 
@@ -613,7 +633,9 @@ def test_decorator_with_json_sink_writes_one_session_per_call(tmp_path: Path) ->
     for snapshot in loaded:
         sessions.setdefault(snapshot.session_id, []).append(snapshot.event)
     assert len(sessions) == 3
-    assert list(sessions.values()) == [["switch_out", "switch_in"]] * 3
-    assert sequences(loaded) == [0, 1] * 3
+    assert list(sessions.values()) == [["start", "switch_out", "switch_in", "stop"]] * 3
+    assert sequences(loaded) == [0, 1, 2, 3] * 3
     lines = path.read_text(encoding="utf-8").splitlines()
-    assert len(lines) == 1 + 6
+    assert len(lines) == 1 + 3 * (4 + 1)  # the header, then each call's snapshots and session
+    report = greenprof.Report.from_file(path)
+    assert [s.session_id for s in report.sessions] == list(sessions)

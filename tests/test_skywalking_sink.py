@@ -17,6 +17,7 @@ from greenprof import _skywalking_wire as wire
 from greenprof.exceptions import ConfigurationError, SinkClosedError
 from greenprof.sinks import SkyWalkingSink
 
+from .conftest import GREENPROF_DIR
 from .fake_oap import FakeOAP
 
 
@@ -108,16 +109,23 @@ def test_concurrent_requests_arrive_with_their_own_segments_sequences_and_stacks
         index = int(segment.rsplit("-", 1)[1])
         mine = "alpha_wait" if index % 2 else "beta_wait"
         other = "beta_wait" if index % 2 else "alpha_wait"
-        assert sorted(m.sequence for m in messages) == list(range(6))  # 3 waits, out and in
+        # Where it started, 3 waits (out and in), where it stopped.
+        assert sorted(m.sequence for m in messages) == list(range(8))
         start, end = spans[segment]
         assert all(start <= m.time_ms <= end for m in messages)
+        messages.sort(key=lambda m: m.sequence)
         for message in messages:
             assert message.signatures  # root first: the request function, then its wait
             assert message.signatures[0].startswith(f"{__file__}.")
-            assert any(f".{mine}: " in s for s in message.signatures)
             assert not any(f".{other}: " in s for s in message.signatures)
-            assert not any("/greenprof/" in s for s in message.signatures)
-    assert sink.sent == len(received) == 36
+            assert not any(s.startswith(GREENPROF_DIR) for s in message.signatures)
+        for message in messages[1:-1]:
+            assert any(f".{mine}: " in s for s in message.signatures)
+        for message in (messages[0], messages[-1]):  # the with block's line
+            leaf = message.signatures[-1]
+            assert leaf.startswith(f"{__file__}.")
+            assert ".request: " in leaf
+    assert sink.sent == len(received) == 48
     assert sink.dropped == sink.unbound == 0
 
 

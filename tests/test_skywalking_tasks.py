@@ -12,6 +12,7 @@ from greenprof import _skywalking_wire as wire
 from greenprof.integrations.skywalking import ProfileTask, ProfileTaskPoller
 from greenprof.sinks import SkyWalkingSink
 
+from .conftest import GREENPROF_DIR
 from .fake_oap import FakeOAP
 from .test_gevent_integration import http_get
 
@@ -89,13 +90,20 @@ def test_a_task_profiles_its_endpoint_only_and_is_reported_finished() -> None:
         queries = list(oap.queries)
         finished = list(oap.finished)
     assert {m.task_id for m in messages} == {"task-1"}
-    segments: dict[str, list[int]] = {}
+    segments: dict[str, list[wire.ThreadSnapshotMessage]] = {}
     for message in messages:
-        segments.setdefault(message.segment_id, []).append(message.sequence)
-        assert any(".slow_work: " in s for s in message.signatures)
+        segments.setdefault(message.segment_id, []).append(message)
     # six concurrent /slow requests, at most two profiled at once
     assert len(segments) == 2
-    assert all(sorted(seqs) == list(range(len(seqs))) for seqs in segments.values())
+    for segment in segments.values():
+        segment.sort(key=lambda m: m.sequence)
+        assert [m.sequence for m in segment] == list(range(len(segment)))
+        # Between where the request started and stopped, it waited in slow_work.
+        assert len(segment) > 2
+        assert all(any(".slow_work: " in s for s in m.signatures) for m in segment[1:-1])
+        for edge in (segment[0], segment[-1]):
+            assert not any(".slow_work: " in s for s in edge.signatures)
+            assert not any(s.startswith(GREENPROF_DIR) for s in edge.signatures)
     assert queries[0] == ("shop", "shop-1", -1)
     assert queries[-1] == ("shop", "shop-1", now_ms - 58_500 - 5)  # lastCommandTime
     assert finished == [("shop", "shop-1", "task-1")]
@@ -190,7 +198,7 @@ def test_a_slow_collector_never_holds_requests_up() -> None:
         finally:
             poller.stop()
             sink.close()
-        assert len(oap.unique()) == 8  # 4 requests x (switch_out, switch_in)
+        assert len(oap.unique()) == 16  # 4 requests x (start, switch_out, switch_in, stop)
 
 
 def test_install_refuses_an_agent_without_its_protocol_modules() -> None:

@@ -20,7 +20,7 @@ from greenprof import Frame, Snapshot
 from greenprof._dispatcher import installed_dispatcher
 from greenprof._threads import thread_ident
 
-from .conftest import function_name, line_of
+from .conftest import GREENPROF_DIR, function_name, line_of
 
 
 class SwitchCounter:
@@ -265,7 +265,7 @@ def test_fifty_concurrent_sessions_each_see_only_their_own_greenlet() -> None:
         snapshots = results[id(worker)].snapshots
         rounds = 1 + i % 5
         assert {s.greenlet_id for s in snapshots} == {id(worker)}
-        assert events(snapshots) == Counter(switch_out=rounds, switch_in=rounds)
+        assert events(snapshots) == Counter(switch_out=rounds, switch_in=rounds, start=1, stop=1)
     assert installed_dispatcher(thread_ident()) is None
 
 
@@ -580,9 +580,9 @@ def test_probing_for_our_tracer_records_nothing_for_the_profiled_caller() -> Non
         greenlet.settrace(ours)
         profiler.stop()
     snapshots = profiler.snapshots
-    assert [s.event for s in snapshots] == ["switch_out", "switch_in"] * 2
+    assert [s.event for s in snapshots] == ["start", *["switch_out", "switch_in"] * 2, "stop"]
     for snapshot in snapshots:
-        assert all("greenprof" not in f.filename for f in snapshot.stack)
+        assert not any(f.filename.startswith(GREENPROF_DIR) for f in snapshot.stack)
         assert snapshot.stack[-1].function == function_name(
             test_probing_for_our_tracer_records_nothing_for_the_profiled_caller
         )

@@ -9,10 +9,10 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ._profiler import MODES, Profiler, ProfilerStats
-from ._report import GreenletTime, Report, RunSlice, StackTime, Wait
+from ._report import GreenletTime, Report, RunSlice, Segment, StackTime, Wait
 from ._schema import load
 from ._scope import ProfileScope, profile
-from .snapshot import EVENTS, Frame, Snapshot
+from .snapshot import EVENTS, Frame, Session, Snapshot
 
 try:
     __version__ = version("greenprof")
@@ -29,6 +29,8 @@ __all__ = [
     "ProfilerStats",
     "Report",
     "RunSlice",
+    "Segment",
+    "Session",
     "Snapshot",
     "StackTime",
     "Wait",

@@ -19,6 +19,8 @@ THROW: Final = 1
 SWITCH_OUT: Final = 2
 EXIT: Final = 3
 SAMPLE: Final = 4
+START: Final = 5
+STOP: Final = 6
 
 #: ``(event code, perf_counter_ns(), raw stack)``, and for thread-mode
 #: samples also the ``greenlet_id`` and ``greenlet_name`` of the greenlet

@@ -6,22 +6,25 @@ records into :class:`~greenprof.Snapshot` objects and feeds its sinks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
 import operator
 import os
+import sys
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import FrameType
 from typing import Final, TypeGuard
 
 import attrs
 import greenlet
 
-from ._buffer import GreenletBuffer, Record
+from ._buffer import START, STOP, GreenletBuffer, Record
 from ._dispatcher import (
     GreenletWatch,
     SwitchDispatcher,
@@ -32,9 +35,9 @@ from ._dispatcher import (
 from ._naming import greenlet_name
 from ._report import Report
 from ._sampler import SAMPLER, HybridTaker, ThreadTaker
-from ._stack import FrameFormatter
+from ._stack import FrameFormatter, capture
 from ._threads import allocate_real_lock, thread_ident
-from ._validate import check_positive_int, is_number
+from ._validate import check_positive_int, check_tags, is_number
 from .exceptions import (
     AlreadyProfilingError,
     ConfigurationError,
@@ -46,7 +49,7 @@ from .exceptions import (
     WrongThreadError,
 )
 from .sinks._base import Sink
-from .snapshot import EVENTS, SNAPSHOT_SETTERS, Frame, Snapshot
+from .snapshot import EVENTS, SNAPSHOT_SETTERS, Frame, Session, Snapshot
 
 __all__ = [
     "DEFAULT_FLUSH_TIMEOUT",
@@ -132,6 +135,8 @@ class _SinkState:
     delivered: int = 0
     #: Ranges of ``Profiler._snapshots`` whose export failed, to try again.
     retry: list[tuple[int, int]] = attrs.Factory(list)
+    #: Sessions (of ``Profiler._sessions``) handed over so far.
+    sessions: int = 0
 
 
 class Profiler:
@@ -154,6 +159,7 @@ class Profiler:
         min_duration: float = 0.0,
         follow_spawned: bool = False,
         only: Callable[[greenlet.greenlet], bool] | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
         if mode not in MODES:
             msg = f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}."
@@ -194,6 +200,9 @@ class Profiler:
             )
             raise ConfigurationError(msg)
         self.mode = mode
+        #: What the session is about (``{"path": "/checkout"}``): kept in
+        #: its :class:`~greenprof.Session`. May be changed until ``stop()``.
+        self.tags: dict[str, str] = check_tags(tags)
         self.follow_spawned = bool(follow_spawned)
         #: Greenlets for which this returns False are followed (with
         #: ``follow_spawned``) but not recorded.
@@ -217,13 +226,18 @@ class Profiler:
         # begin in ``_snapshots`` (a run that is discarded drops only its own).
         self._run_started_ns = 0
         self._run_first = 0
+        self._runs = 0
         # Targets that were the running greenlet when they were started.
         self._began_running: set[int] = set()
         #: ``greenlet_id`` -> (start, stop) wall-clock ns of its session part;
         #: stop is 0 while it runs.
         self.bounds: dict[int, tuple[int, int]] = {}
-        #: Identifies this session in every snapshot it records.
+        #: Identifies this session in every snapshot it records (a new one
+        #: for each start..stop after the first).
         self.session_id = _new_session_id()
+        self._sessions: list[Session] = []
+        # Buffers of the current run's targets and adopted greenlets.
+        self._run_buffers: list[GreenletBuffer] = []
         self._lock = allocate_real_lock()
         self._running: dict[int, _Target] = {}
         self._buffers: list[GreenletBuffer] = []
@@ -297,8 +311,11 @@ class Profiler:
             dispatcher = dispatcher_for_current_thread()
             buffer = self._new_buffer(glet, dispatcher.thread_id)
             record = _Target(key, buffer, weakref.ref(glet), dispatcher)
-            if glet is current:
-                self._began_running.add(key)
+            started = time.perf_counter_ns()
+            if glet is current and self.mode != "thread" and buffer.limit:
+                # Where the session starts: a request that never yields still
+                # shows where its time went.
+                buffer.add((START, started, capture(_caller(), buffer.depth)))
             if self.mode == "thread":
                 dispatcher.start_tracking()
                 record.tracking = True
@@ -317,7 +334,7 @@ class Profiler:
                     record.taker = HybridTaker(dispatcher=dispatcher, period_ns=self._period_ns())
                     buffer.sampler = record.taker
                 record.watch = dispatcher.watch(glet, buffer)
-            self._register(record)
+            self._register(record, started, running=glet is current)
             if dispatcher not in self._dispatchers:
                 self._dispatchers.append(dispatcher)
         if record.taker is not None:
@@ -347,7 +364,7 @@ class Profiler:
                 buffer=buffer,
                 period_ns=self._period_ns(),
             )
-            self._register(record)
+            self._register(record, time.perf_counter_ns())
         SAMPLER.subscribe(record.taker)
 
     def _adopt(self, child: greenlet.greenlet, parent: GreenletBuffer) -> GreenletBuffer | None:
@@ -409,18 +426,31 @@ class Profiler:
     def _period_ns(self) -> int:
         return round(self.dump_period * 1e9)
 
-    def _now_wall_ns(self) -> int:
-        return self._wall_anchor + time.perf_counter_ns() - self._mono_anchor
+    def _wall_ns(self, perf_ns: int) -> int:
+        """Wall-clock ns, on the snapshots' clock, of a ``perf_counter_ns()``."""
+        return self._wall_anchor + perf_ns - self._mono_anchor
 
-    def _register(self, record: _Target) -> None:
+    def _register(self, record: _Target, started: int, *, running: bool = False) -> None:
+        # Under self._lock. ``started``: perf_counter_ns() of this start.
         if not self._running:
-            self._run_started_ns = self._now_wall_ns()
+            self._runs += 1
+            if self._runs > 1:
+                # A new start..stop: a new session. (The first keeps the id
+                # made with the profiler, which sinks may have been told.)
+                self.session_id = _new_session_id()
+                self.bounds = {}
+                self._began_running = set()
+            self._run_started_ns = self._wall_ns(started)
             self._run_first = len(self._snapshots) + sum(len(b.records) for b in self._buffers)
+            self._run_buffers = []
             self.discarded = False
             self._stopping = False
+        if running:
+            self._began_running.add(record.key)
         self._running[record.key] = record
         self._buffers.append(record.buffer)
-        self.bounds[record.buffer.greenlet_id or record.key] = (self._now_wall_ns(), 0)
+        self._run_buffers.append(record.buffer)
+        self.bounds[record.buffer.greenlet_id or record.key] = (self._wall_ns(started), 0)
 
     def stop(self) -> None:
         """Stop every target, then hand what was recorded to every sink.
@@ -441,8 +471,20 @@ class Profiler:
             if target.taker is not None:
                 SAMPLER.unsubscribe(target.taker)
         self._recheck_tracer(targets)  # counts a tracer other code removed
-        stopped = self._now_wall_ns()
+        stopped_perf = time.perf_counter_ns()
+        stopped = self._wall_ns(stopped_perf)
         self._stopping = True  # no more adoptions (the tracer may be in another thread)
+        current = greenlet.getcurrent()
+        for target in targets:
+            if (
+                target.dispatcher is not None
+                and self.mode != "thread"
+                and target.buffer.limit
+                and target.ref() is current
+            ):
+                # Where the session stops, in the greenlet it ran in.
+                stack = capture(_caller(), target.buffer.depth)
+                target.buffer.add((STOP, stopped_perf, stack))
         for target in targets:
             if target.dispatcher is not None:
                 if self.follow_spawned and target.watch is not None:
@@ -470,8 +512,29 @@ class Profiler:
         if self.min_duration and stopped - self._run_started_ns < self.min_duration * 1e9:
             self._discard()
             return
+        buffers = [t.buffer for t in targets] + [child[1] for child in children]
+        with self._lock:
+            self._sessions.append(
+                self._session(stopped, dropped=sum(b.dropped for b in buffers if b.limit))
+            )
         self.flush()
         self._report_drops(targets)
+
+    def _session(self, stopped: int, *, dropped: int) -> Session:
+        """The current run as a :class:`Session` (``stopped`` 0: still running)."""
+        return Session(
+            session_id=self.session_id,
+            start_ns=self._run_started_ns,
+            stop_ns=stopped,
+            mode=self.mode,
+            dump_period_ns=self._period_ns(),
+            max_depth=self.max_depth,
+            max_snapshots=self.max_snapshots,
+            dropped=dropped,
+            running_at_start=self._began_running,
+            bounds=self.bounds,
+            tags=self.tags,
+        )
 
     def _discard(self) -> None:
         # Drop this run's snapshots only: earlier runs' were delivered. Its
@@ -534,15 +597,21 @@ class Profiler:
             pending += sum(len(child[1].records) for child in list(self._adopted))
             return greenlets, len(self._snapshots) + pending
 
+    @property
+    def sessions(self) -> list[Session]:
+        """One :class:`~greenprof.Session` per start..stop kept so far, and
+        one for the current one while it runs (``stop_ns`` 0)."""
+        with self._lock:
+            sessions = list(self._sessions)
+            if self._running:
+                dropped = sum(b.dropped for b in self._buffers if b.limit)
+                sessions.append(self._session(0, dropped=dropped))
+        return sessions
+
     def report(self) -> Report:
         """Where the time went: on/off-CPU per stack and per greenlet, and the
         longest stretches without a yield (see :class:`greenprof.Report`)."""
-        return Report(
-            self.snapshots,
-            bounds=self.bounds,
-            running_at_start=self._began_running,
-            dump_period_ns=self._period_ns(),
-        )
+        return Report(self.snapshots, sessions=self.sessions)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Hand everything recorded so far to every sink and flush them.
@@ -618,7 +687,7 @@ class Profiler:
         new = object.__new__
         stack_of = _formatter.stack
         stacks: dict[tuple[int, int], tuple[Frame, ...]] = {}
-        sequence = len(self._snapshots)
+        sequence = len(self._snapshots) - self._run_first
         offset = self._wall_anchor - self._mono_anchor
         session_id = self.session_id
         append = self._snapshots.append
@@ -667,17 +736,19 @@ class Profiler:
         with self._lock:
             end = len(self._snapshots)
             discards = self._discards
-            jobs: list[tuple[_SinkState, list[tuple[int, int]]]] = []
+            jobs: list[tuple[_SinkState, list[tuple[int, int]], int, list[Session]]] = []
             for state in self._sinks:
                 ranges = state.retry
                 if state.delivered < end:
                     ranges.append((state.delivered, end))
                 state.retry = []
                 state.delivered = end
-                jobs.append((state, _merge(ranges)))
+                first = state.sessions
+                state.sessions = len(self._sessions)
+                jobs.append((state, _merge(ranges), first, self._sessions[first:]))
             snapshots = self._snapshots
         ok = True
-        for state, ranges in jobs:
+        for state, ranges, first, sessions in jobs:
             for start, stop in ranges:
                 try:
                     state.sink.export(snapshots[start:stop])
@@ -690,6 +761,17 @@ class Profiler:
                             state.retry.append((start, stop))
                         self._sink_failures += 1
                     _report_sink_failure(state.sink, "export", exc)
+            export_sessions = getattr(state.sink, "export_sessions", None)
+            if sessions and export_sessions is not None:
+                try:
+                    export_sessions(sessions)
+                except Exception as exc:
+                    ok = False
+                    with self._lock:
+                        # Offered again at the next flush: sessions are never discarded.
+                        state.sessions = min(state.sessions, first)
+                        self._sink_failures += 1
+                    _report_sink_failure(state.sink, "export_sessions", exc)
             if timeout == 0:
                 continue  # hand over only: the sink sends in its own time
             try:
@@ -770,6 +852,26 @@ def _report_sink_failure(sink: object, action: str, problem: Exception | str) ->
 
 def _same(value: object) -> object:
     return value
+
+
+#: greenprof's own source files start with this.
+_PACKAGE_DIR: Final = os.path.dirname(os.path.abspath(__file__)) + os.sep
+#: Frames of ``contextlib`` right above greenprof's own run greenprof's
+#: context managers (``@contextmanager`` ones).
+_CONTEXTLIB: Final = contextlib.__file__
+
+
+def _is_ours(filename: str) -> bool:
+    return filename.startswith(_PACKAGE_DIR) or filename == _CONTEXTLIB
+
+
+def _caller() -> FrameType | None:
+    """The innermost frame that is not greenprof's: where the program
+    called into greenprof (``start()``, the decorator, the middleware)."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and _is_ours(frame.f_code.co_filename):
+        frame = frame.f_back
+    return frame
 
 
 def _root(glet: greenlet.greenlet) -> greenlet.greenlet:

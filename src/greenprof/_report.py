@@ -1,21 +1,27 @@
 """Where time went: on-CPU and off-CPU time per stack and per greenlet.
 
-Built from snapshots alone (and the session's bounds when known), so a
-profile read back from a file gives the same answers as a live one.
+Built from snapshots and the sessions they belong to, so a profile read back
+from a file gives the same answers as the live one; merged per tag value
+(``group_by``) to see where many requests spend their time.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import attrs
 
-from .snapshot import Frame, Snapshot
+from .snapshot import Frame, Session, Snapshot
 
-__all__ = ["GreenletTime", "Report", "RunSlice", "StackTime", "Wait"]
+__all__ = ["GreenletTime", "Report", "RunSlice", "Segment", "StackTime", "Wait"]
 
 Stack = tuple[Frame, ...]
+
+#: A thread-mode sample stands for this much on-CPU time when its session
+#: is not known (snapshots without a session record: a schema 1 file).
+_DEFAULT_DUMP_PERIOD_NS = 10_000_000
 
 
 @attrs.frozen
@@ -73,6 +79,20 @@ class Wait:
     stack: Stack
 
 
+@attrs.frozen
+class Segment:
+    """A stretch of one greenlet's time given to one stack: what a timeline
+    (speedscope's Time Order, Perfetto) shows, moment by moment."""
+
+    greenlet_id: int
+    greenlet_name: str
+    start_ns: int
+    duration_ns: int
+    stack: Stack
+    #: True: it ran (on-CPU); False: it waited there (off-CPU).
+    on_cpu: bool
+
+
 @attrs.define
 class _Cell:
     on_cpu_ns: int = 0
@@ -85,7 +105,6 @@ class _Walk:
 
     name: str
     running_since: int | None = None
-    last_seen_ns: int = 0
     resumed_stack: Stack = ()
     samples_in_slice: list[Snapshot] = attrs.Factory(list)
     waiting_since: int | None = None
@@ -97,68 +116,117 @@ class _Walk:
     samples: int = 0
 
 
+@attrs.frozen
+class _Replay:
+    """How one session's snapshots are replayed."""
+
+    bounds: Mapping[int, tuple[int, int]]
+    running_at_start: Collection[int]
+    dump_period_ns: int
+
+
 class Report:
-    """Time attribution for a recorded session; see README.rst, "Time".
+    """Time attribution for recorded sessions; see README.rst, "Time".
 
     Rules, per greenlet, from its snapshots in order:
 
     - Off-CPU: from a ``switch_out`` to the next ``switch_in``/``throw`` the
       greenlet waited; that time goes to the switch-out stack, its exact wait
       site.
-    - On-CPU: from a ``switch_in``/``throw`` to the next ``switch_out``/``exit``
-      it ran (a *run slice*). With samples inside the slice (``hybrid``
-      mode), each sample's stack gets the time from the midpoint with the
-      sample before it to the midpoint with the sample after it; the first
-      sample also gets the time from the slice's start, the last one the time
-      to its end. Without samples the whole slice goes to the stack it
-      switched out from (for a final slice that ends in ``exit``, to the stack
-      it resumed in).
+    - On-CPU: from a ``switch_in``/``throw``/``start`` to the next
+      ``switch_out``/``exit``/``stop`` it ran (a *run slice*). With samples
+      inside the slice (``hybrid`` mode), each sample's stack gets the time
+      from the midpoint with the sample before it to the midpoint with the
+      sample after it; the first sample also gets the time from the slice's
+      start, the last one the time to its end. Without samples the whole
+      slice goes to the stack it switched out from; a slice that ends in
+      ``exit`` or at the session's stop goes to the stack it resumed in (the
+      ``start`` stack for a greenlet the session started in).
     - A greenlet with samples only (``thread`` mode: no switches are
       recorded) gets one dump period of on-CPU time per sample, to the
       sample's stack; bounds do not apply to it.
-    - With session bounds, a greenlet running when the session started
+    - With the session's bounds, a greenlet running when the session started
       counts from the start, and one running or waiting when it stopped
       counts to the stop. A profiled greenlet that never switched ran (those
       in ``running_at_start``) or waited the whole session, with an empty
       stack: greenlet mode cannot see inside it (hybrid mode can).
-    - Each session (``session_id``) is replayed on its own; totals of a
-      greenlet seen in several sessions add up.
+    - Each session (``session_id``) is replayed on its own, with its own
+      bounds and dump period (from ``sessions``); totals of a greenlet seen
+      in several sessions add up. Snapshots of a session with no
+      :class:`~greenprof.Session` (a schema 1 file, or a session still
+      running when the file was written) are replayed with ``bounds``,
+      ``running_at_start`` and ``dump_period_ns``, or without bounds: from
+      their first snapshot to their last.
     """
 
     def __init__(
         self,
         snapshots: Iterable[Snapshot],
         *,
+        sessions: Iterable[Session] = (),
         bounds: Mapping[int, tuple[int, int]] | None = None,
         running_at_start: Collection[int] = (),
-        dump_period_ns: int = 10_000_000,
+        dump_period_ns: int = _DEFAULT_DUMP_PERIOD_NS,
     ) -> None:
         self.snapshots: list[Snapshot] = sorted(
             snapshots, key=lambda s: (s.timestamp_ns, s.sequence)
         )
-        self._bounds = dict(bounds or {})
-        self._dump_period_ns = dump_period_ns
+        known: dict[str, Session] = {}
+        for session in sessions:
+            known[session.session_id] = session  # the last record of a session wins
+        #: The sessions, in the order they started.
+        self.sessions: list[Session] = sorted(
+            known.values(), key=lambda s: (s.start_ns, s.session_id)
+        )
+        #: The label of a merged report (see :meth:`merged`), else None.
+        self.merged_as: str | None = None
         self._cells: dict[tuple[int, Stack], _Cell] = {}
         self._names: dict[int, str] = {}
         #: Every run slice, in time order.
         self.slices: list[RunSlice] = []
         #: Every suspension, in time order.
         self.waits: list[Wait] = []
+        #: Every stretch of time given to a stack, in time order.
+        self.segments: list[Segment] = []
         self.greenlets: dict[int, GreenletTime] = {}
+        legacy = _Replay(dict(bounds or {}), running_at_start, dump_period_ns)
+        replays = {
+            session_id: _Replay(s.bounds, s.running_at_start, s.dump_period_ns)
+            for session_id, s in known.items()
+        }
         # Sessions are replayed apart: a file may hold many (one per request),
         # and a greenlet id may come back in a later one.
         by_session: dict[tuple[str, int], list[Snapshot]] = {}
         for snapshot in self.snapshots:
             by_session.setdefault((snapshot.session_id, snapshot.greenlet_id), []).append(snapshot)
             self._names[snapshot.greenlet_id] = snapshot.greenlet_name
-        for (_, greenlet_id), events in by_session.items():
-            self._replay(greenlet_id, events)
-        seen = {greenlet_id for _, greenlet_id in by_session}
-        for greenlet_id, (start, stop) in self._bounds.items():
-            if greenlet_id not in seen and start and stop:
-                self._silent(greenlet_id, start, stop, greenlet_id in running_at_start)
+        for (session_id, greenlet_id), events in by_session.items():
+            self._replay(greenlet_id, events, replays.get(session_id, legacy))
+        # Profiled greenlets that recorded nothing still ran or waited.
+        seen = set(by_session)
+        for session_id, replay in replays.items():
+            for greenlet_id, (start, stop) in replay.bounds.items():
+                if (session_id, greenlet_id) not in seen and start and stop:
+                    running = greenlet_id in replay.running_at_start
+                    self._silent(greenlet_id, start, stop, running=running)
+        seen_greenlets = {greenlet_id for _, greenlet_id in seen}
+        for greenlet_id, (start, stop) in legacy.bounds.items():
+            if greenlet_id not in seen_greenlets and start and stop:
+                running = greenlet_id in legacy.running_at_start
+                self._silent(greenlet_id, start, stop, running=running)
         self.slices.sort(key=lambda s: s.start_ns)
         self.waits.sort(key=lambda w: w.start_ns)
+        self.segments.sort(key=lambda s: s.start_ns)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Report:
+        """The report of a file written by :class:`~greenprof.sinks.JSONSink`
+        (or by ``greenprof run``): the same numbers as each session's live
+        ``profiler.report()``, for one session or many."""
+        from ._schema import read
+
+        recording = read(path)
+        return cls(recording.snapshots, sessions=recording.sessions)
 
     # -- results ------------------------------------------------------------------
 
@@ -191,33 +259,138 @@ class Report:
             if t.greenlet_id == greenlet_id and any(f.function == function for f in t.stack)
         )
 
+    def label_of(self, snapshot: Snapshot) -> tuple[int, str]:
+        """``(greenlet_id, greenlet_name)`` under which this report shows
+        ``snapshot``: its own, or the merged report's."""
+        if self.merged_as is not None:
+            return 0, self.merged_as
+        return snapshot.greenlet_id, snapshot.greenlet_name
+
+    # -- selecting and merging ----------------------------------------------------
+
+    def where(
+        self,
+        tags: Mapping[str, str] | None = None,
+        *,
+        min_duration_ns: int = 0,
+    ) -> Report:
+        """The report of the sessions whose tags include ``tags`` and that
+        lasted at least ``min_duration_ns``. Snapshots of sessions without a
+        :class:`~greenprof.Session` are left out by any condition."""
+        wanted = dict(tags or {})
+        if not wanted and not min_duration_ns:
+            return self
+        chosen = [
+            s
+            for s in self.sessions
+            if all(s.tags.get(key) == value for key, value in wanted.items())
+            and s.duration_ns >= min_duration_ns
+        ]
+        return self._subset(chosen)
+
+    def group_by(self, tag: str) -> dict[str, Report]:
+        """One merged report per value of ``tag``, heaviest first.
+
+        Each merges every session with that value (see :meth:`merged`):
+        stacks of all its greenlets and sessions add up into one tree,
+        rooted at the program's outermost frame. Sessions without the tag
+        are left out.
+        """
+        values: dict[str, list[Session]] = {}
+        for session in self.sessions:
+            value = session.tags.get(tag)
+            if value is not None:
+                values.setdefault(value, []).append(session)
+        groups = {
+            value: self._subset(chosen).merged(f"{tag}={value}") for value, chosen in values.items()
+        }
+        return dict(sorted(groups.items(), key=lambda item: (-_weight(item[1]), item[0])))
+
+    def merged(self, name: str) -> Report:
+        """This report with every greenlet folded into one, named ``name``
+        (``greenlet_id`` 0): the time of equal stacks adds up, whichever
+        greenlet and session spent it."""
+        merged = object.__new__(Report)
+        merged.snapshots = self.snapshots
+        merged.sessions = self.sessions
+        merged.merged_as = name
+        merged._names = {0: name}
+        merged._cells = {}
+        for (_, stack), cell in self._cells.items():
+            into = merged._cells.get((0, stack))
+            if into is None:
+                into = merged._cells[(0, stack)] = _Cell()
+            into.on_cpu_ns += cell.on_cpu_ns
+            into.off_cpu_ns += cell.off_cpu_ns
+        merged.slices = [attrs.evolve(s, greenlet_id=0, greenlet_name=name) for s in self.slices]
+        merged.waits = [attrs.evolve(w, greenlet_id=0, greenlet_name=name) for w in self.waits]
+        merged.segments = [
+            attrs.evolve(s, greenlet_id=0, greenlet_name=name) for s in self.segments
+        ]
+        totals = self.greenlets.values()
+        merged.greenlets = (
+            {
+                0: GreenletTime(
+                    greenlet_id=0,
+                    greenlet_name=name,
+                    wall_ns=sum(g.wall_ns for g in totals),
+                    on_cpu_ns=sum(g.on_cpu_ns for g in totals),
+                    off_cpu_ns=sum(g.off_cpu_ns for g in totals),
+                    switches_in=sum(g.switches_in for g in totals),
+                    switches_out=sum(g.switches_out for g in totals),
+                    samples=sum(g.samples for g in totals),
+                )
+            }
+            if totals
+            else {}
+        )
+        return merged
+
+    def _subset(self, sessions: Sequence[Session]) -> Report:
+        ids = {s.session_id for s in sessions}
+        return Report((s for s in self.snapshots if s.session_id in ids), sessions=sessions)
+
     # -- replay --------------------------------------------------------------------
 
-    def _add(self, greenlet_id: int, stack: Stack, *, on: int = 0, off: int = 0) -> None:
+    def _add(
+        self,
+        greenlet_id: int,
+        stack: Stack,
+        start: int,
+        duration: int,
+        *,
+        on_cpu: bool,
+    ) -> None:
         cell = self._cells.get((greenlet_id, stack))
         if cell is None:
             cell = self._cells[(greenlet_id, stack)] = _Cell()
-        cell.on_cpu_ns += on
-        cell.off_cpu_ns += off
+        if on_cpu:
+            cell.on_cpu_ns += duration
+        else:
+            cell.off_cpu_ns += duration
+        if duration:
+            name = self._names[greenlet_id]
+            self.segments.append(Segment(greenlet_id, name, start, duration, stack, on_cpu))
 
-    def _replay(self, greenlet_id: int, events: Sequence[Snapshot]) -> None:
+    def _replay(self, greenlet_id: int, events: Sequence[Snapshot], replay: _Replay) -> None:
         walk = _Walk(self._names[greenlet_id])
+        period = replay.dump_period_ns
         if all(snapshot.event == "sample" for snapshot in events):
             # Thread mode: no switches, each sample stands for one period.
             for snapshot in events:
-                self._add(greenlet_id, snapshot.stack, on=self._dump_period_ns)
+                self._add(greenlet_id, snapshot.stack, snapshot.timestamp_ns, period, on_cpu=True)
             walk.samples = len(events)
-            walk.on_cpu_ns = len(events) * self._dump_period_ns
+            walk.on_cpu_ns = len(events) * period
             self._total(greenlet_id, walk)
             return
-        start, stop = self._bounds.get(greenlet_id, (0, 0))
+        start, stop = replay.bounds.get(greenlet_id, (0, 0))
         first = events[0]
-        if first.event in ("switch_out", "exit", "sample"):
+        if first.event in ("switch_out", "exit", "sample", "stop"):
             walk.running_since = start or first.timestamp_ns
-            walk.last_seen_ns = walk.running_since
-        elif first.stack and start:
+        elif first.event != "start" and first.stack and start:
             walk.waiting_since = start
             walk.wait_stack = first.stack
+        stopped = False
         for snapshot in events:
             now = snapshot.timestamp_ns
             kind = snapshot.event
@@ -226,31 +399,38 @@ class Report:
                 if walk.running_since is None:
                     # Only a sample taken while it waited (it cannot run
                     # then): it stands for one period, like a thread-mode one.
-                    self._add(greenlet_id, snapshot.stack, on=self._dump_period_ns)
-                    walk.on_cpu_ns += self._dump_period_ns
+                    self._add(greenlet_id, snapshot.stack, now, period, on_cpu=True)
+                    walk.on_cpu_ns += period
                 else:
                     walk.samples_in_slice.append(snapshot)
-            elif kind in ("switch_in", "throw"):
-                walk.switches_in += 1
+            elif kind in ("switch_in", "throw", "start"):
+                if kind != "start":
+                    walk.switches_in += 1
                 self._end_wait(greenlet_id, walk, now)
                 walk.running_since = now
                 walk.resumed_stack = snapshot.stack
-            else:  # switch_out, exit
-                if kind == "switch_out":
-                    walk.switches_out += 1
-                end_stack = snapshot.stack if kind == "switch_out" else walk.resumed_stack
-                self._end_slice(greenlet_id, walk, now, end_stack, snapshot.stack)
-                if kind == "switch_out":
-                    walk.waiting_since = now
-                    walk.wait_stack = snapshot.stack
-        if stop:
-            if walk.running_since is not None:
-                last = walk.samples_in_slice[-1].stack if walk.samples_in_slice else None
-                self._end_slice(greenlet_id, walk, stop, last or walk.resumed_stack, ())
+            elif kind == "switch_out":
+                walk.switches_out += 1
+                self._end_slice(greenlet_id, walk, now, snapshot.stack, snapshot.stack)
+                walk.waiting_since = now
+                walk.wait_stack = snapshot.stack
+            else:  # exit, stop: the slice goes to where it resumed
+                yielded = snapshot.stack if kind == "stop" else ()
+                self._end_slice(greenlet_id, walk, now, self._last_stack(walk), yielded)
+                stopped = kind == "stop"
+        if stop and not stopped:
+            self._end_slice(greenlet_id, walk, stop, self._last_stack(walk), ())
             self._end_wait(greenlet_id, walk, stop)
         self._total(greenlet_id, walk)
 
-    def _silent(self, greenlet_id: int, start: int, stop: int, running: bool) -> None:
+    @staticmethod
+    def _last_stack(walk: _Walk) -> Stack:
+        """Where a slice that did not yield is taken to have run: its last
+        sample, else where it resumed."""
+        samples = walk.samples_in_slice
+        return (samples[-1].stack if samples else ()) or walk.resumed_stack
+
+    def _silent(self, greenlet_id: int, start: int, stop: int, *, running: bool) -> None:
         # Profiled, but it never switched (and was not sampled): it ran, or
         # waited, the whole session, at a stack the snapshots do not show.
         self._names.setdefault(greenlet_id, "")
@@ -279,7 +459,7 @@ class Report:
     def _end_wait(self, greenlet_id: int, walk: _Walk, now: int) -> None:
         if walk.waiting_since is not None:
             waited = max(0, now - walk.waiting_since)
-            self._add(greenlet_id, walk.wait_stack, off=waited)
+            self._add(greenlet_id, walk.wait_stack, walk.waiting_since, waited, on_cpu=False)
             walk.off_cpu_ns += waited
             self.waits.append(
                 Wait(greenlet_id, walk.name, walk.waiting_since, waited, walk.wait_stack)
@@ -297,9 +477,9 @@ class Report:
             times = [s.timestamp_ns for s in samples]
             edges = [start, *((a + b) // 2 for a, b in itertools.pairwise(times)), now]
             for sample, (lo, hi) in zip(samples, itertools.pairwise(edges), strict=True):
-                self._add(greenlet_id, sample.stack, on=max(0, hi - lo))
+                self._add(greenlet_id, sample.stack, lo, max(0, hi - lo), on_cpu=True)
         else:
-            self._add(greenlet_id, fallback, on=max(0, now - start))
+            self._add(greenlet_id, fallback, start, max(0, now - start), on_cpu=True)
         duration = max(0, now - start)
         walk.on_cpu_ns += duration
         self.slices.append(
@@ -315,3 +495,7 @@ class Report:
         )
         walk.running_since = None
         walk.samples_in_slice = []
+
+
+def _weight(report: Report) -> int:
+    return sum(g.wall_ns for g in report.greenlets.values())

@@ -1,32 +1,67 @@
 """The greenprof snapshot file: JSON Lines, versioned.
 
-Schema version 1 (documented in README.rst, "The snapshot file"):
+Schema version 2 (documented in README.rst, "The snapshot file"):
 
-- line 1, the header: ``{"format": "greenprof-snapshots", "version": 1}``;
-  it may appear again further down (files several writers appended to);
-- every other line: ``{"type": "snapshot", "session_id": str, "sequence": int,
+- the header: ``{"format": "greenprof-snapshots", "version": 2}``; it may
+  appear again further down (files several writers appended to);
+- a snapshot: ``{"type": "snapshot", "session_id": str, "sequence": int,
   "timestamp_ns": int, "event": str, "greenlet_id": int, "greenlet_name": str,
   "thread_id": int, "stack": [[filename, function, lineno], ...]}`` with the
   stack outermost frame first, and ``"parent_id": int`` for greenlets
-  profiled because a profiled greenlet spawned them.
+  profiled because a profiled greenlet spawned them;
+- a session, written when it stops, after its snapshots: ``{"type":
+  "session", "session_id": str, "start_ns": int, "stop_ns": int, "mode": str,
+  "dump_period_ns": int, "max_depth": int, "max_snapshots": int, "dropped":
+  int, "running_at_start": [greenlet_id, ...], "bounds": [[greenlet_id,
+  start_ns, stop_ns], ...], "tags": {str: str}}``.
 
-Readers ignore keys they do not know and lines whose ``type`` they do not
-know; a new version number means a change old readers cannot follow.
+Version 1 is the same without session lines (and without the ``start`` and
+``stop`` events); it still loads. Readers ignore keys they do not know and
+lines whose ``type`` they do not know; a new version number means a change
+old readers cannot follow. A line that is not JSON after the header (a write
+cut short: a full disk, a killed process) is skipped and counted, so one torn
+write never makes the rest of a file unreadable.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Final
 
+import attrs
+
 from .exceptions import LoadError, UnsupportedFormatError
-from .snapshot import EVENTS, Frame, Snapshot
+from .snapshot import EVENTS, Frame, Session, Snapshot
 
 FORMAT: Final = "greenprof-snapshots"
-VERSION: Final = 1
+VERSION: Final = 2
+#: The schema versions this greenprof reads.
+READABLE: Final = (1, 2)
 
-__all__ = ["FORMAT", "VERSION", "encode_header", "encode_snapshot", "load"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "Recording",
+    "encode_header",
+    "encode_session",
+    "encode_snapshot",
+    "load",
+    "read",
+]
+
+_logger = logging.getLogger("greenprof")
+
+
+@attrs.frozen
+class Recording:
+    """Everything a snapshot file holds."""
+
+    snapshots: list[Snapshot]
+    sessions: list[Session]
+    #: Line numbers of lines that were not JSON (torn writes), skipped.
+    damaged: list[int]
 
 
 def encode_header() -> str:
@@ -51,28 +86,68 @@ def encode_snapshot(snapshot: Snapshot) -> str:
     )
 
 
-def load(path: str | os.PathLike[str]) -> list[Snapshot]:
-    """Read a file written by :class:`~greenprof.sinks.JSONSink`.
+def encode_session(session: Session) -> str:
+    return json.dumps(
+        {
+            "type": "session",
+            "session_id": session.session_id,
+            "start_ns": session.start_ns,
+            "stop_ns": session.stop_ns,
+            "mode": session.mode,
+            "dump_period_ns": session.dump_period_ns,
+            "max_depth": session.max_depth,
+            "max_snapshots": session.max_snapshots,
+            "dropped": session.dropped,
+            "running_at_start": sorted(session.running_at_start),
+            "bounds": [[gid, start, stop] for gid, (start, stop) in session.bounds.items()],
+            "tags": session.tags,
+        },
+        separators=(",", ":"),
+    )
 
-    Returns the snapshots in file order, equal to the ones that were written.
-    Raises :class:`~greenprof.exceptions.LoadError` (with the line number)
-    for anything that is not such a file.
+
+def load(path: str | os.PathLike[str]) -> list[Snapshot]:
+    """Read the snapshots of a file written by :class:`~greenprof.sinks.JSONSink`.
+
+    Returns them in file order, equal to the ones that were written (of
+    schema version 1 or 2). Raises :class:`~greenprof.exceptions.LoadError`
+    (with the line number) for anything that is not such a file. For the
+    sessions too, and where the time went, use
+    :meth:`greenprof.Report.from_file`.
     """
+    return read(path).snapshots
+
+
+def read(path: str | os.PathLike[str]) -> Recording:
+    """Everything in a snapshot file: snapshots, sessions and damaged lines."""
     name = os.fspath(path)
     snapshots: list[Snapshot] = []
+    sessions: list[Session] = []
+    damaged: list[int] = []
     frames: dict[tuple[str, str, int], Frame] = {}
     seen_header = False
-    with open(name, encoding="utf-8") as file:
-        for number, line in enumerate(file, 1):
-            if not line.strip():
+    try:
+        file = open(name, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        msg = f"cannot read {name}: {exc.strerror or exc}."
+        raise LoadError(msg) from None
+    with file:
+        for number, raw in enumerate(file, 1):
+            if not raw.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                msg = f"{name}, line {number}: not JSON ({exc})."
-                raise LoadError(msg) from None
+            obj = _parse(raw)
+            if obj is None:
+                if not seen_header:
+                    msg = (
+                        f"{name} is not a greenprof snapshot file: line {number} is not "
+                        "JSON text. Pass a file written by greenprof.sinks.JSONSink or "
+                        "greenprof run."
+                    )
+                    raise LoadError(msg)
+                damaged.append(number)
+                continue
             if not isinstance(obj, dict):
-                msg = f"{name}, line {number}: expected a JSON object, got {line.strip()[:60]!r}."
+                msg = f"{name}, line {number}: expected a JSON object, got {_excerpt(raw)}."
                 raise LoadError(msg)
             if "format" in obj and "type" not in obj:
                 _check_header(name, number, obj)
@@ -84,23 +159,45 @@ def load(path: str | os.PathLike[str]) -> list[Snapshot]:
                     "is it a file written by greenprof.sinks.JSONSink?"
                 )
                 raise LoadError(msg)
-            if obj.get("type") != "snapshot":
-                continue
-            snapshots.append(_decode_snapshot(name, number, obj, frames))
+            kind = obj.get("type")
+            if kind == "snapshot":
+                snapshots.append(_decode_snapshot(name, number, obj, frames))
+            elif kind == "session":
+                sessions.append(_decode_session(name, number, obj))
     if not seen_header:
         msg = f"{name} is empty; a greenprof.sinks.JSONSink file starts with a header line."
         raise LoadError(msg)
-    return snapshots
+    if damaged:
+        _logger.warning(
+            "greenprof: %s: skipped %d damaged line(s) (writes cut short), first at line %d.",
+            name,
+            len(damaged),
+            damaged[0],
+        )
+    return Recording(snapshots, sessions, damaged)
+
+
+def _parse(raw: bytes) -> object:
+    """The JSON value of one line, or None if it is not JSON text."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def _excerpt(raw: bytes) -> str:
+    return repr(raw.decode("utf-8", "replace").strip()[:60])
 
 
 def _check_header(name: str, number: int, obj: dict[str, Any]) -> None:
     if obj.get("format") != FORMAT:
         msg = f"{name}, line {number}: format {obj.get('format')!r} is not {FORMAT!r}."
         raise UnsupportedFormatError(msg)
-    if obj.get("version") != VERSION:
+    version = obj.get("version")
+    if type(version) is not int or version not in READABLE:
         msg = (
-            f"{name}, line {number}: schema version {obj.get('version')!r}; this "
-            f"greenprof reads version {VERSION}. Upgrade greenprof to read it."
+            f"{name}, line {number}: schema version {version!r}; this greenprof "
+            f"reads versions {', '.join(map(str, READABLE))}. Upgrade greenprof to read it."
         )
         raise UnsupportedFormatError(msg)
 
@@ -114,7 +211,7 @@ def _decode_snapshot(
     try:
         stack = []
         for filename, function, lineno in obj["stack"]:
-            key = (str(filename), str(function), _int(lineno))
+            key = (_str(filename), _str(function), _int(lineno))
             frame = frames.get(key)
             if frame is None:
                 frame = frames[key] = Frame(*key)
@@ -125,13 +222,13 @@ def _decode_snapshot(
             raise ValueError(msg)
         return Snapshot(
             greenlet_id=_int(obj["greenlet_id"]),
-            greenlet_name=str(obj["greenlet_name"]),
+            greenlet_name=_str(obj["greenlet_name"]),
             thread_id=_int(obj["thread_id"]),
             event=event,
             sequence=_int(obj["sequence"]),
             timestamp_ns=_int(obj["timestamp_ns"]),
             stack=tuple(stack),
-            session_id=str(obj.get("session_id", "")),
+            session_id=_str(obj.get("session_id", "")),
             parent_id=None if obj.get("parent_id") is None else _int(obj["parent_id"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -140,8 +237,42 @@ def _decode_snapshot(
         raise LoadError(msg) from None
 
 
+def _decode_session(name: str, number: int, obj: dict[str, Any]) -> Session:
+    try:
+        tags = obj.get("tags", {})
+        if not isinstance(tags, dict):
+            msg = f"tags must be an object, not {tags!r}"
+            raise TypeError(msg)
+        return Session(
+            session_id=_str(obj["session_id"]),
+            start_ns=_int(obj["start_ns"]),
+            stop_ns=_int(obj["stop_ns"]),
+            mode=_str(obj.get("mode", "greenlet")),
+            dump_period_ns=_int(obj.get("dump_period_ns", 10_000_000)),
+            max_depth=_int(obj.get("max_depth", 128)),
+            max_snapshots=_int(obj.get("max_snapshots", 10_000)),
+            dropped=_int(obj.get("dropped", 0)),
+            running_at_start=frozenset(_int(g) for g in obj.get("running_at_start", ())),
+            bounds={
+                _int(gid): (_int(start), _int(stop)) for gid, start, stop in obj.get("bounds", ())
+            },
+            tags={_str(key): _str(value) for key, value in tags.items()},
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        msg = f"{name}, line {number}: not a valid session ({detail})."
+        raise LoadError(msg) from None
+
+
 def _int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         msg = f"expected a whole number, got {value!r}"
+        raise TypeError(msg)
+    return value
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        msg = f"expected a string, got {value!r}"
         raise TypeError(msg)
     return value

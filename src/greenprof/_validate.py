@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TypeGuard
 
 from .exceptions import ConfigurationError
@@ -17,3 +18,19 @@ def check_positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         msg = f"{name} must be a whole number >= 1, not {value!r}."
         raise ConfigurationError(msg)
+
+
+def check_tags(tags: object) -> dict[str, str]:
+    """A copy of ``tags`` (None: none), or ConfigurationError unless it maps
+    strings to strings."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in tags.items()
+    ):
+        msg = (
+            "tags must map strings to strings, e.g. {'path': '/checkout'}, "
+            f"not {tags!r}. Convert numbers with str()."
+        )
+        raise ConfigurationError(msg)
+    return dict(tags)

@@ -1,15 +1,17 @@
-"""The recorded data: one :class:`Snapshot` per switch of a profiled greenlet.
+"""The recorded data: one :class:`Snapshot` per switch of a profiled greenlet,
+and one :class:`Session` per profiling session.
 
 Value objects only; they are built outside the switch path from raw frames.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 import attrs
 
-__all__ = ["EVENTS", "Frame", "Snapshot"]
+__all__ = ["EVENTS", "Frame", "Session", "Snapshot"]
 
 #: Every value :attr:`Snapshot.event` can take.
 #:
@@ -22,7 +24,12 @@ __all__ = ["EVENTS", "Frame", "Snapshot"]
 #: - ``sample``: a periodic sample (``hybrid`` and ``thread`` modes) of the
 #:   greenlet running at that moment; in ``thread`` mode that may be another
 #:   greenlet than the one profiled, which is the point of that mode.
-EVENTS: Final = ("switch_in", "throw", "switch_out", "exit", "sample")
+#: - ``start``: the session started in this greenlet, which was running;
+#:   ``stack`` is where (the caller of greenprof, e.g. of the decorated
+#:   function). Not in ``thread`` mode.
+#: - ``stop``: the session stopped in this greenlet, which was running;
+#:   ``stack`` is where. Not in ``thread`` mode.
+EVENTS: Final = ("switch_in", "throw", "switch_out", "exit", "sample", "start", "stop")
 
 
 @attrs.frozen(slots=True)
@@ -66,6 +73,65 @@ class Snapshot:
     #: ``greenlet_id`` of the profiled greenlet that spawned this one, when
     #: it is profiled because of ``follow_spawned``; else None.
     parent_id: int | None = None
+
+
+def _check_tags(instance: object, attribute: attrs.Attribute[object], value: object) -> None:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(key, str) and isinstance(text, str) for key, text in value.items()
+    ):
+        msg = f"Session.tags must map strings to strings, not {value!r}."
+        raise ValueError(msg)
+
+
+def _bounds(value: Mapping[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
+    return {int(key): (int(start), int(stop)) for key, (start, stop) in value.items()}
+
+
+def _ids(value: Iterable[int]) -> frozenset[int]:
+    return frozenset(value)
+
+
+def _tags(value: Mapping[str, str]) -> dict[str, str]:
+    return dict(value)
+
+
+@attrs.frozen
+class Session:
+    """One profiling session (a ``start()`` .. ``stop()`` of a
+    :class:`~greenprof.Profiler`): when it ran, how, and what it is about.
+
+    Files written by :class:`~greenprof.sinks.JSONSink` keep it beside the
+    session's snapshots, so a profile read back is the same profile.
+    """
+
+    #: The ``session_id`` of the session's snapshots.
+    session_id: str
+    #: Wall-clock nanoseconds since the epoch, on the snapshots' clock.
+    start_ns: int
+    #: 0 while the session runs.
+    stop_ns: int
+    #: ``"greenlet"``, ``"hybrid"`` or ``"thread"``.
+    mode: str = "greenlet"
+    #: Nanoseconds between two samples (``hybrid`` and ``thread`` modes).
+    dump_period_ns: int = 10_000_000
+    max_depth: int = 128
+    max_snapshots: int = 10_000
+    #: Snapshots not kept because a greenlet reached ``max_snapshots``.
+    dropped: int = 0
+    #: ``greenlet_id`` of each profiled greenlet that was the one running
+    #: when it was started.
+    running_at_start: frozenset[int] = attrs.field(default=frozenset(), converter=_ids)
+    #: ``greenlet_id`` -> ``(start_ns, stop_ns)`` of the part of the session
+    #: each profiled greenlet was in; a start of 0 means "from its first
+    #: snapshot" (greenlets picked up by ``follow_spawned``).
+    bounds: dict[int, tuple[int, int]] = attrs.field(factory=dict, converter=_bounds)
+    #: What the session is about: ``{"path": "/checkout", ...}``.
+    tags: dict[str, str] = attrs.field(factory=dict, converter=_tags, validator=_check_tags)
+
+    @property
+    def duration_ns(self) -> int:
+        """``stop_ns - start_ns``, or 0 while it runs."""
+        return self.stop_ns - self.start_ns if self.stop_ns else 0
 
 
 #: The field setters of ``Snapshot``'s slots, in field order. The profiler

@@ -270,6 +270,11 @@ class ProfileTaskPoller:
                 min_duration=task.min_duration_threshold_ms / 1000,
                 max_depth=self.max_depth,
                 flush_timeout=0,  # never hold the request up for the network
+                tags={
+                    "endpoint": endpoint_name,
+                    "segment_id": segment_id,
+                    "task_id": task.task_id,
+                },
             )
             self.sink.bind(profiler.session_id, task_id=task.task_id, segment_id=segment_id)
             profiler.start()
@@ -468,6 +473,11 @@ def install(*, mode: str = "greenlet", max_depth: int | None = None) -> AgentTak
             min_duration=max(int(task.min_duration_threshold), 0) / 1000,
             max_depth=depth,
             flush_timeout=0,  # never hold the request up for the network
+            tags={
+                "endpoint": str(first_span_opname),
+                "segment_id": str(segment_id),
+                "task_id": str(task.task_id),
+            },
         )
         # The agent passes its segment ID object; its str() is the id on the wire.
         sink.bind(profiler.session_id, task_id=str(task.task_id), segment_id=str(segment_id))
@@ -494,14 +504,22 @@ def install(*, mode: str = "greenlet", max_depth: int | None = None) -> AgentTak
 
     def stop(self: Any, span: Any) -> Any:
         # The agent never ends a request's profiling when its segment ends
-        # (its profilers run until the task does); greenprof stops there.
+        # (its profilers run until the task does); greenprof stops there:
+        # just before the last span ends, so that the session (and its last
+        # snapshot) lies within the segment, or else right after.
+        if getattr(self, "_nspans", None) == 1:
+            stop_profiling_of(self)
         finished = original_stop(self, span)
-        reference = getattr(self, "profile_status", None)
-        if finished and reference is not None and reference.is_being_watched():
+        if finished:
+            stop_profiling_of(self)
+        return finished
+
+    def stop_profiling_of(trace_context: Any) -> None:
+        reference = getattr(trace_context, "profile_status", None)
+        if reference is not None and reference.is_being_watched():
             execution = profile.profile_task_execution_service.task_execution_context.get()
             if execution is not None:
-                execution.stop_tracing_profile(self)
-        return finished
+                execution.stop_tracing_profile(trace_context)
 
     # A task the agent started before install() keeps the agent's sampling
     # thread until the task ends (stopping it would end the task): it finds

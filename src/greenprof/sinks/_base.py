@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from ..snapshot import Snapshot
+from ..snapshot import Session, Snapshot
 
 
 @runtime_checkable
@@ -20,6 +20,10 @@ class Sink(Protocol):
       False if it could not.
     - ``close()`` releases the sink's resources; it is idempotent. A profiler
       never closes a sink: whoever made it does.
+
+    A sink may also have ``export_sessions(sessions)`` (see
+    :class:`SessionSink`): it then gets each :class:`~greenprof.Session`
+    when it stops, after the session's snapshots.
     """
 
     def export(self, batch: Sequence[Snapshot]) -> None: ...
@@ -27,3 +31,11 @@ class Sink(Protocol):
     def flush(self, timeout: float | None = None) -> bool: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class SessionSink(Sink, Protocol):
+    """A sink that also keeps sessions: when each started and stopped, its
+    mode, dump period and tags. Failures are handled as for ``export``."""
+
+    def export_sessions(self, sessions: Sequence[Session]) -> None: ...

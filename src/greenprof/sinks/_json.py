@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from .._schema import encode_header, encode_snapshot
+from .._schema import encode_header, encode_session, encode_snapshot
 from ..exceptions import SinkClosedError
-from ..snapshot import Snapshot
+from ..snapshot import Session, Snapshot
 
 
 class JSONSink:
-    """Appends snapshots to ``path``, one JSON object a line.
+    """Appends snapshots and sessions to ``path``, one JSON object a line.
 
     The file starts with a header line naming the format and its version;
-    :func:`greenprof.load` reads it back. Each export opens the file in append
-    mode and writes its whole batch with one ``write``, so the file is complete
-    after every export, several profilers (and processes) can share it, and no
-    file handle stays open between requests.
+    :func:`greenprof.load` and :meth:`greenprof.Report.from_file` read it
+    back. Each export opens the file in append mode and writes its whole
+    batch with one ``write``, so the file is complete after every export,
+    several profilers (and processes) can share it, and no file handle stays
+    open between requests.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -27,12 +28,18 @@ class JSONSink:
         self._closed = False
 
     def export(self, batch: Sequence[Snapshot]) -> None:
+        self._append(map(encode_snapshot, batch))
+
+    def export_sessions(self, sessions: Sequence[Session]) -> None:
+        self._append(map(encode_session, sessions))
+
+    def _append(self, lines: Iterable[str]) -> None:
         if self._closed:
             msg = f"JSONSink({self.path!r}) is closed; create a new one to write again."
             raise SinkClosedError(msg)
-        if not batch:
+        text = "".join(line + "\n" for line in lines)
+        if not text:
             return
-        text = "".join(encode_snapshot(snapshot) + "\n" for snapshot in batch)
         with self._lock, open(self.path, "a", encoding="utf-8") as file:
             if file.tell() == 0:
                 text = encode_header() + "\n" + text

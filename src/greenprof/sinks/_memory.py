@@ -5,21 +5,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..exceptions import SinkClosedError
-from ..snapshot import Snapshot
+from ..snapshot import Session, Snapshot
 
 
 class MemorySink:
-    """Appends every exported snapshot to :attr:`snapshots`."""
+    """Appends every exported snapshot to :attr:`snapshots`, and every
+    session to :attr:`sessions`."""
 
     def __init__(self) -> None:
         self.snapshots: list[Snapshot] = []
+        self.sessions: list[Session] = []
         self._closed = False
 
     def export(self, batch: Sequence[Snapshot]) -> None:
+        self._check_open()
+        self.snapshots.extend(batch)
+
+    def export_sessions(self, sessions: Sequence[Session]) -> None:
+        self._check_open()
+        self.sessions.extend(sessions)
+
+    def _check_open(self) -> None:
         if self._closed:
             msg = "This MemorySink is closed; create a new one to keep recording."
             raise SinkClosedError(msg)
-        self.snapshots.extend(batch)
 
     def flush(self, timeout: float | None = None) -> bool:
         return True

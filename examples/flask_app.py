@@ -1,9 +1,11 @@
 """A Flask app on gevent.pywsgi, with slow requests profiled by greenprof.
 
-Run: ``python examples/flask_app.py [port]`` (needs Flask), then request
-http://127.0.0.1:8000/slow and /fast. Requests that take longer than 20 ms
-are written, one session each, to ``flask-profiles.jsonl``; see them with
-``greenprof show flask-profiles.jsonl``.
+Run: ``python examples/flask_app.py [port]`` (needs Flask:
+``pip install flask``), then request http://127.0.0.1:8000/slow and /fast.
+Requests that take longer than 20 ms are written, one session each, to
+``flask-profiles.jsonl``, tagged with their method, path, status, duration
+and route; see them with ``greenprof show flask-profiles.jsonl`` (a summary
+by path, then one tree per path).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import sys
 
 import gevent
-from flask import Flask
+from flask import Flask, request
 from gevent import pywsgi
 
 from greenprof.integrations.wsgi import ProfilerMiddleware
@@ -25,6 +27,12 @@ def load_order(order_id: int) -> dict[str, int]:
 
 def create_app(profile_path: str = "flask-profiles.jsonl") -> Flask:
     app = Flask(__name__)
+
+    @app.before_request
+    def tag_route() -> None:
+        # The route template (/orders/<id>), not the raw path, for grouping.
+        if request.url_rule is not None:
+            request.environ.setdefault("greenprof.tags", {})["route"] = request.url_rule.rule
 
     @app.route("/slow")
     def slow() -> dict[str, int]:

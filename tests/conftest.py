@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import textwrap
+import traceback
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Any
 
+import gevent
+import gevent.socket
 import greenlet
 import pytest
+from gevent import pywsgi
 
 import greenprof
 
@@ -46,3 +54,158 @@ def greenprof_command(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "greenprof", *args], capture_output=True, text=True, timeout=300
     )
+
+
+def chromium() -> str:
+    """Debian's headless Chromium; a missing one skips the test (fails it in CI,
+    where .ci/run installs it)."""
+    import shutil
+
+    found = shutil.which("chromium")
+    if found is None:
+        message = "Chromium is needed (Debian: apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def run_chromium(
+    url: str, profile_dir: str, *, size: str = "1280,900", budget_ms: int = 10000
+) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium on ``url`` until its scripts are done; ``--dump-dom``
+    puts the page in ``stdout``, its log is in ``stderr``."""
+    return subprocess.run(
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile_dir}",
+            f"--window-size={size}",
+            f"--virtual-time-budget={budget_ms}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def dump_dom(url: str, profile_dir: str) -> str:
+    """The DOM of ``url`` once headless Chromium has run its scripts."""
+    result = run_chromium(url, profile_dir)
+    assert result.stdout, f"Chromium printed no DOM:\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def speedscope_package(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """speedscope's npm package, unpacked: its folder (``package``)."""
+    import shutil
+    import tarfile
+
+    if shutil.which("npm") is None:
+        message = "npm is needed to fetch speedscope from the npm registry"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    folder = tmp_path_factory.mktemp("speedscope")
+    subprocess.run(
+        ["npm", "pack", "speedscope@1.25.0", "--silent"],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    with tarfile.open(next(folder.glob("speedscope-*.tgz"))) as archive:
+        if hasattr(tarfile, "data_filter"):
+            archive.extractall(folder, filter="data")
+        else:  # pragma: no cover - Python before 3.10.12
+            archive.extractall(folder)
+    return str(folder / "package")
+
+
+def run_python(code: str, **env: str) -> dict[str, object]:
+    """Run ``code`` in a fresh interpreter; it prints one JSON object last."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def http_get(port: int, path: str) -> bytes:
+    """A whole HTTP/1.0 GET of ``path`` from 127.0.0.1:``port``, over a gevent socket."""
+    sock = gevent.socket.create_connection(("127.0.0.1", port))
+    try:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        sock.close()
+
+
+def serve(app: object, paths: Sequence[str]) -> list[bytes]:
+    """Serve ``app`` with gevent.pywsgi on 127.0.0.1 for one GET of each of
+    ``paths``, all at once; the replies."""
+    server = pywsgi.WSGIServer(("127.0.0.1", 0), app, log=None)
+    server.start()
+    try:
+        jobs = [gevent.spawn(http_get, server.server_port, path) for path in paths]
+        gevent.joinall(jobs, raise_error=True)
+        return [job.value for job in jobs]
+    finally:
+        server.stop()
+
+
+class SwitchCounter:
+    """An independent greenlet tracer that classifies switches of one greenlet
+    the way greenprof's events are defined."""
+
+    def __init__(self, watched: greenlet.greenlet) -> None:
+        self.watched = watched
+        self.counts: Counter[str] = Counter()
+        self.stacks: list[list[tuple[str, str, int]]] = []
+        self.previous: Any = None
+
+    def __call__(self, event: str, args: Any) -> None:
+        if event in ("switch", "throw"):
+            origin, target = args
+            if origin is not target:
+                if target is self.watched:
+                    self.counts["switch_in" if event == "switch" else "throw"] += 1
+                if origin is self.watched:
+                    if origin.gr_frame is None:
+                        self.counts["exit"] += 1
+                    else:
+                        self.counts["switch_out"] += 1
+                        self.stacks.append(
+                            [
+                                (f.filename, f.name, f.lineno)
+                                for f in traceback.extract_stack(origin.gr_frame)
+                            ]
+                        )
+        if self.previous is not None:
+            self.previous(event, args)
+
+    def install(self) -> None:
+        self.previous = greenlet.settrace(self)
+
+    def uninstall(self) -> None:
+        greenlet.settrace(self.previous)

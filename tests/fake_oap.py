@@ -94,3 +94,28 @@ class FakeOAP:
         """What the OAP stores: the last message per (task, segment, sequence)."""
         with self._lock:
             return {(m.task_id, m.segment_id, m.sequence): m for m in self.snapshots}
+
+
+def task_command(
+    *,
+    serial: str,
+    task_id: str,
+    endpoint: str,
+    start_ms: int,
+    duration_min: int = 1,
+    max_sampling_count: int = 50,
+) -> wire.Command:
+    return wire.Command(
+        "ProfileTaskQuery",
+        {
+            "SerialNumber": serial,
+            "TaskId": task_id,
+            "EndpointName": endpoint,
+            "Duration": str(duration_min),
+            "MinDurationThreshold": "10",
+            "DumpPeriod": "10",
+            "MaxSamplingCount": str(max_sampling_count),
+            "StartTime": str(start_ms),
+            "CreateTime": str(start_ms - 5),
+        },
+    )

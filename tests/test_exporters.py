@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
+import itertools
 import json
-import shutil
-import subprocess
-import tarfile
+import re
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +17,7 @@ import greenprof
 from greenprof import exporters
 from greenprof.exceptions import ConfigurationError
 
-from .conftest import greenprof_command
+from .conftest import dump_dom, greenprof_command
 from .workloads import record_red_and_blue, recorded_red_work
 
 
@@ -49,7 +52,35 @@ def test_collapsed_snapshot_counts_match_the_snapshots(report: greenprof.Report)
     assert counted == len(report.snapshots)
 
 
-def test_speedscope_has_one_profile_per_greenlet_with_the_reports_values(
+def replay_evented(profile: dict[str, Any]) -> tuple[int, list[tuple[int, int, list[int]]]]:
+    """Check an evented profile's events nest and move forward in time; the
+    time some frame was open, and each ``(open, close, stack)`` of a leaf."""
+    stack: list[int] = []
+    opened: list[int] = []
+    busy, since, last = 0, 0, 0
+    leaves: list[tuple[int, int, list[int]]] = []
+    for event in profile["events"]:
+        assert event["at"] >= last
+        last = event["at"]
+        if event["type"] == "O":
+            if not stack:
+                since = event["at"]
+            stack.append(event["frame"])
+            opened.append(event["at"])
+        else:
+            assert stack
+            assert stack[-1] == event["frame"]  # closes the innermost open frame
+            leaves.append((opened[-1], event["at"], list(stack)))
+            stack.pop()
+            opened.pop()
+            if not stack:
+                busy += event["at"] - since
+    assert stack == []
+    assert profile["endValue"] >= last
+    return busy, leaves
+
+
+def test_speedscope_has_a_timeline_per_greenlet_with_the_reports_values(
     report: greenprof.Report,
 ) -> None:
     document = json.loads(exporters.speedscope(report, weight="on_cpu"))
@@ -57,36 +88,75 @@ def test_speedscope_has_one_profile_per_greenlet_with_the_reports_values(
     frames = document["shared"]["frames"]
     by_name = {p["name"]: p for p in document["profiles"]}
     assert len(by_name) == len(report.greenlets)
+    origin = min(s.start_ns for s in report.sessions)
     for totals in report.greenlets.values():
         profile = by_name[f"{totals.greenlet_name} [{totals.greenlet_id:#x}] (on-cpu)"]
-        assert profile["type"] == "sampled"
+        assert profile["type"] == "evented"
         assert profile["unit"] == "nanoseconds"
-        assert sum(profile["weights"]) == profile["endValue"] == totals.on_cpu_ns
-        assert len(profile["samples"]) == len(profile["weights"])
-        names = {frames[i]["name"] for sample in profile["samples"] for i in sample}
+        busy, _ = replay_evented(profile)
+        assert busy == totals.on_cpu_ns
+        names = {frames[e["frame"]]["name"] for e in profile["events"]}
         mine = "red" if any("red_work" in n for n in names) else "blue"
         assert not any(n.startswith("blue_" if mine == "red" else "red_") for n in names)
+        # The exact moments: each run slice opens when it began.
+        slices = [s for s in report.slices if s.greenlet_id == totals.greenlet_id]
+        opens = {e["at"] for e in profile["events"] if e["type"] == "O"}
+        assert {s.start_ns - origin for s in slices if s.duration_ns} <= opens
+
+
+def test_speedscope_merged_views_and_counts_are_sampled(report: greenprof.Report) -> None:
+    counts = json.loads(exporters.speedscope(report, weight="snapshots"))
+    assert {p["type"] for p in counts["profiles"]} == {"sampled"}
+    assert sum(sum(p["weights"]) for p in counts["profiles"]) == len(report.snapshots)
+    merged = json.loads(exporters.speedscope(report.merged("all"), weight="off_cpu"))
+    (profile,) = merged["profiles"]
+    assert profile["type"] == "sampled"
+    assert profile["name"] == "all (off-cpu)"
+    assert sum(profile["weights"]) == sum(g.off_cpu_ns for g in report.greenlets.values())
 
 
 def test_speedscope_file_follows_speedscopes_published_schema(
-    report: greenprof.Report, tmp_path: Path
+    report: greenprof.Report, speedscope_package: str
 ) -> None:
     jsonschema = pytest.importorskip("jsonschema")
-    if shutil.which("npm") is None:
-        pytest.skip("npm is needed to fetch speedscope's schema from the npm registry")
-    subprocess.run(
-        ["npm", "pack", "speedscope@1.25.0", "--silent"],
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    with tarfile.open(next(tmp_path.glob("speedscope-*.tgz"))) as archive:
-        member = archive.extractfile("package/dist/release/file-format-schema.json")
-        assert member is not None
-        schema = json.load(member)
+    schema_path = Path(speedscope_package) / "dist" / "release" / "file-format-schema.json"
+    schema = json.loads(schema_path.read_text(encoding="utf-8"))
     for weight in exporters.WEIGHTS:
         jsonschema.validate(json.loads(exporters.speedscope(report, weight=weight)), schema)
+    jsonschema.validate(json.loads(exporters.speedscope(report.merged("all"))), schema)
+
+
+def test_speedscope_itself_opens_the_file_in_chromium(
+    report: greenprof.Report, speedscope_package: str, tmp_path: Path
+) -> None:
+    """speedscope's own release build, served from 127.0.0.1, loads the file
+    (``#profileURL=``) and lists each greenlet's timeline with its total."""
+    release = Path(speedscope_package) / "dist" / "release"
+    (release / "profile.json").write_text(
+        exporters.speedscope(report, weight="on_cpu", name="red and blue"), encoding="utf-8"
+    )
+    handler = functools.partial(QuietHandler, directory=str(release))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        try:
+            dom = dump_dom(f"{base}/index.html#profileURL={base}/profile.json", str(tmp_path))
+        finally:
+            server.shutdown()
+    assert "Something went wrong" not in dom
+    assert "<title>red and blue - speedscope</title>" in dom
+    for totals in report.greenlets.values():
+        name = f"{totals.greenlet_name} [{totals.greenlet_id:#x}] (on-cpu)"
+        # speedscope's own total for the profile, as it formats nanoseconds.
+        row = re.search(re.escape(name) + r"</span></td><td[^>]*>([^<]+)</td>", dom)
+        assert row is not None, dom[-2000:]
+        assert row.group(1) == f"{totals.on_cpu_ns / 1e6:.2f}ms"
+    assert "(1/2)" in dom  # one profile per greenlet
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
 
 def test_text_tree_shows_each_greenlet_with_its_totals(report: greenprof.Report) -> None:
@@ -114,9 +184,13 @@ def test_chrome_trace_has_a_named_track_per_greenlet_with_nested_slices(
     assert sorted(names.values()) == sorted(
         f"{g.greenlet_name} [{g.greenlet_id:#x}]" for g in report.greenlets.values()
     )
-    by_track: dict[int, list[dict[str, object]]] = {}
+    origin = trace["otherData"]["start_ns"]
+    assert origin == min(s.start_ns for s in report.sessions)
+    by_track: dict[int, list[dict[str, Any]]] = {}
     for event in events:
         if event["ph"] == "X":
+            assert type(event["ts"]) is int  # whole microseconds from the start
+            assert type(event["dur"]) is int
             by_track.setdefault(event["tid"], []).append(event)
     for track, track_events in by_track.items():
         totals = next(
@@ -124,14 +198,24 @@ def test_chrome_trace_has_a_named_track_per_greenlet_with_nested_slices(
         )
         running = [e for e in track_events if e["name"] == "running"]
         waiting = [e for e in track_events if e["name"] == "waiting"]
-        assert sum(e["dur"] for e in running) == pytest.approx(totals.on_cpu_ns / 1000)
-        assert sum(e["dur"] for e in waiting) == pytest.approx(totals.off_cpu_ns / 1000)
+        # Floored to whole microseconds: within 1 us a slice of the truth.
+        assert abs(sum(e["dur"] for e in running) - totals.on_cpu_ns / 1000) <= len(running)
+        assert abs(sum(e["dur"] for e in waiting) - totals.off_cpu_ns / 1000) <= len(waiting)
+        slices = [s for s in report.slices if s.greenlet_id == totals.greenlet_id]
+        assert sorted(e["ts"] for e in running) == [(s.start_ns - origin) // 1000 for s in slices]
+        # Run slices and waits of one greenlet follow each other, never overlap.
+        timeline = sorted(running + waiting, key=lambda e: e["ts"])
+        for before, after in itertools.pairwise(timeline):
+            assert before["ts"] + before["dur"] <= after["ts"]
         for event in track_events:  # frames nest inside their slice
             outer = next(
-                e for e in running + waiting if e["ts"] == event["ts"] and e["cat"] == event["cat"]
+                e
+                for e in running + waiting
+                if e["ts"] <= event["ts"]
+                and e["cat"] == event["cat"]
+                and event["ts"] + event["dur"] <= e["ts"] + e["dur"]
             )
             assert outer["ts"] <= event["ts"]
-            assert event["ts"] + event["dur"] <= outer["ts"] + outer["dur"]
 
 
 def test_cli_shows_and_converts_a_recorded_file(tmp_path: Path) -> None:
@@ -146,7 +230,7 @@ def test_cli_shows_and_converts_a_recorded_file(tmp_path: Path) -> None:
         "convert", str(path), "--format", "collapsed", "--weight", "off_cpu", "-o", str(out)
     )
     assert converted.returncode == 0, converted.stderr
-    expected = exporters.collapsed(greenprof.Report(greenprof.load(path)), weight="off_cpu")
+    expected = exporters.collapsed(greenprof.Report.from_file(path), weight="off_cpu")
     assert out.read_text() == expected
     assert expected
     bad = greenprof_command("show", str(tmp_path / "missing.jsonl"))
@@ -201,7 +285,7 @@ def test_export_and_the_cli_write_pprof_as_bytes_and_html_as_a_page(tmp_path: Pa
     import gzip
 
     path = recorded_red_work(tmp_path)
-    report = greenprof.Report(greenprof.load(path))
+    report = greenprof.Report.from_file(path)
     for format, weight in (("pprof", "off_cpu"), ("html", "on_cpu")):
         out = tmp_path / f"profile.{format}"
         converted = greenprof_command(

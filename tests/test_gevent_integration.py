@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import gevent
@@ -18,40 +13,13 @@ from gevent import pywsgi
 import greenprof
 from greenprof.sinks import JSONSink, MemorySink
 
-from .conftest import GREENPROF_DIR, function_name
-
-
-def run_python(code: str, **env: str) -> dict[str, object]:
-    """Run ``code`` in a fresh interpreter; it prints one JSON object last."""
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **env},
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
-
+from .conftest import GREENPROF_DIR, function_name, http_get, run_python
 
 # -- a decorated handler behind gevent.pywsgi ---------------------------------------
 
 
 def slow_part(delay: float) -> None:
     gevent.sleep(delay)
-
-
-def http_get(port: int, path: str) -> bytes:
-    sock = gevent.socket.create_connection(("127.0.0.1", port))
-    try:
-        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        sock.close()
 
 
 def test_decorated_handler_served_by_pywsgi_profiles_each_request(tmp_path: Path) -> None:

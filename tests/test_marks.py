@@ -30,7 +30,7 @@ from greenprof._dispatcher import installed_dispatcher
 from greenprof._stack import MARKS, FrameFormatter, StackNode
 from greenprof._threads import thread_ident
 
-from .test_switch_path import SwitchCounter
+from .conftest import SwitchCounter
 
 
 def short(stack: tuple[greenprof.Frame, ...]) -> list[tuple[str, str, int]]:

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import os
+import re
+import shutil
+import subprocess
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import attrs
+import gevent
 import pytest
 from grpc_tools import protoc
 
 import greenprof
-from greenprof import Frame, Snapshot
+from greenprof import Frame, Snapshot, exporters
 from greenprof.exceptions import ConfigurationError
 from greenprof.exporters import pprof
 from greenprof.sinks import JSONSink
@@ -85,14 +90,20 @@ def decode(profile_pb2: ModuleType, data: bytes) -> Decoded:
     return Decoded(message, strings, values, labels)
 
 
+START = (Frame("", "<greenlet start>", 0),)
+EXIT = (Frame("", "<greenlet exit>", 0),)
+
+
 def expected_values(report: greenprof.Report) -> dict[tuple[int, tuple[Frame, ...]], list[int]]:
+    """What the samples should hold: an empty stack is ``<greenlet exit>``
+    for an exit, else ``<greenlet start>``."""
     expected: dict[tuple[int, tuple[Frame, ...]], list[int]] = {}
     for cell in report.stacks:
-        entry = expected.setdefault((cell.greenlet_id, cell.stack), [0, 0, 0])
+        entry = expected.setdefault((cell.greenlet_id, cell.stack or START), [0, 0, 0])
         entry[0] += cell.on_cpu_ns
         entry[1] += cell.off_cpu_ns
     for (greenlet_id, stack), count in Counter(
-        (s.greenlet_id, s.stack) for s in report.snapshots
+        (s.greenlet_id, s.stack or (EXIT if s.event == "exit" else START)) for s in report.snapshots
     ).items():
         expected.setdefault((greenlet_id, stack), [0, 0, 0])[2] += count
     return {key: value for key, value in expected.items() if any(value)}
@@ -176,7 +187,8 @@ def test_pprof_labels_name_the_greenlet_and_stacks_never_mix_greenlets(
         functions = {frame.function for frame in stack}
         mine, theirs = ("red", "blue") if greenlet_id == recording.red_id else ("blue", "red")
         assert not {f"{theirs}_work", f"{theirs}_wait"} & functions
-        if stack:
+        assert stack  # every sample has a location
+        if stack not in (START, EXIT):
             assert f"{mine}_work" in functions
     # The leaf comes first: spin calls no Python function, so a stack with
     # spin in it starts there, and the greenlet's work function comes later.
@@ -217,15 +229,21 @@ def test_pprof_every_referenced_id_and_index_exists(
     assert mapping.has_filenames
     assert mapping.has_line_numbers
     for function in profile.function:
-        assert all(0 <= i < size for i in (function.name, function.system_name, function.filename))
+        assert all(0 <= i < size for i in (function.name, function.filename))
+        assert function.system_name == 0  # else pprof demangles <module> into [python]
         assert function.name
-        assert function.filename
+        pseudo = profile.string_table[function.name].startswith("<greenlet ")
+        assert bool(function.filename) != pseudo
+    pseudo_ids = {
+        f.id for f in profile.function if profile.string_table[f.name].startswith("<greenlet ")
+    }
     for location in profile.location:
         assert location.mapping_id in mappings
         assert len(location.line) == 1
         assert location.line[0].function_id in functions
-        assert location.line[0].line > 0
+        assert (location.line[0].line > 0) != (location.line[0].function_id in pseudo_ids)
     for sample in profile.sample:
+        assert sample.location_id  # nothing is attributed to no function
         assert set(sample.location_id) <= set(locations)
         for label in sample.label:
             assert all(0 <= i < size for i in (label.key, label.str, label.num_unit))
@@ -238,24 +256,27 @@ def test_pprof_every_referenced_id_and_index_exists(
     assert {loc.line[0].function_id for loc in profile.location} == set(functions)
 
 
-def test_pprof_times_span_the_snapshots(recording: Recording, profile_pb2: ModuleType) -> None:
+def test_pprof_times_span_the_session(recording: Recording, profile_pb2: ModuleType) -> None:
     profile = decode(profile_pb2, pprof(recording.report)).message
-    times = [s.timestamp_ns for s in recording.report.snapshots]
-    assert profile.time_nanos == min(times)
-    assert profile.duration_nanos == max(times) - min(times)
+    (session,) = recording.report.sessions
+    assert profile.time_nanos == session.start_ns
+    assert profile.duration_nanos == session.stop_ns - session.start_ns
     assert profile.duration_nanos > 0
+    times = [s.timestamp_ns for s in recording.report.snapshots]
+    assert session.start_ns <= min(times) <= max(times) <= session.stop_ns
 
 
 def test_pprof_of_a_file_read_back_is_byte_for_byte_the_same(recording: Recording) -> None:
-    loaded = greenprof.load(recording.path)
-    assert sorted(loaded, key=lambda s: s.sequence) == sorted(
-        recording.report.snapshots, key=lambda s: s.sequence
-    )
+    read_back = greenprof.Report.from_file(recording.path)
+    assert read_back.sessions == recording.report.sessions
     for weight in ("on_cpu", "off_cpu", "snapshots"):
-        # A file keeps the snapshots but not the session's bounds; the same
-        # snapshots, in any order, give the same bytes.
-        from_file = pprof(greenprof.Report(loaded), weight=weight)
-        shuffled = greenprof.Report(list(reversed(recording.report.snapshots)))
+        # The file keeps the session's bounds: the same profile, byte for
+        # byte, as the live report's, whatever the order of the snapshots.
+        from_file = pprof(read_back, weight=weight)
+        assert from_file == pprof(recording.report, weight=weight)
+        shuffled = greenprof.Report(
+            list(reversed(recording.report.snapshots)), sessions=recording.report.sessions
+        )
         assert from_file == pprof(shuffled, weight=weight)
         assert from_file[4:8] == b"\0\0\0\0"  # gzip's mtime
 
@@ -300,18 +321,26 @@ def test_pprof_values_and_shared_tables_for_a_known_history(profile_pb2: ModuleT
     assert decoded.values == {
         # Ran 1000..3000 and 7000..8000 there, waited 3000..7000.
         (7, (outer, inner)): [3_000, 4_000, 2],
-        # The first switch_in and the exit: no time, but snapshots.
-        (7, ()): [0, 0, 2],
+        # The first switch_in and the exit: no time, but snapshots, each
+        # under its pseudo-frame.
+        (7, START): [0, 0, 1],
+        (7, EXIT): [0, 0, 1],
         (9, (outer, other_line)): [1_000, 3_000, 2],
-        (9, ()): [0, 0, 2],
+        (9, START): [0, 0, 1],
+        (9, EXIT): [0, 0, 1],
     }
     assert decoded.labels[9] == {"greenlet": "greenlet [0x9]", "greenlet_id": 9}
     assert decoded.labels[7]["greenlet_name"] == "web"
     profile = decoded.message
     # handler at line 10 is one location for both greenlets; fetch is one
-    # function with two lines.
-    assert len(profile.location) == 3
-    assert sorted(decoded.strings[f.name] for f in profile.function) == ["fetch", "handler"]
+    # function with two lines; and the two pseudo-frames.
+    assert len(profile.location) == 5
+    assert sorted(decoded.strings[f.name] for f in profile.function) == [
+        "<greenlet exit>",
+        "<greenlet start>",
+        "fetch",
+        "handler",
+    ]
     assert profile.time_nanos == 1_700_000_000_000_001_000
     assert profile.duration_nanos == 7_000
 
@@ -322,3 +351,53 @@ def test_pprof_of_an_empty_report_is_a_valid_profile(profile_pb2: ModuleType) ->
     assert profile.string_table[0] == ""
     assert len(profile.sample_type) == 3
     assert profile.time_nanos == profile.duration_nanos == 0
+
+
+# -- in go tool pprof itself -------------------------------------------------------------
+
+
+def go_pprof(*args: str) -> str:
+    """``go tool pprof ARGS``'s output (Debian's golang-go; CI installs it)."""
+    if shutil.which("go") is None:
+        message = "Go is needed to run go tool pprof (Debian: apt-get install golang-go)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    result = subprocess.run(
+        ["go", "tool", "pprof", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PPROF_TMPDIR": os.environ.get("TMPDIR", "/tmp")},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_go_tool_pprof_names_module_and_lambda_and_every_sample_has_a_place(
+    tmp_path: Path,
+) -> None:
+    # Module-level code and a lambda: pprof used to demangle their names into "[python]".
+    source = "import gevent\nwait = lambda: gevent.sleep(0.002)\nfor _ in range(3):\n    wait()\n"
+    code = compile(source, str(tmp_path / "app.py"), "exec")
+    worker = gevent.spawn(exec, code, {})
+    with greenprof.profile(worker) as profiler:
+        worker.join()
+    path = tmp_path / "profile.pb.gz"
+    exporters.write(profiler.report(), "pprof", path, weight="off_cpu")
+    top = go_pprof("-top", str(path))
+    assert "[python]" not in top
+    rows = {line.split()[-1]: line for line in top.splitlines() if line.endswith(">")}
+    assert {"<lambda>", "<module>"} <= rows.keys()
+    totals = profiler.report().greenlets[id(worker)]
+    assert f"Total samples = {totals.off_cpu_ns / 1e6:.2f}ms" in top
+    # Every sample is under at least one function: "on off count: location ids".
+    raw = go_pprof("-raw", str(path))
+    samples = re.findall(r"^\s*(\d+)\s+(\d+)\s+(\d+):(.*)$", raw, re.MULTILINE)
+    assert sum(int(sample[1]) for sample in samples) == totals.off_cpu_ns
+    assert sum(int(sample[2]) for sample in samples) == len(profiler.snapshots)
+    for sample in samples:
+        assert sample[3].split(), sample
+    snapshots = go_pprof("-top", "-sample_index=snapshots", str(path))
+    assert "<greenlet start>" in snapshots
+    assert "<greenlet exit>" in snapshots

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from .fake_oap import FakeOAP
-from .test_skywalking_tasks import task_command
+from .conftest import GREENPROF_DIR
+from .fake_oap import FakeOAP, task_command
 
 tracing_pb2 = pytest.importorskip("skywalking.protocol.language_agent.Tracing_pb2")
 
@@ -159,7 +159,7 @@ def test_agent_requests_are_profiled_with_its_segment_ids_and_the_task_finishes(
             for m in snapshots
             if m.segment_id == segment_id
         )
-    assert all("/greenprof/" not in s for m in snapshots for s in m.signatures)
+    assert not any(s.startswith(GREENPROF_DIR) for m in snapshots for s in m.signatures)
     for message in snapshots:  # inside the request's entry span
         span = entry_spans[message.segment_id]
         assert span.startTime <= message.time_ms <= span.endTime

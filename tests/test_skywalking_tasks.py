@@ -12,34 +12,8 @@ from greenprof import _skywalking_wire as wire
 from greenprof.integrations.skywalking import ProfileTask, ProfileTaskPoller
 from greenprof.sinks import SkyWalkingSink
 
-from .conftest import GREENPROF_DIR
-from .fake_oap import FakeOAP
-from .test_gevent_integration import http_get
-
-
-def task_command(
-    *,
-    serial: str,
-    task_id: str,
-    endpoint: str,
-    start_ms: int,
-    duration_min: int = 1,
-    max_sampling_count: int = 50,
-) -> wire.Command:
-    return wire.Command(
-        "ProfileTaskQuery",
-        {
-            "SerialNumber": serial,
-            "TaskId": task_id,
-            "EndpointName": endpoint,
-            "Duration": str(duration_min),
-            "MinDurationThreshold": "10",
-            "DumpPeriod": "10",
-            "MaxSamplingCount": str(max_sampling_count),
-            "StartTime": str(start_ms),
-            "CreateTime": str(start_ms - 5),
-        },
-    )
+from .conftest import GREENPROF_DIR, http_get
+from .fake_oap import FakeOAP, task_command
 
 
 def slow_work() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import sys
 import threading
-import traceback
 import weakref
 from collections import Counter
 from collections.abc import Iterator
@@ -20,44 +19,7 @@ from greenprof import Frame, Snapshot
 from greenprof._dispatcher import installed_dispatcher
 from greenprof._threads import thread_ident
 
-from .conftest import GREENPROF_DIR, function_name, line_of
-
-
-class SwitchCounter:
-    """An independent greenlet tracer that classifies switches of one greenlet
-    the way greenprof's events are defined."""
-
-    def __init__(self, watched: greenlet.greenlet) -> None:
-        self.watched = watched
-        self.counts: Counter[str] = Counter()
-        self.stacks: list[list[tuple[str, str, int]]] = []
-        self.previous: Any = None
-
-    def __call__(self, event: str, args: Any) -> None:
-        if event in ("switch", "throw"):
-            origin, target = args
-            if origin is not target:
-                if target is self.watched:
-                    self.counts["switch_in" if event == "switch" else "throw"] += 1
-                if origin is self.watched:
-                    if origin.gr_frame is None:
-                        self.counts["exit"] += 1
-                    else:
-                        self.counts["switch_out"] += 1
-                        self.stacks.append(
-                            [
-                                (f.filename, f.name, f.lineno)
-                                for f in traceback.extract_stack(origin.gr_frame)
-                            ]
-                        )
-        if self.previous is not None:
-            self.previous(event, args)
-
-    def install(self) -> None:
-        self.previous = greenlet.settrace(self)
-
-    def uninstall(self) -> None:
-        greenlet.settrace(self.previous)
+from .conftest import GREENPROF_DIR, SwitchCounter, function_name, line_of
 
 
 def events(snapshots: list[Snapshot]) -> Counter[str]:
@@ -614,7 +576,7 @@ def test_a_saved_greenprof_tracer_put_back_later_keeps_recording_right() -> None
 
 
 def test_tracer_stopped_under_gevents_monitor_leaves_once_the_monitor_goes() -> None:
-    from .test_gevent_integration import run_python
+    from .conftest import run_python
 
     result = run_python(
         """

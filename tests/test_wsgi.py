@@ -14,14 +14,13 @@ from pathlib import Path
 
 import gevent
 import pytest
-from gevent import pywsgi
 
 import greenprof
 from greenprof.exceptions import ConfigurationError
 from greenprof.integrations.wsgi import ProfilerMiddleware
 from greenprof.sinks import MemorySink
 
-from .test_gevent_integration import http_get
+from .conftest import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
@@ -32,17 +31,6 @@ def sessions(snapshots: list[greenprof.Snapshot]) -> dict[str, list[greenprof.Sn
     for snapshot in snapshots:
         out.setdefault(snapshot.session_id, []).append(snapshot)
     return out
-
-
-def serve(app: object, paths: list[str]) -> list[bytes]:
-    server = pywsgi.WSGIServer(("127.0.0.1", 0), app, log=None)
-    server.start()
-    try:
-        jobs = [gevent.spawn(http_get, server.server_port, path) for path in paths]
-        gevent.joinall(jobs, raise_error=True)
-        return [job.value for job in jobs]
-    finally:
-        server.stop()
 
 
 def test_flask_example_records_slow_requests_and_drops_fast_ones(tmp_path: Path) -> None:
@@ -63,6 +51,20 @@ def test_flask_example_records_slow_requests_and_drops_fast_ones(tmp_path: Path)
         assert all(
             any(f.function == "load_order" for f in s.stack) for s in outs
         )  # its own wait site, never another request's
+    # Read back as a user would: the time of each request, and its tags.
+    report = greenprof.Report.from_file(path)
+    assert len(report.sessions) == 4
+    for session in report.sessions:
+        assert session.tags["route"] == "/slow"
+        assert (session.tags["method"], session.tags["path"], session.tags["status"]) == (
+            "GET",
+            "/slow",
+            "200",
+        )
+        assert float(session.tags["duration_ms"]) >= 50  # load_order's 50 ms
+    (merged,) = report.group_by("route").values()
+    assert merged.greenlets[0].off_cpu_ns >= 4 * 50_000_000
+    assert merged.greenlets[0].on_cpu_ns > 0  # no longer 0.000 ms read back
 
 
 def test_paths_and_sample_rate_choose_what_is_profiled() -> None:

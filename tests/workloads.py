@@ -64,3 +64,29 @@ def recorded_red_work(directory: Path) -> Path:
     with greenprof.profile(worker, sinks=[JSONSink(path)]):
         worker.join()
     return path
+
+
+# -- a shop: two endpoints of known CPU and wait time --------------------------------
+
+
+def checkout(environ: dict[str, object], start_response: object) -> list[bytes]:
+    spin(0.004)
+    gevent.sleep(0.006)
+    environ["greenprof.tags"] = {"route": "/checkout"}
+    start_response("201 Created", [("Content-Type", "text/plain")])  # type: ignore[operator]
+    return [b"ok"]
+
+
+def search(environ: dict[str, object], start_response: object) -> list[bytes]:
+    spin(0.001)
+    gevent.sleep(0.002)
+    start_response("404 Not Found", [("Content-Type", "text/plain")])  # type: ignore[operator]
+    return [b"none"]
+
+
+def shop(environ: dict[str, object], start_response: object) -> list[bytes]:
+    if environ["PATH_INFO"] == "/checkout":
+        return checkout(environ, start_response)
+    if environ["PATH_INFO"] == "/boom":
+        raise RuntimeError("boom")
+    return search(environ, start_response)

@@ -18,7 +18,6 @@ from . import exporters
 from ._naming import greenlet_name
 from ._profiler import Profiler
 from ._report import Report
-from ._schema import load
 from ._threads import Waker, allocate_real_lock, original
 from .exceptions import GreenprofError
 from .sinks import JSONSink
@@ -31,6 +30,88 @@ def _switch(command: argparse.ArgumentParser, name: str, help: str) -> None:
     group = command.add_mutually_exclusive_group()
     group.add_argument(f"--{name}", action="store_true", default=None, help=help)
     group.add_argument(f"--no-{name}", dest=name, action="store_false")
+
+
+def _selection(command: argparse.ArgumentParser, *, grouping: str) -> None:
+    """The options that pick and merge sessions: --group-by, --tag, --min-duration."""
+    command.add_argument(
+        "--group-by",
+        metavar="TAG",
+        help=(
+            "merge every session with the same value of this tag (path, method, "
+            f"status, ...) into one tree; 'greenlet' keeps greenlets apart (default: {grouping})"
+        ),
+    )
+    command.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        type=_tag,
+        metavar="KEY=VALUE",
+        help="only sessions with this tag (repeatable: all must match)",
+    )
+    command.add_argument(
+        "--min-duration",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="only sessions that lasted at least this long",
+    )
+
+
+def _tag(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        msg = f"expected KEY=VALUE, like path=/checkout, not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return key, value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        msg = f"expected seconds, a number >= 0, not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"expected a whole number >= 1, not {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _selected(options: argparse.Namespace) -> Report:
+    """The file's report, narrowed by --tag and --min-duration."""
+    report = Report.from_file(options.file)
+    if not options.tag and not options.min_duration:
+        return report
+    chosen = report.where(dict(options.tag), min_duration_ns=round(options.min_duration * 1e9))
+    if not chosen.sessions:
+        wanted = [f"{key}={value}" for key, value in options.tag]
+        if options.min_duration:
+            wanted.append(f"at least {options.min_duration:g} s long")
+        msg = f"no session in {options.file} is {' and '.join(wanted)}"
+        raise GreenprofError(msg)
+    return chosen
+
+
+def _grouping(options: argparse.Namespace, report: Report) -> str | None:
+    if options.group_by == "greenlet":
+        return None
+    if options.group_by is None and options.command == "show":
+        # Many requests: one tree per path is what a reader wants first.
+        tagged = sum(1 for session in report.sessions if "path" in session.tags)
+        return "path" if tagged > 1 else None
+    return options.group_by  # type: ignore[no-any-return]
 
 
 def _use_color(option: bool | None) -> bool:
@@ -57,14 +138,44 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--output", default="greenprof-demo.html", help="HTML file to write")
     demo.add_argument("--clients", type=int, default=50, help="concurrent clients (default 50)")
     _switch(demo, "color", COLOR_HELP)
-    show = commands.add_parser("show", help="print a profile as a call tree")
-    show.add_argument("file", help="a file written by greenprof.sinks.JSONSink")
+    show = commands.add_parser(
+        "show",
+        help="print a profile as a call tree",
+        description=(
+            "Prints a summary of the sessions in the file (by path, when they have "
+            "that tag) and a call tree with on-CPU and off-CPU columns: one per "
+            "path when the sessions have that tag (every request of a path "
+            "merged), else one per greenlet."
+        ),
+    )
+    show.add_argument("file", help="a file written by greenprof.sinks.JSONSink or greenprof run")
+    _selection(show, grouping="path when the sessions have it, else greenlet")
+    show.add_argument(
+        "--top",
+        type=_positive_int,
+        metavar="N",
+        help="show only the N heaviest stacks of each tree",
+    )
     _switch(show, "color", COLOR_HELP)
-    convert = commands.add_parser("convert", help="write a profile in another format")
-    convert.add_argument("file", help="a file written by greenprof.sinks.JSONSink")
-    convert.add_argument("--format", required=True, choices=exporters.FORMATS)
-    convert.add_argument("--weight", default="on_cpu", choices=exporters.WEIGHTS)
+    convert = commands.add_parser(
+        "convert",
+        help="write a profile in another format",
+        description="Writes a recorded profile in a format other tools read.",
+    )
+    convert.add_argument("file", help="a file written by greenprof.sinks.JSONSink or greenprof run")
+    convert.add_argument(
+        "--format",
+        choices=exporters.FORMATS,
+        help="the output format (default: from the output file's extension)",
+    )
+    convert.add_argument(
+        "--weight",
+        default="on_cpu",
+        choices=exporters.WEIGHTS,
+        help="what sizes a stack in collapsed, speedscope and pprof (default on_cpu)",
+    )
     convert.add_argument("-o", "--output", required=True, help="where to write ('-': stdout)")
+    _selection(convert, grouping="greenlet")
     run = commands.add_parser(
         "run",
         help="run a Python program with its greenlets profiled",
@@ -231,7 +342,9 @@ def _write(profiler: Profiler, format: str, path: str) -> None:
     if format == "jsonl":
         if os.path.exists(path):
             os.remove(path)  # a new profile, not appended to an old one
-        JSONSink(path).export(profiler.snapshots)
+        sink = JSONSink(path)
+        sink.export(profiler.snapshots)
+        sink.export_sessions(profiler.sessions)
         return
     exporters.write(profiler.report(), format, path)
 
@@ -257,18 +370,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.command == "demo":
         return _run_demo(options)
     try:
-        report = Report(load(options.file))
+        report = _selected(options)
+        group_by = _grouping(options, report)
         if options.command == "show":
-            sys.stdout.write(exporters.text(report, color=_use_color(options.color)))
+            sys.stdout.write(
+                exporters.text(
+                    report, color=_use_color(options.color), top=options.top, group_by=group_by
+                )
+            )
             return 0
-        if options.output != "-":
-            exporters.write(report, options.format, options.output, weight=options.weight)
-            return 0
-        rendered = exporters.export(report, options.format, weight=options.weight)
-        if isinstance(rendered, bytes):
-            sys.stdout.buffer.write(rendered)
+        format = options.format or exporters.format_for_path(options.output)
+        if format is None:
+            print(
+                f"greenprof: cannot tell the format from {options.output!r}: give --format "
+                f"({', '.join(exporters.FORMATS)})",
+                file=sys.stderr,
+            )
+            return 2
+        renderer = exporters.renderer_for(format)
+        data = renderer.render_bytes(report, weight=options.weight, group_by=group_by)
+        if options.output == "-":
+            sys.stdout.flush()
+            sys.stdout.buffer.write(data)
         else:
-            sys.stdout.write(rendered)
+            with open(options.output, "wb") as file:
+                file.write(data)
     except (GreenprofError, OSError) as exc:
         print(f"greenprof: {exc}", file=sys.stderr)
         return 1

@@ -236,6 +236,9 @@ class Profiler:
         #: for each start..stop after the first).
         self.session_id = _new_session_id()
         self._sessions: list[Session] = []
+        # Called with the session's duration in ns as it stops, before its
+        # Session is made (the WSGI middleware's ``duration_ms`` tag).
+        self._on_stop: Callable[[Profiler, int], None] | None = None
         # Buffers of the current run's targets and adopted greenlets.
         self._run_buffers: list[GreenletBuffer] = []
         self._lock = allocate_real_lock()
@@ -513,6 +516,8 @@ class Profiler:
             self._discard()
             return
         buffers = [t.buffer for t in targets] + [child[1] for child in children]
+        if self._on_stop is not None:
+            self._on_stop(self, stopped - self._run_started_ns)
         with self._lock:
             self._sessions.append(
                 self._session(stopped, dropped=sum(b.dropped for b in buffers if b.limit))

@@ -106,8 +106,8 @@ def profile(target: Any = None, /, *, sinks: Iterable[Sink] = (), **options: Any
       to the sinks when the call returns.
 
     ``options`` are :class:`Profiler`'s: ``max_snapshots``, ``max_depth``,
-    ``flush_timeout``, ``mode``, ``dump_period``, ``min_duration`` and
-    ``follow_spawned``.
+    ``flush_timeout``, ``mode``, ``dump_period``, ``min_duration``,
+    ``follow_spawned``, ``only`` and ``tags``.
     """
     if target is None or isinstance(target, greenlet.greenlet):
         return ProfileScope(target, sinks=sinks, options=options)

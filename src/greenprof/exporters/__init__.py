@@ -1,217 +1,173 @@
 """Profiles in the formats other tools read: collapsed stacks, speedscope, Chrome
 trace events, pprof, an HTML flame graph and a text tree.
 
-Every exporter takes a :class:`~greenprof.Report` (``profiler.report()`` or
-``Report(greenprof.load(path))``), keeps greenlets apart, and weighs stacks
-by on-CPU time, off-CPU time or snapshot count.
+Every renderer takes a :class:`~greenprof.Report` (``profiler.report()`` or
+``Report.from_file(path)``), keeps greenlets apart (or, with ``group_by``,
+merges every session of each tag value), and weighs stacks by on-CPU time,
+off-CPU time or snapshot count. :data:`RENDERERS` lists them by name.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, cast
+
+import attrs
 
 from .._report import Report
 from ..exceptions import ConfigurationError
-from ..snapshot import Frame
-from ._common import WEIGHTS, Stack, Weight, check_weight, frame_label, greenlet_label, weighted
+from ._chrome import chrome_trace
+from ._collapsed import collapsed
+from ._common import WEIGHTS, Weight, check_weight
 from ._html import html
 from ._pprof import pprof
+from ._speedscope import SPEEDSCOPE_SCHEMA, speedscope
+from ._text import text
 
 __all__ = [
     "FORMATS",
+    "RENDERERS",
+    "SPEEDSCOPE_SCHEMA",
     "WEIGHTS",
+    "Renderer",
     "chrome_trace",
     "collapsed",
     "export",
+    "format_for_path",
     "html",
+    "renderer_for",
     "pprof",
     "speedscope",
     "text",
     "write",
 ]
 
-SPEEDSCOPE_SCHEMA: Final = "https://www.speedscope.app/file-format-schema.json"
+
+@attrs.frozen
+class Renderer:
+    """One output format."""
+
+    name: str
+    #: ``render(report, weight=..., group_by=...)``: text, or bytes if ``binary``.
+    render: Callable[..., str | bytes]
+    binary: bool
+    #: File name endings that mean this format, longest first.
+    extensions: tuple[str, ...]
+    description: str
+
+    def render_bytes(
+        self, report: Report, *, weight: Weight = "on_cpu", group_by: str | None = None
+    ) -> bytes:
+        """What a file in this format holds: text is UTF-8 (a lone surrogate
+        from a non-UTF-8 file name escaped)."""
+        rendered = self.render(report, weight=weight, group_by=group_by)
+        if self.binary:
+            return cast(bytes, rendered)
+        return cast(str, rendered).encode("utf-8", "backslashreplace")
 
 
-def collapsed(report: Report, *, weight: Weight = "on_cpu") -> str:
-    """Brendan Gregg's folded format: ``greenlet;outer;...;inner value`` lines.
-
-    The first element of each line is the greenlet, so flamegraph.pl,
-    speedscope and Pyroscope show greenlets side by side; values are
-    nanoseconds (or snapshot counts). Semicolons in names become colons.
-    """
-    lines = []
-    for greenlet_id, name, stack, value in weighted(report, weight):
-        parts = [greenlet_label(greenlet_id, name), *(frame_label(f) for f in stack)]
-        lines.append(";".join(part.replace(";", ":") for part in parts) + f" {value}")
-    lines.sort()
-    return "".join(line + "\n" for line in lines)
+def _timeline(report: Report, *, weight: Weight, group_by: str | None) -> str:
+    return chrome_trace(report, group_by=group_by)
 
 
-def speedscope(report: Report, *, weight: Weight = "on_cpu", name: str = "greenprof") -> str:
-    """A speedscope file: one ``sampled`` profile per greenlet."""
-    frames: list[dict[str, Any]] = []
-    index: dict[Frame, int] = {}
-    per_greenlet: dict[int, tuple[str, list[list[int]], list[int]]] = {}
-    for greenlet_id, greenlet_name, stack, value in sorted(
-        weighted(report, weight),
-        key=lambda item: (item[0], [(f.filename, f.lineno) for f in item[2]]),
-    ):
-        sample = []
-        for frame in stack:
-            position = index.get(frame)
-            if position is None:
-                position = index[frame] = len(frames)
-                frames.append(
-                    {"name": frame.function, "file": frame.filename, "line": frame.lineno}
-                )
-            sample.append(position)
-        _, samples, weights = per_greenlet.setdefault(
-            greenlet_id, (greenlet_label(greenlet_id, greenlet_name), [], [])
-        )
-        samples.append(sample)
-        weights.append(value)
-    unit = "none" if weight == "snapshots" else "nanoseconds"
-    profiles = [
-        {
-            "type": "sampled",
-            "name": f"{label} ({weight.replace('_', '-')})",
-            "unit": unit,
-            "startValue": 0,
-            "endValue": sum(weights),
-            "samples": samples,
-            "weights": weights,
-        }
-        for label, samples, weights in per_greenlet.values()
-    ]
-    document = {
-        "$schema": SPEEDSCOPE_SCHEMA,
-        "shared": {"frames": frames},
-        "profiles": profiles,
-        "name": name,
-        "activeProfileIndex": 0,
-        "exporter": "greenprof",
-    }
-    return json.dumps(document, separators=(",", ":"))
+def _page(report: Report, *, weight: Weight, group_by: str | None) -> str:
+    return html(report, group_by=group_by)
 
 
-def text(report: Report, *, color: bool = False, min_share: float = 0.0) -> str:
-    """A call tree per greenlet with on-CPU and off-CPU columns, like pyinstrument's.
-
-    ``min_share`` hides nodes below that fraction of their greenlet's time.
-    """
-    bold, dim, reset = ("\033[1m", "\033[2m", "\033[0m") if color else ("", "", "")
-    out: list[str] = []
-    greenlets = sorted(report.greenlets.values(), key=lambda g: -(g.wall_ns))
-    for totals in greenlets:
-        tree: dict[Frame, Any] = {}
-        for cell in report.stacks:
-            if cell.greenlet_id != totals.greenlet_id:
-                continue
-            node = tree
-            for frame in cell.stack:
-                entry = node.setdefault(frame, [0, 0, {}])
-                entry[0] += cell.on_cpu_ns
-                entry[1] += cell.off_cpu_ns
-                node = entry[2]
-        total = max(totals.wall_ns, 1)
-        out.append(
-            f"{bold}{greenlet_label(totals.greenlet_id, totals.greenlet_name)}{reset}  "
-            f"wall {totals.wall_ns / 1e6:.2f} ms  on-CPU {totals.on_cpu_ns / 1e6:.2f} ms  "
-            f"off-CPU {totals.off_cpu_ns / 1e6:.2f} ms  switches {totals.switches_out}"
-        )
-        out.append(f"{dim}{'on-CPU ms':>10} {'off-CPU ms':>10}  frame{reset}")
-
-        def walk(node: dict[Frame, Any], depth: int, total: int = total) -> None:
-            ordered = sorted(node.items(), key=lambda item: -(item[1][0] + item[1][1]))
-            for frame, (on, off, children) in ordered:
-                if (on + off) / total < min_share:
-                    continue
-                out.append(
-                    f"{on / 1e6:>10.2f} {off / 1e6:>10.2f}  {'  ' * depth}{frame.function} "
-                    f"{dim}{os.path.basename(frame.filename)}:{frame.lineno}{reset}"
-                )
-                walk(children, depth + 1, total)
-
-        walk(tree, 0)
-        out.append("")
-    return "\n".join(out)
+def _tree(report: Report, *, weight: Weight, group_by: str | None) -> str:
+    return text(report, group_by=group_by)
 
 
-def chrome_trace(report: Report) -> str:
-    """Chrome trace-event JSON (chrome://tracing, Perfetto UI): one track per
-    greenlet, named after it, with its run slices (category ``cpu``) and its
-    waits (category ``wait``) as complete events; inside each, one nested
-    event per frame of the stack it yielded from (or waited in)."""
-    events: list[dict[str, Any]] = [
-        {"ph": "M", "name": "process_name", "pid": 1, "tid": 0, "args": {"name": "greenprof"}}
-    ]
-    tracks: dict[int, int] = {}
-    for greenlet_id in sorted(report.greenlets):
-        track = tracks[greenlet_id] = len(tracks) + 1
-        name = greenlet_label(greenlet_id, report.greenlets[greenlet_id].greenlet_name)
-        events.append(
-            {"ph": "M", "name": "thread_name", "pid": 1, "tid": track, "args": {"name": name}}
-        )
-    intervals: list[tuple[int, int, int, str, str, Stack]] = [
-        (s.greenlet_id, s.start_ns, s.duration_ns, "cpu", "running", s.end_stack or s.start_stack)
-        for s in report.slices
-    ]
-    intervals += [
-        (w.greenlet_id, w.start_ns, w.duration_ns, "wait", "waiting", w.stack) for w in report.waits
-    ]
-    for greenlet_id, start_ns, duration_ns, category, name, stack in intervals:
-        if greenlet_id not in tracks:
-            continue
-        track = tracks[greenlet_id]
-        ts, dur = start_ns / 1000, duration_ns / 1000
-        base = {"ph": "X", "pid": 1, "tid": track, "ts": ts, "dur": dur, "cat": category}
-        events.append({**base, "name": name})
-        for frame in stack:
-            events.append(
-                {
-                    **base,
-                    "name": frame.function,
-                    "args": {"file": frame.filename, "line": frame.lineno},
-                }
-            )
-    return json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}, separators=(",", ":"))
-
-
+#: Every format, by name.
+RENDERERS: Final = {
+    renderer.name: renderer
+    for renderer in (
+        Renderer(
+            "collapsed",
+            collapsed,
+            binary=False,
+            extensions=(".collapsed", ".folded"),
+            description="folded stacks (flamegraph.pl, speedscope, Pyroscope)",
+        ),
+        Renderer(
+            "speedscope",
+            speedscope,
+            binary=False,
+            extensions=(".speedscope.json", ".json"),
+            description="speedscope JSON: a timeline per greenlet",
+        ),
+        Renderer(
+            "chrome",
+            _timeline,
+            binary=False,
+            extensions=(".trace.json",),
+            description="Chrome trace events (Perfetto UI, chrome://tracing)",
+        ),
+        Renderer(
+            "pprof",
+            pprof,
+            binary=True,
+            extensions=(".pb.gz", ".pprof"),
+            description="gzipped pprof profile.proto (go tool pprof, Pyroscope)",
+        ),
+        Renderer(
+            "html",
+            _page,
+            binary=False,
+            extensions=(".html", ".htm"),
+            description="a self-contained HTML flame graph",
+        ),
+        Renderer(
+            "text",
+            _tree,
+            binary=False,
+            extensions=(".txt",),
+            description="a call tree with on-CPU and off-CPU columns",
+        ),
+    )
+}
 #: The formats :func:`export` and the ``greenprof`` command know.
-FORMATS: Final = ("collapsed", "speedscope", "chrome", "pprof", "html", "text")
+FORMATS: Final = tuple(RENDERERS)
 
 
-def export(report: Report, format: str, *, weight: Weight = "on_cpu") -> str | bytes:
-    """Render ``report`` in ``format`` (one of :data:`FORMATS`): text, except
-    for ``pprof``, which is gzipped bytes. ``weight`` applies to the formats
+def format_for_path(path: str | os.PathLike[str]) -> str | None:
+    """The format a file name's ending stands for (``.pb.gz``: ``pprof``), or None."""
+    name = os.fspath(path).lower()
+    found = [
+        (len(ending), renderer.name)
+        for renderer in RENDERERS.values()
+        for ending in renderer.extensions
+        if name.endswith(ending)
+    ]
+    return max(found)[1] if found else None
+
+
+def export(
+    report: Report, format: str, *, weight: Weight = "on_cpu", group_by: str | None = None
+) -> str | bytes:
+    """Render ``report`` in ``format`` (one of :data:`FORMATS`): text, or
+    bytes for a binary format (``pprof``). ``weight`` applies to the formats
     that weigh stacks (``collapsed``, ``speedscope``, ``pprof``: its default
     sample type); ``chrome`` is a timeline, and ``html`` and ``text`` carry
-    every weight."""
+    every weight. ``group_by`` merges the sessions of each value of that tag."""
     check_weight(weight)
-    if format == "collapsed":
-        return collapsed(report, weight=weight)
-    if format == "speedscope":
-        return speedscope(report, weight=weight)
-    if format == "chrome":
-        return chrome_trace(report)
-    if format == "pprof":
-        return pprof(report, weight=weight)
-    if format == "html":
-        return html(report)
-    if format == "text":
-        return text(report)
-    msg = f"format must be one of {', '.join(FORMATS)}, not {format!r}."
-    raise ConfigurationError(msg)
+    return renderer_for(format).render(report, weight=weight, group_by=group_by)
+
+
+def renderer_for(format: str) -> Renderer:
+    """The :class:`Renderer` of ``format``, or ConfigurationError."""
+    renderer = RENDERERS.get(format)
+    if renderer is None:
+        msg = f"format must be one of {', '.join(FORMATS)}, not {format!r}."
+        raise ConfigurationError(msg)
+    return renderer
 
 
 def write(report: Report, format: str, path: str | os.PathLike[str], **options: Any) -> None:
-    """:func:`export` ``report`` to the file at ``path`` (``weight=`` as there)."""
-    rendered = export(report, format, **options)
-    if isinstance(rendered, str):
-        # A file name may hold a lone surrogate (a non-UTF-8 path): escape it.
-        rendered = rendered.encode("utf-8", "backslashreplace")
+    """:func:`export` ``report`` to the file at ``path`` (``weight=`` and
+    ``group_by=`` as there)."""
+    check_weight(options.get("weight", "on_cpu"))
+    data = renderer_for(format).render_bytes(report, **options)
     with open(path, "wb") as file:
-        file.write(rendered)
+        file.write(data)

@@ -1,20 +1,26 @@
-"""What every exporter shares: weights, a greenlet's label, values per stack."""
+"""What every exporter shares: weights, labels, stacks as shown, groups."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from typing import Final, Literal
 
 from .._report import Report
 from ..exceptions import ConfigurationError
-from ..snapshot import Frame
+from ..snapshot import Frame, Snapshot
 
 Weight = Literal["on_cpu", "off_cpu", "snapshots"]
 #: What a stack can be weighed by.
 WEIGHTS: Final = ("on_cpu", "off_cpu", "snapshots")
 
 Stack = tuple[Frame, ...]
+
+#: Where an empty stack is shown: a greenlet's time before its first frame
+#: was seen (a greenlet that ran from its start to its end, or to the
+#: session's stop, without a switch), and its first ``switch_in``.
+START_FRAME: Final = Frame("", "<greenlet start>", 0)
+#: Where an ``exit`` snapshot (empty stack) is counted.
+EXIT_FRAME: Final = Frame("", "<greenlet exit>", 0)
 
 
 def check_weight(weight: str) -> None:
@@ -23,25 +29,47 @@ def check_weight(weight: str) -> None:
         raise ConfigurationError(msg)
 
 
+def shown(stack: Stack, snapshot: Snapshot | None = None) -> Stack:
+    """``stack`` as exporters show it: never empty (see ``START_FRAME``)."""
+    if stack:
+        return stack
+    if snapshot is not None and snapshot.event == "exit":
+        return (EXIT_FRAME,)
+    return (START_FRAME,)
+
+
 def weighted(report: Report, weight: str) -> Iterator[tuple[int, str, Stack, int]]:
-    """``(greenlet_id, greenlet_name, stack, value)`` with value > 0."""
+    """``(greenlet_id, greenlet_name, stack, value)`` with value > 0 and a
+    stack that is never empty."""
     check_weight(weight)
     if weight == "snapshots":
-        counts = Counter((s.greenlet_id, s.greenlet_name, s.stack) for s in report.snapshots)
+        counts: dict[tuple[int, str, Stack], int] = {}
+        for snapshot in report.snapshots:
+            key = (*report.label_of(snapshot), shown(snapshot.stack, snapshot))
+            counts[key] = counts.get(key, 0) + 1
         for (greenlet_id, name, stack), count in counts.items():
             yield greenlet_id, name, stack, count
         return
+    merged: dict[tuple[int, str, Stack], int] = {}
     for cell in report.stacks:
         value = cell.on_cpu_ns if weight == "on_cpu" else cell.off_cpu_ns
         if value > 0:
-            yield cell.greenlet_id, cell.greenlet_name, cell.stack, value
+            key = (cell.greenlet_id, cell.greenlet_name, shown(cell.stack))
+            merged[key] = merged.get(key, 0) + value
+    for (greenlet_id, name, stack), value in merged.items():
+        yield greenlet_id, name, stack, value
 
 
 def frame_label(frame: Frame) -> str:
+    if not frame.filename:
+        return frame.function  # a pseudo-frame: <greenlet start>
     return f"{frame.function} ({frame.filename}:{frame.lineno})"
 
 
 def greenlet_label(greenlet_id: int, name: str) -> str:
+    """``"name [0xid]"``; a merged report's one greenlet (id 0) is its name."""
+    if not greenlet_id:
+        return name or "greenlet"
     return f"{name or 'greenlet'} [{greenlet_id:#x}]"
 
 
@@ -53,3 +81,32 @@ def stack_values(report: Report) -> dict[tuple[int, str, Stack], list[int]]:
             cell = values.setdefault((greenlet_id, name, stack), [0] * len(WEIGHTS))
             cell[column] += value
     return values
+
+
+def groups(report: Report, tag: str) -> dict[str, Report]:
+    """``report.group_by(tag)``, or ConfigurationError naming the tags
+    there are when no session has this one."""
+    found = report.group_by(tag)
+    if not found:
+        tags = sorted({key for session in report.sessions for key in session.tags})
+        msg = f"no session has the tag {tag!r}" + (
+            f"; the sessions have {', '.join(tags)}." if tags else "; no session has tags."
+        )
+        raise ConfigurationError(msg)
+    return found
+
+
+def grouped(report: Report, group_by: str | None) -> list[tuple[str, Report]]:
+    """``[(label, report)]``: one merged report per value of ``group_by``
+    (heaviest first, labelled ``tag=value``), or ``report`` alone."""
+    if group_by is None:
+        return [("", report)]
+    return [(f"{group_by}={value}", merged) for value, merged in groups(report, group_by).items()]
+
+
+def origin_ns(report: Report) -> int:
+    """The first moment the report knows of: times in exports count from it."""
+    starts = [s.start_ns for s in report.sessions if s.start_ns]
+    starts += [s.start_ns for s in report.slices[:1]] + [w.start_ns for w in report.waits[:1]]
+    starts += [s.timestamp_ns for s in report.snapshots[:1]]
+    return min(starts, default=0)

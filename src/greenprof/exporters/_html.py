@@ -9,8 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import string
-from collections import Counter
 from functools import cache
 from html import escape
 from importlib import resources
@@ -18,12 +18,22 @@ from typing import Any, Final
 
 from .._report import Report
 from ..snapshot import Frame
-from ._common import Stack, greenlet_label, stack_values
+from ._common import Stack, greenlet_label, groups, origin_ns, stack_values
 
 __all__ = ["html"]
 
 #: How many of the longest run slices the page lists.
 SLICES: Final = 25
+#: A tag gets a view of its own when its sessions have at most this many
+#: distinct values, and fewer than there are sessions with it: a request's
+#: path, method or status, not its duration or id, whose view would be one
+#: entry per session again.
+TAG_VALUES: Final = 100
+#: The view that has one entry per greenlet; tags name the others.
+GREENLET_VIEW: Final = "greenlet"
+#: greenprof's own package folder (with a trailing separator): its frames
+#: (the WSGI middleware, a decorator) are library code to the page.
+OWN_DIR: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 @cache
@@ -31,84 +41,184 @@ def _asset(name: str) -> str:
     return (resources.files("greenprof.exporters") / name).read_text(encoding="utf-8")
 
 
-def _profile(report: Report) -> dict[str, Any]:
-    """The JSON the viewer reads; flamegraph.js documents its shape."""
-    cells: dict[tuple[int, Stack], list[int]] = {}
-    names: dict[int, str] = {}
-    for (gid, name, stack), values in stack_values(report).items():
-        cell = cells.setdefault((gid, stack), [0, 0, 0])
-        cell[:] = [a + b for a, b in zip(cell, values, strict=True)]
-        names[gid] = name
+class _Frames:
+    """Each distinct frame once, in the order first seen; stacks refer to them by index."""
 
-    totals = report.greenlets
-    order = sorted(
-        names.keys() | totals.keys(),
-        key=lambda gid: (-(totals[gid].wall_ns if gid in totals else 0), gid),
-    )
-    position = {gid: index for index, gid in enumerate(order)}
-    snapshots_of = Counter(s.greenlet_id for s in report.snapshots)
-    greenlets = []
-    for gid in order:
-        known = totals.get(gid)
-        greenlets.append(
-            {
-                "label": greenlet_label(gid, known.greenlet_name if known else names[gid]),
-                "on_cpu": known.on_cpu_ns if known else 0,
-                "off_cpu": known.off_cpu_ns if known else 0,
-                "snapshots": snapshots_of[gid],
-                "switches": known.switches_out if known else 0,
-            }
-        )
+    def __init__(self) -> None:
+        self.rows: list[list[Any]] = []
+        self._index: dict[Frame, int] = {}
 
-    frames: list[list[Any]] = []
-    index: dict[Frame, int] = {}
-
-    def indices(stack: Stack) -> list[int]:
+    def indices(self, stack: Stack) -> list[int]:
         out = []
         for frame in stack:
-            at = index.get(frame)
+            at = self._index.get(frame)
             if at is None:
-                at = index[frame] = len(frames)
-                frames.append([frame.function, frame.filename, frame.lineno])
+                at = self._index[frame] = len(self.rows)
+                self.rows.append([frame.function, frame.filename, frame.lineno])
             out.append(at)
         return out
 
-    stacks = [
-        [position[gid], indices(stack), *values]
-        for (gid, stack), values in sorted(
+
+def _stack_rows(
+    values: dict[tuple[int, str, Stack], list[int]], position: dict[int, int], frames: _Frames
+) -> list[list[Any]]:
+    """``[[entry, [frame, ...], on_cpu_ns, off_cpu_ns, snapshots]]`` of a
+    report's ``stack_values``, the entry being ``position[greenlet_id]``."""
+    cells: dict[tuple[int, Stack], list[int]] = {}
+    for (gid, _, stack), cell_values in values.items():
+        # A greenlet renamed while profiled has snapshots under both names.
+        cell = cells.setdefault((gid, stack), [0, 0, 0])
+        cell[:] = [a + b for a, b in zip(cell, cell_values, strict=True)]
+    return [
+        [position[gid], frames.indices(stack), *cell]
+        for (gid, stack), cell in sorted(
             cells.items(),
             key=lambda item: (
                 position[item[0][0]],
                 [(f.filename, f.lineno, f.function) for f in item[0][1]],
             ),
         )
-        if any(values)
+        if any(cell)
     ]
+
+
+def _view_tags(report: Report, group_by: str | None) -> list[str]:
+    """The tags that get a view (see :data:`TAG_VALUES`), ``group_by`` always."""
+    values: dict[str, set[str]] = {}
+    sessions: dict[str, int] = {}
+    for session in report.sessions:
+        for key, value in session.tags.items():
+            values.setdefault(key, set()).add(value)
+            sessions[key] = sessions.get(key, 0) + 1
+    return sorted(
+        key
+        for key, found in values.items()
+        if key == group_by or len(found) <= min(TAG_VALUES, sessions[key] - 1)
+    )
+
+
+def _tags_text(tags: dict[str, str]) -> str:
+    return " ".join(f"{key}={value}" for key, value in sorted(tags.items()))
+
+
+def _greenlet_view(report: Report, frames: _Frames) -> tuple[dict[str, Any], dict[int, int]]:
+    """The view with one entry per greenlet, heaviest first, and each
+    greenlet's entry index."""
+    values = stack_values(report)
+    names = {gid: name for gid, name, _ in values}
+    totals = report.greenlets
+    order = sorted(
+        names.keys() | totals.keys(),
+        key=lambda gid: (-(totals[gid].wall_ns if gid in totals else 0), gid),
+    )
+    position = {gid: index for index, gid in enumerate(order)}
+    stacks = _stack_rows(values, position, frames)
+    snapshots = [0] * len(order)
+    for row in stacks:
+        snapshots[row[0]] += row[4]
+    # The sessions each greenlet was in: a request's greenlet is labelled
+    # with what the request was (path=/checkout), not only its id.
+    sessions_of: dict[int, set[str]] = {}
+    for snapshot in report.snapshots:
+        sessions_of.setdefault(snapshot.greenlet_id, set()).add(snapshot.session_id)
+    for session in report.sessions:
+        for gid in session.bounds:
+            sessions_of.setdefault(gid, set()).add(session.session_id)
+    by_id = {session.session_id: session for session in report.sessions}
+    entries = []
+    for gid in order:
+        known = totals.get(gid)
+        entry: dict[str, Any] = {
+            "label": greenlet_label(gid, known.greenlet_name if known else names[gid]),
+            "on_cpu": known.on_cpu_ns if known else 0,
+            "off_cpu": known.off_cpu_ns if known else 0,
+            "snapshots": snapshots[position[gid]],
+            "switches": known.switches_out if known else 0,
+        }
+        sessions = [by_id[s] for s in sorted(sessions_of.get(gid, ())) if s in by_id]
+        if len(sessions) == 1 and sessions[0].tags:
+            entry["tags"] = _tags_text(sessions[0].tags)
+        entries.append(entry)
+    view = {"key": GREENLET_VIEW, "entries": entries, "stacks": stacks}
+    return view, position
+
+
+def _tag_view(report: Report, tag: str, frames: _Frames) -> dict[str, Any]:
+    """One entry per value of ``tag``: every session with it merged, heaviest first."""
+    entries = []
+    stacks: list[list[Any]] = []
+    for index, merged in enumerate(groups(report, tag).values()):
+        rows = _stack_rows(stack_values(merged), {0: index}, frames)
+        totals = merged.greenlets.get(0)
+        entries.append(
+            {
+                "label": greenlet_label(0, merged.merged_as or ""),
+                "on_cpu": totals.on_cpu_ns if totals else 0,
+                "off_cpu": totals.off_cpu_ns if totals else 0,
+                "snapshots": sum(row[4] for row in rows),
+                "switches": totals.switches_out if totals else 0,
+                "sessions": len(merged.sessions),
+            }
+        )
+        stacks += rows
+    return {"key": tag, "entries": entries, "stacks": stacks}
+
+
+def _session_tags(report: Report, greenlet_id: int, when_ns: int) -> dict[str, str]:
+    """The tags of the session ``greenlet_id`` was profiled in at ``when_ns``:
+    a greenlet of a server's pool serves one request after another."""
+    for session in report.sessions:
+        start, stop = session.bounds.get(greenlet_id, (0, 0))
+        start = start or session.start_ns
+        stop = stop or session.stop_ns or when_ns
+        if greenlet_id in session.bounds and start <= when_ns <= stop:
+            return session.tags
+    return {}
+
+
+def _profile(report: Report, group_by: str | None = None) -> dict[str, Any]:
+    """The JSON the viewer reads; flamegraph.js documents its shape."""
+    if group_by is not None:
+        groups(report, group_by)  # a tag no session has: say which there are
+    tag_keys = _view_tags(report, group_by)
+    frames = _Frames()
+    greenlets, position = _greenlet_view(report, frames)
+    views = [greenlets] + [_tag_view(report, key, frames) for key in tag_keys]
+    if group_by is not None:
+        initial = group_by
+    elif "path" in tag_keys:
+        initial = "path"  # what a web service's profile is about
+    else:
+        initial = GREENLET_VIEW
+
     # Times go in relative to the first moment seen: epoch nanoseconds do not
     # fit a JavaScript number exactly.
-    starts = [s.start_ns for s in report.slices] + [w.start_ns for w in report.waits]
-    starts += [s.timestamp_ns for s in report.snapshots[:1]]
-    origin = min(starts, default=0)
+    origin = origin_ns(report)
     ends = [s.start_ns + s.duration_ns for s in report.slices]
     ends += [w.start_ns + w.duration_ns for w in report.waits]
     ends += [s.timestamp_ns for s in report.snapshots[-1:]]
+    ends += [s.stop_ns for s in report.sessions if s.stop_ns]
     slices = [
         [
             position[s.greenlet_id],
             s.start_ns - origin,
             s.duration_ns,
             s.samples,
-            indices(s.start_stack),
-            indices(s.end_stack),
+            frames.indices(s.start_stack),
+            frames.indices(s.end_stack),
+            _tags_text(_session_tags(report, s.greenlet_id, s.start_ns)),
         ]
         for s in report.longest_slices(SLICES)
+        if s.greenlet_id in position
     ]
     return {
-        "greenlets": greenlets,
-        "frames": frames,
-        "stacks": stacks,
+        "frames": frames.rows,
+        "views": views,
+        "view": initial,
         "slices": slices,
+        "sessions": len(report.sessions),
         "span_ns": max(ends, default=origin) - origin,
+        "own_dir": OWN_DIR,
     }
 
 
@@ -123,14 +233,20 @@ def _csp_hash(source: str) -> str:
     return "'sha256-" + base64.b64encode(digest).decode("ascii") + "'"
 
 
-def html(report: Report, *, title: str = "greenprof") -> str:
+def html(report: Report, *, title: str = "greenprof", group_by: str | None = None) -> str:
     """One self-contained HTML page: a flame graph of ``report`` to explore in a browser.
 
-    Pick a greenlet (or all of them side by side), weigh stacks by on-CPU
-    time, off-CPU time or snapshot count, click a frame to zoom, search
-    functions and files; the longest stretches without a yield are listed
-    below the graph. No network is used: the page's Content-Security-Policy
-    allows its own inline script and style and nothing else.
+    View it by greenlet or by any tag of its sessions with at most
+    :data:`TAG_VALUES` values (each value merging every session that has
+    it); it opens on ``group_by``, else on ``path`` when sessions have that
+    tag, else on greenlets. Show every entry merged into one tree, side by
+    side, or one alone; weigh stacks by on-CPU time, off-CPU time or
+    snapshot count; fold runs of library frames into one node; click a frame
+    to zoom; search functions and files. The longest stretches without a
+    yield are listed below the graph. No network is used: the page's
+    Content-Security-Policy allows its own inline script and style and
+    nothing else. ``group_by`` naming a tag no session has raises
+    :class:`~greenprof.exceptions.ConfigurationError`.
     """
     script = _asset("flamegraph.js")
     csp = f"default-src 'none'; script-src {_csp_hash(script)}; style-src 'unsafe-inline'"
@@ -138,6 +254,6 @@ def html(report: Report, *, title: str = "greenprof") -> str:
         title=escape(title),
         csp=csp,
         style=_asset("flamegraph.css"),
-        data=_script_json(_profile(report)),
+        data=_script_json(_profile(report, group_by)),
         script=script,
     )

@@ -12,14 +12,20 @@ sample has these labels:
 - ``greenlet_name``: the name alone (absent when the greenlet has none);
 - ``greenlet_id``: the id, a numeric label.
 
+With ``group_by`` (or for a merged report), samples merge the greenlets
+instead: one per tag value and stack, labelled with the tag
+(``-tagfocus=path=/checkout``, ``-tagroot=path``).
+
 Every location is one Python frame (a function at a line), in a single
 mapping that says functions, file names and lines are known, so pprof does
-not try to symbolize anything. A snapshot with an empty stack (a greenlet's
-first switch-in, its exit) is a sample without locations: it counts in the
-totals but shows under no function. ``time_nanos`` is the first snapshot's
-time and ``duration_nanos`` the span of the snapshots. The bytes depend only
-on the snapshots (samples are sorted and gzip's timestamp is 0), so a file
-read back with :func:`greenprof.load` gives the same profile.
+not try to symbolize anything; a function's ``system_name`` is left empty,
+so pprof never runs a name such as ``<module>`` through its demangler. A
+stack that is empty (a greenlet's first switch-in, its exit, its time before
+any frame was seen) is shown as a pseudo-frame, ``<greenlet start>`` or
+``<greenlet exit>``: every sample has a location. ``time_nanos`` is the
+profile's start and ``duration_nanos`` its span. The bytes depend only on
+the recorded data (samples are sorted and gzip's timestamp is 0), so a file
+read back with :meth:`greenprof.Report.from_file` gives the same profile.
 """
 
 from __future__ import annotations
@@ -31,7 +37,16 @@ from typing import Final
 from .._protowire import int_field, length_field, packed_field
 from .._report import Report
 from ..snapshot import Frame
-from ._common import WEIGHTS, Stack, Weight, check_weight, greenlet_label, stack_values
+from ._common import (
+    WEIGHTS,
+    Stack,
+    Weight,
+    check_weight,
+    greenlet_label,
+    grouped,
+    origin_ns,
+    stack_values,
+)
 
 __all__ = ["pprof"]
 
@@ -71,11 +86,11 @@ class _Tables:
         if function_id is None:
             function_id = len(self.functions) + 1
             self.functions[(frame.function, frame.filename)] = function_id
-            name = self.string(frame.function)
+            # No system_name (field 3): pprof demangles a name equal to it,
+            # and turns <module> and <lambda> into "[python]".
             self.function_messages.append(
                 int_field(1, function_id)
-                + int_field(2, name)
-                + int_field(3, name)  # system_name: Python has no other
+                + int_field(2, self.string(frame.function))
                 + int_field(4, self.string(frame.filename))
             )
         location_id = self.locations[frame] = len(self.locations) + 1
@@ -85,11 +100,16 @@ class _Tables:
         )
         return location_id
 
-    def sample(self, greenlet_id: int, name: str, stack: Stack, values: list[int]) -> bytes:
-        labels = [self.label("greenlet", text=greenlet_label(greenlet_id, name))]
-        if name:  # an empty string label is no label to pprof
-            labels.append(self.label("greenlet_name", text=name))
-        labels.append(self.label("greenlet_id", number=greenlet_id))
+    def sample(
+        self, greenlet_id: int, name: str, stack: Stack, values: list[int], tag: str | None
+    ) -> bytes:
+        if tag is not None:  # a merged report: name is "tag=value"
+            labels = [self.label(tag, text=name.partition("=")[2])] if tag else []
+        else:
+            labels = [self.label("greenlet", text=greenlet_label(greenlet_id, name))]
+            if name:  # an empty string label is no label to pprof
+                labels.append(self.label("greenlet_name", text=name))
+            labels.append(self.label("greenlet_id", number=greenlet_id))
         return (
             packed_field(1, [self.location(frame) for frame in reversed(stack)])  # leaf first
             + packed_field(2, values)
@@ -114,15 +134,19 @@ def _order(item: tuple[tuple[int, str, Stack], list[int]]) -> tuple[object, ...]
     return greenlet_id, name, [(f.filename, f.lineno, f.function) for f in stack]
 
 
-def pprof(report: Report, *, weight: Weight = "on_cpu") -> bytes:
+def pprof(report: Report, *, weight: Weight = "on_cpu", group_by: str | None = None) -> bytes:
     """The report as a gzipped pprof profile (see this module's docstring)."""
     check_weight(weight)
     tables = _Tables()
     sample_types = [tables.value_type(kind, _UNITS[kind]) for kind in WEIGHTS]
-    samples = [
-        tables.sample(greenlet_id, name, stack, values)
-        for (greenlet_id, name, stack), values in sorted(stack_values(report).items(), key=_order)
-    ]
+    samples = []
+    for _, part in grouped(report, group_by):
+        # A merged report's samples carry its tag (none if it was not grouped by one).
+        tag = group_by if group_by is not None else ("" if part.merged_as is not None else None)
+        samples += [
+            tables.sample(greenlet_id, name, stack, values, tag)
+            for (greenlet_id, name, stack), values in sorted(stack_values(part).items(), key=_order)
+        ]
 
     mapping = (
         int_field(1, _MAPPING_ID)
@@ -131,8 +155,10 @@ def pprof(report: Report, *, weight: Weight = "on_cpu") -> bytes:
         + int_field(8, True)  # has_filenames
         + int_field(9, True)  # has_line_numbers
     )
-    times = [snapshot.timestamp_ns for snapshot in report.snapshots]
-    start = min(times, default=0)
+    start = origin_ns(report)
+    ends = [s.stop_ns for s in report.sessions]
+    ends += [s.start_ns + s.duration_ns for s in report.segments]
+    ends += [snapshot.timestamp_ns for snapshot in report.snapshots[-1:]]
     period_type = tables.value_type("on_cpu", _UNITS["on_cpu"])
     comment = tables.string(_COMMENT)
     default_sample_type = tables.string(weight)
@@ -147,7 +173,7 @@ def pprof(report: Report, *, weight: Weight = "on_cpu") -> bytes:
             # file name that is not valid UTF-8 from making the file unreadable.
             _messages(6, (text.encode("utf-8", "replace") for text in tables.strings)),
             int_field(9, start),
-            int_field(10, max(times, default=0) - start),
+            int_field(10, max(0, max(ends, default=start) - start)),
             length_field(11, period_type),
             packed_field(13, [comment]),
             int_field(14, default_sample_type),

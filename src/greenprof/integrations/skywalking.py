@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -324,6 +325,7 @@ class _AgentSlot:
     trace_context: Any
     profiler: Profiler
     profile_status: Any
+    stopped: bool = False
 
     def matches(self, trace_context: Any) -> bool:
         return trace_context is self.trace_context
@@ -333,6 +335,7 @@ class _AgentSlot:
         agent thread started before :func:`install` finds nothing to do."""
 
     def stop_profiling(self, stopped: Any, sink: SkyWalkingSink) -> None:
+        self.stopped = True  # one not started yet never will be
         if self.profiler.is_running:
             self.profiler.stop()
         sink.unbind(self.profiler.session_id)
@@ -439,6 +442,11 @@ def install(*, mode: str = "greenlet", max_depth: int | None = None) -> AgentTak
     originals = [(context_class, name, context_class.__dict__[name]) for name in names]
     original_stop = span_context_class.__dict__["stop"]
     originals.append((span_context_class, "stop", original_stop))
+    original_start = span_context_class.__dict__["start"]
+    originals.append((span_context_class, "start", original_start))
+    # Sessions chosen for a request whose entry span has not started yet:
+    # they start with it, so that they lie within the span.
+    pending: weakref.WeakKeyDictionary[Any, _AgentSlot] = weakref.WeakKeyDictionary()
 
     def start_profiling(self: Any) -> None:
         """The agent's sampling thread is not started: greenprof profiles."""
@@ -486,7 +494,12 @@ def install(*, mode: str = "greenlet", max_depth: int | None = None) -> AgentTak
             if self.profiling_segment_slots.compare_and_set(index, None, slot):
                 # The status stays "pending" for the agent: its own sampling
                 # thread, if one started before install(), leaves it alone.
-                profiler.start()
+                # The agent asks before it starts the entry span (unless the
+                # span's name changed once it ran): start with the span.
+                if getattr(trace_context, "_nspans", 0):
+                    profiler.start()
+                else:
+                    pending[trace_context] = slot
                 return slot.profile_status
         self._current_profiling_cnt.add_and_get(-1)
         return status_reference.create_with_none()
@@ -501,6 +514,13 @@ def install(*, mode: str = "greenlet", max_depth: int | None = None) -> AgentTak
                     slot.stop_profiling()
                 self._current_profiling_cnt.add_and_get(-1)
                 break
+
+    def start(self: Any, span: Any) -> Any:
+        started = original_start(self, span)
+        slot = pending.pop(self, None)
+        if slot is not None and not slot.stopped:
+            slot.profiler.start()
+        return started
 
     def stop(self: Any, span: Any) -> Any:
         # The agent never ends a request's profiling when its segment ends
@@ -553,6 +573,7 @@ def install(*, mode: str = "greenlet", max_depth: int | None = None) -> AgentTak
 
     service_class._check_profile_task = _check_profile_task
     span_context_class.stop = stop
+    span_context_class.start = start
     context_class.start_profiling = start_profiling
     context_class.stop_profiling = stop_profiling
     context_class.attempt_profiling = attempt_profiling

@@ -6,19 +6,27 @@ gunicorn's gevent worker) or one thread.
 
 from __future__ import annotations
 
+import logging
 import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final
 
 from .._profiler import Profiler
-from .._validate import is_number
+from .._validate import check_tags, is_number
 from ..exceptions import ConfigurationError
 from ..sinks._base import Sink
 
-__all__ = ["ProfilerMiddleware"]
+__all__ = ["TAGS_KEY", "ProfilerMiddleware"]
 
 Environ = dict[str, Any]
 WSGIApp = Callable[[Environ, Any], Iterable[bytes]]
+
+#: An app may put a ``dict[str, str]`` of its own tags in the environ under
+#: this key (e.g. the route template, from a Flask ``before_request``); the
+#: request's session gets them.
+TAGS_KEY: Final = "greenprof.tags"
+
+_logger = logging.getLogger("greenprof")
 
 
 class ProfilerMiddleware:
@@ -30,12 +38,18 @@ class ProfilerMiddleware:
       prefixes (default: every path).
     - ``on_profiled(profiler, environ)``: called after each profiled request
       that was kept, e.g. to log ``profiler.report()``.
+    - ``request_tags(environ)``: returns more tags for a request's session
+      (a mapping of strings); called once the response is complete.
     - Any other keyword (``mode``, ``max_depth``, ``dump_period``,
-      ``follow_spawned``, ...) goes to each request's
+      ``follow_spawned``, ``tags``, ...) goes to each request's
       :class:`~greenprof.Profiler`.
 
     A request is profiled from the call into ``app`` until the server closes
-    its response iterable (PEP 3333), so streamed bodies count too.
+    its response iterable (PEP 3333), so streamed bodies count too. Its
+    session is tagged with ``method``, ``path``, ``status`` (the status code
+    the app gave ``start_response``; absent if it raised before that, and
+    then ``error`` names the exception) and ``duration_ms``, then with the
+    app's own tags (``environ["greenprof.tags"]``) and ``request_tags``.
     """
 
     def __init__(
@@ -47,17 +61,25 @@ class ProfilerMiddleware:
         sample_rate: float = 1.0,
         paths: Iterable[str] | None = None,
         on_profiled: Callable[[Profiler, Environ], None] | None = None,
+        request_tags: Callable[[Environ], Mapping[str, str]] | None = None,
         random_source: Callable[[], float] = random.random,
         **options: Any,
     ) -> None:
         if not is_number(sample_rate) or not 0 <= sample_rate <= 1:
             msg = f"sample_rate must be a number from 0 to 1, not {sample_rate!r}."
             raise ConfigurationError(msg)
+        if request_tags is not None and not callable(request_tags):
+            msg = (
+                "request_tags must be a function that takes the WSGI environ and "
+                f"returns a dict of string tags, not {request_tags!r}."
+            )
+            raise ConfigurationError(msg)
         self.app = app
         self.sinks = list(sinks)
         self.sample_rate = sample_rate
         self.paths = tuple(paths) if paths is not None else None
         self.on_profiled = on_profiled
+        self.request_tags = request_tags
         self._random = random_source
         self._options = {"min_duration": min_duration, "flush_timeout": 0, **options}
         Profiler(**self._options)  # check the options now, not at the first request
@@ -75,25 +97,83 @@ class ProfilerMiddleware:
     def __call__(self, environ: Environ, start_response: Any) -> Iterable[bytes]:
         if not self._wanted(environ):
             return self.app(environ, start_response)
-        profiler = Profiler(sinks=self.sinks, **self._options)
-        profiler.start()
+        request = _Request(self, environ, Profiler(sinks=self.sinks, **self._options))
+        request.start()
         try:
-            body = self.app(environ, start_response)
-        except BaseException:
-            self._finish(profiler, environ)
+            body = self.app(environ, request.start_response(start_response))
+        except BaseException as exc:
+            request.error = type(exc).__name__
+            request.finish()
             raise
-        return _ProfiledBody(body, lambda: self._finish(profiler, environ))
+        return _ProfiledBody(body, request.finish)
 
-    def _finish(self, profiler: Profiler, environ: Environ) -> None:
+
+class _Request:
+    """One profiled request: its profiler and what its tags need."""
+
+    __slots__ = ("environ", "error", "middleware", "profiler", "status")
+
+    def __init__(self, middleware: ProfilerMiddleware, environ: Environ, profiler: Profiler):
+        self.middleware = middleware
+        self.environ = environ
+        self.profiler = profiler
+        self.status: str | None = None
+        self.error: str | None = None
+
+    def start(self) -> None:
+        self.profiler.start()
+
+    def start_response(self, start_response: Any) -> Any:
+        def recording(status: str, headers: Any, exc_info: Any = None) -> Any:
+            self.status = str(status).split(" ", 1)[0]
+            return start_response(status, headers, exc_info)
+
+        return recording
+
+    def finish(self) -> None:
+        profiler = self.profiler
         if not profiler.is_running:
             return
+        environ = self.environ
+        tags = profiler.tags
+        tags["method"] = str(environ.get("REQUEST_METHOD", ""))
+        tags["path"] = str(environ.get("PATH_INFO", ""))
+        if self.status is not None:
+            tags["status"] = self.status
+        if self.error is not None:
+            tags["error"] = self.error
+        tags.update(self._more_tags())
+        profiler._on_stop = _tag_duration
         profiler.stop()
+        middleware = self.middleware
         if profiler.discarded:
-            self.discarded += 1
+            middleware.discarded += 1
             return
-        self.kept += 1
-        if self.on_profiled is not None:
-            self.on_profiled(profiler, environ)
+        middleware.kept += 1
+        if middleware.on_profiled is not None:
+            middleware.on_profiled(profiler, environ)
+
+    def _more_tags(self) -> dict[str, str]:
+        """The app's own tags and ``request_tags``'; a bad one is logged and
+        left out: a tag must never break the request."""
+        more: dict[str, str] = {}
+        sources: list[Callable[[], object]] = [lambda: self.environ.get(TAGS_KEY)]
+        function = self.middleware.request_tags
+        if function is not None:
+            sources.append(lambda: function(self.environ))
+        for source in sources:
+            try:
+                found = source()
+                if found is not None:
+                    more.update(check_tags(found))
+            except Exception as exc:
+                _logger.warning("greenprof: request tags left out: %s", exc)
+        return more
+
+
+def _tag_duration(profiler: Profiler, duration_ns: int) -> None:
+    # The session's own duration, to the microsecond.
+    profiler.tags["duration_ms"] = f"{duration_ns / 1e6:.3f}"
 
 
 class _ProfiledBody:

@@ -1,0 +1,440 @@
+"""The file is the session, whole: what is read back equals the live profile,
+tags say what each session was, and many sessions merge per tag value."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import gevent
+import pytest
+
+import greenprof
+from greenprof import Frame, Report, Session, Snapshot
+from greenprof.exceptions import ConfigurationError, LoadError
+from greenprof.integrations.wsgi import ProfilerMiddleware
+from greenprof.sinks import JSONSink, MemorySink
+
+from .conftest import function_name, serve
+from .workloads import checkout, search, shop, spin
+
+Cells = dict[tuple[int, tuple[Frame, ...]], tuple[int, int]]
+
+
+def cells(report: Report) -> Cells:
+    """``{(greenlet_id, stack): (on_cpu_ns, off_cpu_ns)}``, zero cells left out."""
+    out: Counter[tuple[int, tuple[Frame, ...]]] = Counter()
+    offs: Counter[tuple[int, tuple[Frame, ...]]] = Counter()
+    for cell in report.stacks:
+        out[(cell.greenlet_id, cell.stack)] += cell.on_cpu_ns
+        offs[(cell.greenlet_id, cell.stack)] += cell.off_cpu_ns
+    return {key: (out[key], offs[key]) for key in out if out[key] or offs[key]}
+
+
+def assert_same(read_back: Report, live: Report) -> None:
+    """The same numbers, per greenlet and per stack, not "close"."""
+    assert cells(read_back) == cells(live)
+    assert read_back.greenlets == live.greenlets
+    assert read_back.slices == live.slices
+    assert read_back.waits == live.waits
+    assert read_back.sessions == live.sessions
+
+
+def burn_sleep_burn() -> None:
+    """The handler of the issue: 20 ms on-CPU, a 10 ms wait, 20 ms on-CPU."""
+    spin(0.020)
+    gevent.sleep(0.010)
+    spin(0.020)
+
+
+# -- one session, every mode -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["greenlet", "hybrid", "thread"])
+@pytest.mark.parametrize("dump_period", [0.001, 0.004])
+def test_a_file_reads_back_the_live_report_exactly(
+    tmp_path: Path, mode: str, dump_period: float
+) -> None:
+    path = tmp_path / "handler.jsonl"
+    profilers: list[greenprof.Profiler] = []
+
+    def handler() -> None:
+        with greenprof.profile(
+            sinks=[JSONSink(path)], mode=mode, dump_period=dump_period, tags={"path": "/x"}
+        ) as profiler:
+            burn_sleep_burn()
+        profilers.append(profiler)
+
+    gevent.spawn(handler).join()
+    (profiler,) = profilers
+    live = profiler.report()
+    read_back = Report.from_file(path)
+    assert_same(read_back, live)
+    (session,) = read_back.sessions
+    assert session.session_id == profiler.session_id
+    assert session.mode == mode
+    assert session.dump_period_ns == round(dump_period * 1e9)
+    assert session.tags == {"path": "/x"}
+    assert session.stop_ns > session.start_ns
+    # And the numbers are the truth, not zero: 40 ms on-CPU, 10 ms waiting.
+    gid = next(iter({s.greenlet_id for s in profiler.snapshots if s.event != "sample"}), None)
+    if mode == "thread":
+        gid = next(s.greenlet_id for s in read_back.snapshots if s.event == "sample")
+        own = [s for s in read_back.snapshots if s.greenlet_id == gid]
+        assert read_back.greenlets[gid].on_cpu_ns == len(own) * session.dump_period_ns
+        assert read_back.greenlets[gid].on_cpu_ns / 1e9 == pytest.approx(0.040, rel=0.3)
+    else:
+        assert gid is not None
+        totals = read_back.greenlets[gid]
+        assert totals.on_cpu_ns / 1e9 == pytest.approx(0.040, rel=0.15)
+        assert totals.off_cpu_ns / 1e9 == pytest.approx(0.010, rel=0.5)
+        assert totals.wall_ns == session.stop_ns - session.start_ns
+
+
+def test_many_sessions_appended_to_one_file_read_back_as_their_sum(tmp_path: Path) -> None:
+    path = tmp_path / "many.jsonl"
+    sink = JSONSink(path)
+    profilers: list[greenprof.Profiler] = []
+
+    def handler(index: int) -> None:
+        with greenprof.profile(sinks=[sink], tags={"n": str(index % 3)}) as profiler:
+            spin(0.001 * (1 + index % 3))
+            gevent.sleep(0.002)
+            spin(0.001)
+        profilers.append(profiler)
+
+    gevent.joinall([gevent.spawn(handler, i) for i in range(12)])
+    expected: Counter[tuple[int, tuple[Frame, ...]]] = Counter()
+    expected_off: Counter[tuple[int, tuple[Frame, ...]]] = Counter()
+    for profiler in profilers:
+        for cell in profiler.report().stacks:
+            expected[(cell.greenlet_id, cell.stack)] += cell.on_cpu_ns
+            expected_off[(cell.greenlet_id, cell.stack)] += cell.off_cpu_ns
+    read_back = Report.from_file(path)
+    assert cells(read_back) == {
+        key: (expected[key], expected_off[key])
+        for key in expected
+        if expected[key] or expected_off[key]
+    }
+    assert sorted(s.session_id for s in read_back.sessions) == sorted(
+        p.session_id for p in profilers
+    )
+    assert Counter(s.tags["n"] for s in read_back.sessions) == {"0": 4, "1": 4, "2": 4}
+
+
+def test_a_restarted_profiler_keeps_each_run_as_its_own_session(tmp_path: Path) -> None:
+    path = tmp_path / "runs.jsonl"
+    profiler = greenprof.Profiler(sinks=[JSONSink(path)], tags={"kind": "run"})
+    first_id = profiler.session_id
+    for _ in range(2):
+        profiler.start()
+        spin(0.002)
+        gevent.sleep(0.003)
+        profiler.stop()
+    read_back = Report.from_file(path)
+    assert [s.session_id for s in read_back.sessions] == [first_id, profiler.session_id]
+    assert first_id != profiler.session_id
+    # Sequences count from 0 in each session; the gap between runs is nobody's time.
+    for session in read_back.sessions:
+        mine = [s for s in read_back.snapshots if s.session_id == session.session_id]
+        assert [s.sequence for s in mine] == list(range(len(mine)))
+        assert [s.event for s in mine] == ["start", "switch_out", "switch_in", "stop"]
+    assert_same(read_back, profiler.report())
+    wall = sum(g.wall_ns for g in read_back.greenlets.values())
+    assert wall == sum(s.stop_ns - s.start_ns for s in read_back.sessions)
+
+
+# -- where a session starts and stops -------------------------------------------------
+
+
+def test_a_request_that_never_yields_shows_where_its_time_went(tmp_path: Path) -> None:
+    path = tmp_path / "cpu.jsonl"
+
+    @greenprof.profile(sinks=[JSONSink(path)])
+    def never_yields() -> None:
+        spin(0.03)
+
+    def caller() -> None:
+        never_yields()  # the decorated call
+
+    gevent.spawn(caller).join()
+    read_back = Report.from_file(path)
+    assert [s.event for s in read_back.snapshots] == ["start", "stop"]
+    (cell,) = [c for c in read_back.stacks if c.on_cpu_ns]
+    assert cell.stack[-1].function.endswith("caller")
+    assert cell.on_cpu_ns / 1e9 == pytest.approx(0.03, rel=0.15)
+    (session,) = read_back.sessions
+    assert cell.on_cpu_ns == session.stop_ns - session.start_ns
+
+
+def test_start_and_stop_are_recorded_only_in_the_greenlet_the_session_runs_in() -> None:
+    worker = gevent.spawn(gevent.sleep, 0.001)
+    with greenprof.profile(worker) as profiler:  # started and stopped in another greenlet
+        worker.join()
+    assert [s.event for s in profiler.snapshots] == ["switch_in", "switch_out", "switch_in", "exit"]
+
+
+# -- tags ------------------------------------------------------------------------------
+
+
+def test_tags_must_map_strings_to_strings() -> None:
+    with pytest.raises(ConfigurationError, match="tags must map strings to strings"):
+        greenprof.Profiler(tags={"status": 200})  # type: ignore[dict-item]
+    with pytest.raises(ConfigurationError, match="tags must map strings to strings"):
+        greenprof.profile(tags=["path"])  # type: ignore[arg-type]
+
+
+def test_tags_set_until_stop_are_kept_in_the_session() -> None:
+    sink = MemorySink()
+    with greenprof.profile(sinks=[sink], tags={"service": "shop"}) as profiler:
+        profiler.tags["user"] = "42"
+    (session,) = sink.sessions
+    assert session.tags == {"service": "shop", "user": "42"}
+    assert profiler.report().sessions == [session]
+
+
+@pytest.mark.parametrize("mode", ["greenlet", "hybrid", "thread"])
+def test_middleware_sessions_of_fifty_concurrent_requests_read_back_exactly(
+    tmp_path: Path, mode: str
+) -> None:
+    path = tmp_path / "requests.jsonl"
+    live: list[Report] = []
+    app = ProfilerMiddleware(
+        shop,
+        sinks=[JSONSink(path)],
+        mode=mode,
+        dump_period=0.002,
+        on_profiled=lambda profiler, environ: live.append(profiler.report()),
+        request_tags=lambda environ: {"client": str(environ["QUERY_STRING"] or "none")},
+    )
+    paths = ["/checkout?a", "/search?b"] * 25
+    replies = serve(app, paths)
+    assert all(b" 201 " in r or b" 404 " in r for r in replies)
+    assert app.kept == 50
+    read_back = Report.from_file(path)
+    assert len(read_back.sessions) == 50
+    expected = Report(
+        [s for report in live for s in report.snapshots],
+        sessions=[s for report in live for s in report.sessions],
+    )
+    assert_same(read_back, expected)
+    by_path = Counter(
+        (s.tags["method"], s.tags["path"], s.tags["status"]) for s in read_back.sessions
+    )
+    assert by_path == {("GET", "/checkout", "201"): 25, ("GET", "/search", "404"): 25}
+    for session in read_back.sessions:
+        assert session.tags["duration_ms"] == f"{session.duration_ns / 1e6:.3f}"
+        assert session.tags["client"] == ("a" if session.tags["path"] == "/checkout" else "b")
+        assert ("route" in session.tags) == (session.tags["path"] == "/checkout")
+
+
+def test_middleware_tags_a_request_that_raised_with_its_error(tmp_path: Path) -> None:
+    sink = MemorySink()
+    app = ProfilerMiddleware(shop, sinks=[sink], request_tags=lambda environ: {"bad": 1})  # type: ignore[dict-item,arg-type,return-value]
+    (reply,) = serve(app, ["/boom"])
+    assert reply.startswith(b"HTTP/1.1 500")
+    (session,) = sink.sessions
+    assert session.tags["error"] == "RuntimeError"
+    assert "status" not in session.tags
+    assert "bad" not in session.tags  # a bad tag function is left out, not fatal
+
+
+# -- merged views ----------------------------------------------------------------------
+
+
+def test_group_by_path_merges_every_request_of_each_endpoint(tmp_path: Path) -> None:
+    path = tmp_path / "shop.jsonl"
+    app = ProfilerMiddleware(shop, sinks=[JSONSink(path)])
+    serve(app, ["/checkout", "/search"] * 10)
+    report = Report.from_file(path)
+    groups = report.group_by("path")
+    assert list(groups) == ["/checkout", "/search"]  # heaviest first
+    for value, merged in groups.items():
+        sessions = [s for s in report.sessions if s.tags["path"] == value]
+        assert merged.sessions == sessions
+        alone = report.where({"path": value})
+        on = sum(g.on_cpu_ns for g in alone.greenlets.values())
+        off = sum(g.off_cpu_ns for g in alone.greenlets.values())
+        # One tree: every greenlet folded into one root, named by the value.
+        assert set(merged.greenlets) == {0}
+        assert merged.greenlets[0].greenlet_name == f"path={value}"
+        assert merged.greenlets[0].on_cpu_ns == on == sum(c.on_cpu_ns for c in merged.stacks)
+        assert merged.greenlets[0].off_cpu_ns == off == sum(c.off_cpu_ns for c in merged.stacks)
+        assert merged.greenlets[0].wall_ns == sum(s.duration_ns for s in sessions)
+        # Equal stacks of different requests are one cell.
+        assert len(merged.stacks) == len({c.stack for c in merged.stacks})
+        assert len(merged.stacks) < len(alone.stacks)
+    # Greenlet mode gives a burst to the stack it yields from: in the handler.
+    checkout_on = groups["/checkout"].total_ns(0, function_name(checkout))
+    search_on = groups["/search"].total_ns(0, function_name(search))
+    assert checkout_on / 1e9 == pytest.approx(10 * 0.004, rel=0.25)
+    assert search_on / 1e9 == pytest.approx(10 * 0.001, rel=0.5)
+    # Off-CPU: its 6 ms waits, and the time the other requests then ran.
+    waited = groups["/checkout"].greenlets[0].off_cpu_ns
+    assert waited / 1e9 >= 10 * 0.006 * 0.95
+
+
+def test_where_filters_sessions_by_tags_and_duration() -> None:
+    def session(session_id: str, duration: int, **tags: str) -> Session:
+        return Session(session_id, 1_000, 1_000 + duration, tags=tags)
+
+    report = Report(
+        [],
+        sessions=[
+            session("a", 50, path="/a"),
+            session("b", 500, path="/a"),
+            session("c", 500, path="/b"),
+        ],
+    )
+    assert [s.session_id for s in report.where({"path": "/a"}).sessions] == ["a", "b"]
+    assert [s.session_id for s in report.where(min_duration_ns=100).sessions] == ["b", "c"]
+    assert [s.session_id for s in report.where({"path": "/a"}, min_duration_ns=100).sessions] == [
+        "b"
+    ]
+    assert report.group_by("missing") == {}
+
+
+# -- files that are not whole --------------------------------------------------------
+
+
+def write(path: Path, *lines: object) -> None:
+    path.write_text(
+        "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines),
+        encoding="utf-8",
+    )
+
+
+def snapshot_line(sequence: int, event: str, timestamp: int, **more: object) -> dict[str, object]:
+    return {
+        "type": "snapshot",
+        "session_id": "s",
+        "sequence": sequence,
+        "timestamp_ns": timestamp,
+        "event": event,
+        "greenlet_id": 7,
+        "greenlet_name": "worker",
+        "thread_id": 1,
+        "stack": [["app.py", "handle", 10]],
+        **more,
+    }
+
+
+SESSION = {
+    "type": "session",
+    "session_id": "s",
+    "start_ns": 1_000,
+    "stop_ns": 9_000,
+    "mode": "greenlet",
+    "dump_period_ns": 10_000_000,
+    "max_depth": 128,
+    "max_snapshots": 10_000,
+    "dropped": 0,
+    "running_at_start": [7],
+    "bounds": [[7, 1_000, 9_000]],
+    "tags": {"path": "/x"},
+}
+
+
+def test_a_schema_1_file_loads_without_sessions(tmp_path: Path) -> None:
+    path = tmp_path / "v1.jsonl"
+    write(
+        path,
+        {"format": "greenprof-snapshots", "version": 1},
+        snapshot_line(0, "switch_out", 2_000),
+        snapshot_line(1, "switch_in", 5_000),
+    )
+    report = Report.from_file(path)
+    assert report.sessions == []
+    # No bounds: from the first snapshot to the last, 3 us waiting.
+    assert report.greenlets[7].off_cpu_ns == 3_000
+    assert report.greenlets[7].on_cpu_ns == 0
+    assert report.where({"path": "/x"}).snapshots == []
+
+
+def test_a_schema_2_file_with_its_session_counts_to_the_bounds(tmp_path: Path) -> None:
+    path = tmp_path / "v2.jsonl"
+    write(
+        path,
+        {"format": "greenprof-snapshots", "version": 2},
+        snapshot_line(0, "switch_out", 2_000),
+        snapshot_line(1, "switch_in", 5_000),
+        SESSION,
+    )
+    report = Report.from_file(path)
+    (session,) = report.sessions
+    assert session.tags == {"path": "/x"}
+    assert session.bounds == {7: (1_000, 9_000)}
+    # Running from the start (1,000) to the switch-out, waiting, then to the stop.
+    assert report.greenlets[7].on_cpu_ns == 1_000 + 4_000
+    assert report.greenlets[7].off_cpu_ns == 3_000
+
+
+def test_a_truncated_file_keeps_everything_before_the_cut(tmp_path: Path) -> None:
+    path = tmp_path / "cut.jsonl"
+    write(
+        path,
+        {"format": "greenprof-snapshots", "version": 2},
+        snapshot_line(0, "switch_out", 2_000),
+        snapshot_line(1, "switch_in", 5_000),
+    )
+    with path.open("a", encoding="utf-8") as file:
+        file.write(json.dumps(SESSION)[:40])  # the session line, cut short
+    report = Report.from_file(path)
+    assert len(report.snapshots) == 2
+    assert report.sessions == []  # replayed without bounds, like a schema 1 file
+    assert report.greenlets[7].off_cpu_ns == 3_000
+
+
+def test_a_session_without_snapshots_still_counts_its_time(tmp_path: Path) -> None:
+    path = tmp_path / "silent.jsonl"
+    write(path, {"format": "greenprof-snapshots", "version": 2}, SESSION)
+    report = Report.from_file(path)
+    assert report.snapshots == []
+    # Greenlet 7 ran the whole session (it was running at its start).
+    assert report.greenlets[7].on_cpu_ns == 8_000
+
+
+def test_an_invalid_session_line_is_refused_with_its_line_number(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    write(path, {"format": "greenprof-snapshots", "version": 2}, {**SESSION, "stop_ns": "late"})
+    with pytest.raises(LoadError, match=r"line 2: not a valid session \(expected a whole"):
+        Report.from_file(path)
+    write(path, {"format": "greenprof-snapshots", "version": 2}, {**SESSION, "tags": {"a": 1}})
+    with pytest.raises(LoadError, match=r"line 2: not a valid session"):
+        Report.from_file(path)
+
+
+def test_a_version_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bool.jsonl"
+    write(path, {"format": "greenprof-snapshots", "version": True})
+    with pytest.raises(LoadError, match="schema version True"):
+        greenprof.load(path)
+
+
+def test_session_records_survive_the_round_trip() -> None:
+    from greenprof._schema import encode_session
+
+    session = Session(
+        "id",
+        1,
+        2,
+        mode="hybrid",
+        dump_period_ns=5,
+        max_depth=3,
+        max_snapshots=4,
+        dropped=6,
+        running_at_start={7},
+        bounds={7: (1, 2), 8: (0, 2)},
+        tags={"path": "/ü"},
+    )
+    line = json.loads(encode_session(session))
+    assert line["bounds"] == [[7, 1, 2], [8, 0, 2]]
+    from greenprof._schema import _decode_session
+
+    assert _decode_session("f", 1, line) == session
+
+
+def test_start_and_stop_are_snapshot_events() -> None:
+    assert greenprof.EVENTS[-2:] == ("start", "stop")
+    assert Snapshot(1, "main", 2, "stop", 0, 10, (), "s").event == "stop"

@@ -11,14 +11,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import gevent
 import pytest
 
 import greenprof
 from greenprof import exporters
 from greenprof.exceptions import ConfigurationError
+from greenprof.sinks import MemorySink
 
 from .conftest import dump_dom, greenprof_command
-from .workloads import record_red_and_blue, recorded_red_work
+from .workloads import record_red_and_blue, recorded_red_work, spin
 
 
 @pytest.fixture(scope="module")
@@ -324,3 +326,85 @@ def test_write_escapes_file_names_that_are_not_utf8(tmp_path: Path) -> None:
         out = tmp_path / f"profile.{format}"
         exporters.write(report, format, out)
         assert "caf\\udce9.py" in out.read_text(encoding="utf-8")
+
+
+# -- timelines: one greenlet's time never overlaps itself ----------------------------
+
+
+def assert_nested(trace: dict[str, Any]) -> int:
+    """Every track's complete events nest properly (what Perfetto needs) and
+    its top-level slices never overlap; the number of events checked."""
+    by_track: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for event in trace["traceEvents"]:
+        if event["ph"] == "X":
+            by_track.setdefault((event["pid"], event["tid"]), []).append(event)
+    for events in by_track.values():
+        events.sort(key=lambda e: (e["ts"], -e["dur"]))
+        slices = [e for e in events if e["name"] in ("running", "waiting")]
+        for before, after in itertools.pairwise(slices):
+            assert before["ts"] + before["dur"] <= after["ts"], (before, after)
+        open_ends: list[int] = []
+        for event in events:
+            while open_ends and open_ends[-1] <= event["ts"]:
+                open_ends.pop()
+            end = event["ts"] + event["dur"]
+            if open_ends:
+                assert end <= open_ends[-1], (event, open_ends)
+            open_ends.append(end)
+    return sum(map(len, by_track.values()))
+
+
+def test_timelines_nest_in_thread_mode_nested_sessions_and_merged_reports() -> None:
+    def work() -> None:
+        for _ in range(5):
+            spin(0.002)
+            gevent.sleep(0.001)
+
+    thread_mode = greenprof.Profiler(mode="thread", dump_period=0.001)
+    worker = gevent.spawn(work)
+    thread_mode.start()
+    worker.join()
+    thread_mode.stop()
+
+    def nested() -> None:
+        with greenprof.profile(sinks=[sink]), greenprof.profile(sinks=[sink]):
+            work()
+
+    sink = MemorySink()
+    gevent.spawn(nested).join()
+    both = greenprof.Report(sink.snapshots, sessions=sink.sessions)
+    assert len(both.sessions) == 2
+    for report in (
+        thread_mode.report(),
+        both,
+        both.merged("both"),
+        *both.group_by("missing", missing="(none)").values(),
+    ):
+        trace = json.loads(exporters.chrome_trace(report))
+        assert assert_nested(trace) > 10
+        document = json.loads(exporters.speedscope(report))
+        for profile in document["profiles"]:
+            if profile["type"] == "evented":
+                replay_evented(profile)
+    # The nested sessions are two timelines of one greenlet, each whole.
+    document = json.loads(exporters.speedscope(both))
+    busy = sorted(replay_evented(p)[0] for p in document["profiles"])
+    assert len(busy) == 2
+    per_session = sorted(
+        sum(s.duration_ns for s in both.segments if s.on_cpu and s.session_id == session.session_id)
+        for session in both.sessions
+    )
+    assert busy == per_session
+
+
+def test_speedscope_always_has_a_profile() -> None:
+    def never_waits() -> None:
+        spin(0.002)
+
+    glet = gevent.spawn(never_waits)
+    with greenprof.profile(glet) as profiler:
+        glet.join()
+    document = json.loads(exporters.speedscope(profiler.report(), weight="off_cpu"))
+    (profile,) = document["profiles"]  # speedscope never opens a file without one
+    assert profile["name"] == "no off-cpu recorded"
+    assert profile["events"] == []

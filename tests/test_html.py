@@ -18,8 +18,8 @@ from gevent import baseserver, pywsgi
 import greenprof
 from greenprof import Frame, Report, Session, exporters
 from greenprof.exceptions import ConfigurationError
-from greenprof.exporters._common import stack_values
-from greenprof.exporters._html import SLICES, TAG_VALUES
+from greenprof.exporters._common import TAG_VALUES, stack_values
+from greenprof.exporters._html import SLICES
 from greenprof.exporters._html import html as html_page
 
 from .conftest import function_name, run_chromium

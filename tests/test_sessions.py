@@ -4,6 +4,7 @@ tags say what each session was, and many sessions merge per tag value."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -438,3 +439,131 @@ def test_session_records_survive_the_round_trip() -> None:
 def test_start_and_stop_are_snapshot_events() -> None:
     assert greenprof.EVENTS[-2:] == ("start", "stop")
     assert Snapshot(1, "main", 2, "stop", 0, 10, (), "s").event == "stop"
+
+
+# -- what the review of the file format found ---------------------------------------
+
+
+def test_a_tag_that_is_not_a_string_is_refused_where_it_is_set() -> None:
+    with greenprof.profile() as profiler:
+        with pytest.raises(ConfigurationError, match="tags must map strings to strings"):
+            profiler.tags["status"] = 200  # type: ignore[assignment]
+        with pytest.raises(ConfigurationError, match="tags must map strings to strings"):
+            profiler.tags.update(code=404)  # type: ignore[arg-type]
+        profiler.tags.setdefault("status", "200")
+        profiler.tags |= {"kind": "test"}
+    (session,) = profiler.sessions
+    assert session.tags == {"status": "200", "kind": "test"}
+    assert [s.sequence for s in profiler.snapshots] == list(range(len(profiler.snapshots)))
+
+
+class FlakySink(MemorySink):
+    """A MemorySink whose first ``failures`` exports raise."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def export(self, batch: list[Snapshot]) -> None:  # type: ignore[override]
+        if self.failures:
+            self.failures -= 1
+            raise OSError("disk full")
+        super().export(batch)
+
+
+def test_a_session_waits_for_its_snapshots_when_their_export_failed() -> None:
+    sink = FlakySink(failures=1)
+    profiler = greenprof.Profiler(sinks=[sink])
+    profiler.start()
+    gevent.sleep(0.001)
+    profiler.stop()
+    # Without its snapshots, the session would read back as other numbers.
+    assert sink.snapshots == []
+    assert sink.sessions == []
+    assert profiler.stats.sink_failures == 1
+    assert profiler.flush() is True
+    assert sink.snapshots == profiler.snapshots
+    assert sink.sessions == profiler.sessions
+    assert_same(Report(sink.snapshots, sessions=sink.sessions), profiler.report())
+
+
+def test_thread_mode_invents_no_time_for_greenlets_it_did_not_sample() -> None:
+    import threading
+
+    def work() -> None:
+        spin(0.05)
+
+    profiler = greenprof.Profiler(mode="thread", dump_period=0.001)
+    thread = threading.Thread(target=work)
+    thread.start()
+    profiler.start()  # the main greenlet, which then only waits for the thread
+    profiler.start(thread)
+    thread.join()
+    profiler.stop()
+    report = profiler.report()
+    (session,) = report.sessions
+    assert session.bounds == {}
+    assert session.running_at_start == frozenset()
+    # Every greenlet in the report was sampled: nothing stands for a whole
+    # session of time nobody saw.
+    sampled = {s.greenlet_id for s in report.snapshots}
+    assert set(report.greenlets) == sampled
+    for totals in report.greenlets.values():
+        assert totals.on_cpu_ns == totals.samples * session.dump_period_ns
+    assert report.greenlets[0].greenlet_name.startswith("thread ")
+
+
+def test_views_grouped_by_a_tag_show_the_sessions_without_it(tmp_path: Path) -> None:
+    from .conftest import greenprof_command
+
+    path = tmp_path / "mixed.jsonl"
+    sink = JSONSink(path)
+    for request in ("/a", "/a", "/b", "/b"):
+        with greenprof.profile(sinks=[sink], tags={"path": request}):
+            gevent.sleep(0.001)
+
+    def background_job() -> None:
+        spin(0.02)
+
+    with greenprof.profile(sinks=[sink]):  # no tags: the heaviest session
+        background_job()
+    report = Report.from_file(path)
+    assert list(report.group_by("path")) == ["/a", "/b"]  # left out by default
+    grouped = report.group_by("path", missing="(none)")
+    assert list(grouped) == ["(none)", "/a", "/b"]
+    assert grouped["(none)"].greenlets[0].wall_ns == report.sessions[-1].duration_ns
+    shown = greenprof_command("show", str(path))
+    assert shown.returncode == 0, shown.stderr
+    assert "path=(none)" in shown.stdout
+    # It never yields: its time goes to where its session started, this test.
+    untagged = shown.stdout.split("path=(none)")[1].split("path=/")[0]
+    assert function_name(test_views_grouped_by_a_tag_show_the_sessions_without_it) in untagged
+    assert re.search(r"^\(none\) +1 ", shown.stdout, re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"mode": "fast"}, "mode 'fast' is not one of greenlet, hybrid, thread"),
+        ({"stop_ns": 500}, "it stops (500) before it starts (1000)"),
+        ({"dump_period_ns": -5}, "dump_period_ns is -5, not >= 1"),
+        ({"max_depth": 0}, "max_depth is 0, not >= 1"),
+        ({"dropped": -1}, "dropped is -1, not >= 0"),
+    ],
+)
+def test_a_session_record_no_greenprof_writes_is_refused(
+    tmp_path: Path, change: dict[str, object], problem: str
+) -> None:
+    path = tmp_path / "odd.jsonl"
+    write(path, {"format": "greenprof-snapshots", "version": 2}, {**SESSION, **change})
+    with pytest.raises(LoadError, match=re.escape(f"line 2: not a valid session ({problem})")):
+        Report.from_file(path)
+
+
+def test_a_session_is_frozen_and_not_hashable() -> None:
+    session = Session("s", 1, 2, tags={"a": "b"})
+    with pytest.raises(AttributeError):
+        session.stop_ns = 3  # type: ignore[misc]
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(session)
+    assert session == Session("s", 1, 2, tags={"a": "b"})

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._profiler import MODES, Profiler, ProfilerStats
+from ._profiler import Profiler, ProfilerStats
 from ._report import GreenletTime, Report, RunSlice, Segment, StackTime, Wait
 from ._schema import load
 from ._scope import ProfileScope, profile
-from .snapshot import EVENTS, Frame, Session, Snapshot
+from .snapshot import EVENTS, MODES, Frame, Session, Snapshot
 
 try:
     __version__ = version("greenprof")

@@ -109,8 +109,7 @@ def _grouping(options: argparse.Namespace, report: Report) -> str | None:
         return None
     if options.group_by is None and options.command == "show":
         # Many requests: one tree per path is what a reader wants first.
-        tagged = sum(1 for session in report.sessions if "path" in session.tags)
-        return "path" if tagged > 1 else None
+        return exporters.default_group(report)
     return options.group_by  # type: ignore[no-any-return]
 
 

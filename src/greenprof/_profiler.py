@@ -37,7 +37,7 @@ from ._report import Report
 from ._sampler import SAMPLER, HybridTaker, ThreadTaker
 from ._stack import FrameFormatter, capture
 from ._threads import allocate_real_lock, thread_ident
-from ._validate import check_positive_int, check_tags, is_number
+from ._validate import Tags, check_positive_int, is_number
 from .exceptions import (
     AlreadyProfilingError,
     ConfigurationError,
@@ -49,7 +49,7 @@ from .exceptions import (
     WrongThreadError,
 )
 from .sinks._base import Sink
-from .snapshot import EVENTS, SNAPSHOT_SETTERS, Frame, Session, Snapshot
+from .snapshot import EVENTS, MODES, SNAPSHOT_SETTERS, Frame, Session, Snapshot
 
 __all__ = [
     "DEFAULT_FLUSH_TIMEOUT",
@@ -69,8 +69,6 @@ DEFAULT_FLUSH_TIMEOUT: Final = 5.0
 DEFAULT_DUMP_PERIOD: Final = 0.010
 #: The shortest dump period greenprof accepts.
 MIN_DUMP_PERIOD: Final = 0.001
-#: What a profiler records; see README.rst, "Modes".
-MODES: Final = ("greenlet", "hybrid", "thread")
 
 _logger = logging.getLogger("greenprof")
 _formatter = FrameFormatter()
@@ -202,7 +200,7 @@ class Profiler:
         self.mode = mode
         #: What the session is about (``{"path": "/checkout"}``): kept in
         #: its :class:`~greenprof.Session`. May be changed until ``stop()``.
-        self.tags: dict[str, str] = check_tags(tags)
+        self.tags: dict[str, str] = Tags(tags)
         self.follow_spawned = bool(follow_spawned)
         #: Greenlets for which this returns False are followed (with
         #: ``follow_spawned``) but not recorded.
@@ -239,8 +237,6 @@ class Profiler:
         # Called with the session's duration in ns as it stops, before its
         # Session is made (the WSGI middleware's ``duration_ms`` tag).
         self._on_stop: Callable[[Profiler, int], None] | None = None
-        # Buffers of the current run's targets and adopted greenlets.
-        self._run_buffers: list[GreenletBuffer] = []
         self._lock = allocate_real_lock()
         self._running: dict[int, _Target] = {}
         self._buffers: list[GreenletBuffer] = []
@@ -445,15 +441,16 @@ class Profiler:
                 self._began_running = set()
             self._run_started_ns = self._wall_ns(started)
             self._run_first = len(self._snapshots) + sum(len(b.records) for b in self._buffers)
-            self._run_buffers = []
             self.discarded = False
             self._stopping = False
-        if running:
-            self._began_running.add(record.key)
         self._running[record.key] = record
         self._buffers.append(record.buffer)
-        self._run_buffers.append(record.buffer)
-        self.bounds[record.buffer.greenlet_id or record.key] = (self._wall_ns(started), 0)
+        if self.mode != "thread":
+            # Thread mode samples whatever runs: bounds and who was running
+            # at the start say nothing about what its samples show.
+            if running:
+                self._began_running.add(record.key)
+            self.bounds[record.buffer.greenlet_id] = (self._wall_ns(started), 0)
 
     def stop(self) -> None:
         """Stop every target, then hand what was recorded to every sink.
@@ -496,8 +493,9 @@ class Profiler:
                     target.dispatcher.unwatch(target.watch, target.buffer)
                 if target.tracking:
                     target.dispatcher.stop_tracking()
-            bound_key = target.buffer.greenlet_id or target.key
-            self.bounds[bound_key] = (self.bounds[bound_key][0], stopped)
+            bound_key = target.buffer.greenlet_id
+            if bound_key in self.bounds:
+                self.bounds[bound_key] = (self.bounds[bound_key][0], stopped)
         with self._lock:
             self._take_adopted()
             children, self._children = self._children, []
@@ -754,11 +752,12 @@ class Profiler:
             snapshots = self._snapshots
         ok = True
         for state, ranges, first, sessions in jobs:
+            exported = True
             for start, stop in ranges:
                 try:
                     state.sink.export(snapshots[start:stop])
                 except Exception as exc:
-                    ok = False
+                    ok = exported = False
                     with self._lock:
                         # Unless a discarded run took these snapshots away
                         # meanwhile (stop() in another thread).
@@ -767,7 +766,12 @@ class Profiler:
                         self._sink_failures += 1
                     _report_sink_failure(state.sink, "export", exc)
             export_sessions = getattr(state.sink, "export_sessions", None)
-            if sessions and export_sessions is not None:
+            if not exported:
+                # A session goes after its snapshots: a file with the session
+                # but not its snapshots would read back as other numbers.
+                with self._lock:
+                    state.sessions = min(state.sessions, first)
+            elif sessions and export_sessions is not None:
                 try:
                     export_sessions(sessions)
                 except Exception as exc:

@@ -62,9 +62,12 @@ class RunSlice:
     duration_ns: int
     #: Where it resumed (empty for its first run or when unknown).
     start_stack: Stack
-    #: Where it yielded (empty when it finished, or the session ended first).
+    #: Where it yielded (empty when it finished or when the session's end,
+    #: as recorded, cut it; the ``stop`` stack when it stopped the session).
     end_stack: Stack
     samples: int
+    #: The session it ran in (not part of equality).
+    session_id: str = attrs.field(default="", eq=False)
 
 
 @attrs.frozen
@@ -77,6 +80,8 @@ class Wait:
     duration_ns: int
     #: The wait site: the stack it switched out from.
     stack: Stack
+    #: The session it waited in (not part of equality).
+    session_id: str = attrs.field(default="", eq=False)
 
 
 @attrs.frozen
@@ -91,6 +96,8 @@ class Segment:
     stack: Stack
     #: True: it ran (on-CPU); False: it waited there (off-CPU).
     on_cpu: bool
+    #: The session it belongs to (not part of equality).
+    session_id: str = attrs.field(default="", eq=False)
 
 
 @attrs.define
@@ -104,6 +111,7 @@ class _Walk:
     """One greenlet's state while its snapshots are replayed."""
 
     name: str
+    session_id: str = ""
     running_since: int | None = None
     resumed_stack: Stack = ()
     samples_in_slice: list[Snapshot] = attrs.Factory(list)
@@ -123,6 +131,9 @@ class _Replay:
     bounds: Mapping[int, tuple[int, int]]
     running_at_start: Collection[int]
     dump_period_ns: int
+    #: Thread mode records samples only: a greenlet without samples was not
+    #: seen, rather than running or waiting the whole session.
+    samples_only: bool = False
 
 
 class Report:
@@ -149,7 +160,8 @@ class Report:
       counts from the start, and one running or waiting when it stopped
       counts to the stop. A profiled greenlet that never switched ran (those
       in ``running_at_start``) or waited the whole session, with an empty
-      stack: greenlet mode cannot see inside it (hybrid mode can).
+      stack: greenlet mode cannot see inside it (hybrid mode can). Not in
+      thread mode, which records samples only.
     - Each session (``session_id``) is replayed on its own, with its own
       bounds and dump period (from ``sessions``); totals of a greenlet seen
       in several sessions add up. Snapshots of a session with no
@@ -180,6 +192,8 @@ class Report:
         )
         #: The label of a merged report (see :meth:`merged`), else None.
         self.merged_as: str | None = None
+        #: For a merged report, the report it merged (timelines need its greenlets).
+        self.unmerged: Report | None = None
         self._cells: dict[tuple[int, Stack], _Cell] = {}
         self._names: dict[int, str] = {}
         #: Every run slice, in time order.
@@ -191,7 +205,9 @@ class Report:
         self.greenlets: dict[int, GreenletTime] = {}
         legacy = _Replay(dict(bounds or {}), running_at_start, dump_period_ns)
         replays = {
-            session_id: _Replay(s.bounds, s.running_at_start, s.dump_period_ns)
+            session_id: _Replay(
+                s.bounds, s.running_at_start, s.dump_period_ns, samples_only=s.mode == "thread"
+            )
             for session_id, s in known.items()
         }
         # Sessions are replayed apart: a file may hold many (one per request),
@@ -201,19 +217,12 @@ class Report:
             by_session.setdefault((snapshot.session_id, snapshot.greenlet_id), []).append(snapshot)
             self._names[snapshot.greenlet_id] = snapshot.greenlet_name
         for (session_id, greenlet_id), events in by_session.items():
-            self._replay(greenlet_id, events, replays.get(session_id, legacy))
+            self._replay(greenlet_id, session_id, events, replays.get(session_id, legacy))
         # Profiled greenlets that recorded nothing still ran or waited.
-        seen = set(by_session)
         for session_id, replay in replays.items():
-            for greenlet_id, (start, stop) in replay.bounds.items():
-                if (session_id, greenlet_id) not in seen and start and stop:
-                    running = greenlet_id in replay.running_at_start
-                    self._silent(greenlet_id, start, stop, running=running)
-        seen_greenlets = {greenlet_id for _, greenlet_id in seen}
-        for greenlet_id, (start, stop) in legacy.bounds.items():
-            if greenlet_id not in seen_greenlets and start and stop:
-                running = greenlet_id in legacy.running_at_start
-                self._silent(greenlet_id, start, stop, running=running)
+            if not replay.samples_only:
+                self._silent_ones(session_id, replay, {g for s, g in by_session if s == session_id})
+        self._silent_ones("", legacy, {greenlet_id for _, greenlet_id in by_session})
         self.slices.sort(key=lambda s: s.start_ns)
         self.waits.sort(key=lambda w: w.start_ns)
         self.segments.sort(key=lambda s: s.start_ns)
@@ -288,34 +297,52 @@ class Report:
         ]
         return self._subset(chosen)
 
-    def group_by(self, tag: str) -> dict[str, Report]:
+    def split_by(self, tag: str, *, missing: str | None = None) -> dict[str, Report]:
+        """One report per value of ``tag`` (greenlets kept apart), heaviest
+        first. Sessions without the tag, and snapshots without a session,
+        go under ``missing`` (left out when it is None)."""
+        values: dict[str, list[Session]] = {}
+        for session in self.sessions:
+            value = session.tags.get(tag, missing)
+            if value is not None:
+                values.setdefault(value, []).append(session)
+        parts = {value: self._subset(chosen) for value, chosen in values.items()}
+        if missing is not None:
+            known = {s.session_id for s in self.sessions}
+            orphans = [s for s in self.snapshots if s.session_id not in known]
+            if orphans:
+                chosen = values.get(missing, [])
+                ids = {s.session_id for s in chosen}
+                parts[missing] = Report(
+                    [*orphans, *(s for s in self.snapshots if s.session_id in ids)],
+                    sessions=chosen,
+                )
+        return dict(sorted(parts.items(), key=lambda item: (-_weight(item[1]), item[0])))
+
+    def group_by(self, tag: str, *, missing: str | None = None) -> dict[str, Report]:
         """One merged report per value of ``tag``, heaviest first.
 
         Each merges every session with that value (see :meth:`merged`):
         stacks of all its greenlets and sessions add up into one tree,
-        rooted at the program's outermost frame. Sessions without the tag
-        are left out.
+        rooted at the program's outermost frame, named ``tag=value``.
+        Sessions without the tag (and snapshots without a session) are left
+        out, or merged under the value ``missing`` when it is given.
         """
-        values: dict[str, list[Session]] = {}
-        for session in self.sessions:
-            value = session.tags.get(tag)
-            if value is not None:
-                values.setdefault(value, []).append(session)
-        groups = {
-            value: self._subset(chosen).merged(f"{tag}={value}") for value, chosen in values.items()
+        return {
+            value: part.merged(f"{tag}={value}")
+            for value, part in self.split_by(tag, missing=missing).items()
         }
-        return dict(sorted(groups.items(), key=lambda item: (-_weight(item[1]), item[0])))
 
     def merged(self, name: str) -> Report:
         """This report with every greenlet folded into one, named ``name``
         (``greenlet_id`` 0): the time of equal stacks adds up, whichever
-        greenlet and session spent it."""
-        merged = object.__new__(Report)
+        greenlet and session spent it. ``unmerged`` keeps this report."""
+        merged = Report(())
         merged.snapshots = self.snapshots
         merged.sessions = self.sessions
         merged.merged_as = name
+        merged.unmerged = self
         merged._names = {0: name}
-        merged._cells = {}
         for (_, stack), cell in self._cells.items():
             into = merged._cells.get((0, stack))
             if into is None:
@@ -328,8 +355,8 @@ class Report:
             attrs.evolve(s, greenlet_id=0, greenlet_name=name) for s in self.segments
         ]
         totals = self.greenlets.values()
-        merged.greenlets = (
-            {
+        if totals:
+            merged.greenlets = {
                 0: GreenletTime(
                     greenlet_id=0,
                     greenlet_name=name,
@@ -341,9 +368,6 @@ class Report:
                     samples=sum(g.samples for g in totals),
                 )
             }
-            if totals
-            else {}
-        )
         return merged
 
     def _subset(self, sessions: Sequence[Session]) -> Report:
@@ -354,13 +378,17 @@ class Report:
 
     def _add(
         self,
+        walk: _Walk,
         greenlet_id: int,
         stack: Stack,
         start: int,
         duration: int,
         *,
         on_cpu: bool,
+        timeline: int | None = None,
     ) -> None:
+        """Give ``duration`` ns from ``start`` to ``stack``; ``timeline``: how
+        much of it the timeline shows, when less (thread-mode samples)."""
         cell = self._cells.get((greenlet_id, stack))
         if cell is None:
             cell = self._cells[(greenlet_id, stack)] = _Cell()
@@ -368,17 +396,28 @@ class Report:
             cell.on_cpu_ns += duration
         else:
             cell.off_cpu_ns += duration
-        if duration:
-            name = self._names[greenlet_id]
-            self.segments.append(Segment(greenlet_id, name, start, duration, stack, on_cpu))
+        shown = duration if timeline is None else timeline
+        if shown:
+            self.segments.append(
+                Segment(greenlet_id, walk.name, start, shown, stack, on_cpu, walk.session_id)
+            )
 
-    def _replay(self, greenlet_id: int, events: Sequence[Snapshot], replay: _Replay) -> None:
-        walk = _Walk(self._names[greenlet_id])
+    def _replay(
+        self, greenlet_id: int, session_id: str, events: Sequence[Snapshot], replay: _Replay
+    ) -> None:
+        walk = _Walk(self._names[greenlet_id], session_id)
         period = replay.dump_period_ns
         if all(snapshot.event == "sample" for snapshot in events):
-            # Thread mode: no switches, each sample stands for one period.
-            for snapshot in events:
-                self._add(greenlet_id, snapshot.stack, snapshot.timestamp_ns, period, on_cpu=True)
+            # Thread mode: no switches, each sample stands for one period. On
+            # a timeline, until the next sample at most (a late sampler takes
+            # two close together).
+            nexts = [s.timestamp_ns for s in events[1:]]
+            for snapshot, after in itertools.zip_longest(events, nexts):
+                at = snapshot.timestamp_ns
+                shown = period if after is None else max(0, min(period, after - at))
+                self._add(
+                    walk, greenlet_id, snapshot.stack, at, period, on_cpu=True, timeline=shown
+                )
             walk.samples = len(events)
             walk.on_cpu_ns = len(events) * period
             self._total(greenlet_id, walk)
@@ -398,8 +437,10 @@ class Report:
                 walk.samples += 1
                 if walk.running_since is None:
                     # Only a sample taken while it waited (it cannot run
-                    # then): it stands for one period, like a thread-mode one.
-                    self._add(greenlet_id, snapshot.stack, now, period, on_cpu=True)
+                    # then): it stands for one period, like a thread-mode
+                    # one, and takes no room on a timeline (it waited then).
+                    stack = snapshot.stack
+                    self._add(walk, greenlet_id, stack, now, period, on_cpu=True, timeline=0)
                     walk.on_cpu_ns += period
                 else:
                     walk.samples_in_slice.append(snapshot)
@@ -430,11 +471,21 @@ class Report:
         samples = walk.samples_in_slice
         return (samples[-1].stack if samples else ()) or walk.resumed_stack
 
-    def _silent(self, greenlet_id: int, start: int, stop: int, *, running: bool) -> None:
-        # Profiled, but it never switched (and was not sampled): it ran, or
-        # waited, the whole session, at a stack the snapshots do not show.
+    def _silent_ones(self, session_id: str, replay: _Replay, seen: set[int]) -> None:
+        """The greenlets of ``replay``'s bounds with no snapshot in ``seen``:
+        profiled, but they never switched (and were not sampled), so they
+        ran, or waited, the whole session, at a stack the snapshots do not
+        show."""
+        for greenlet_id, (start, stop) in replay.bounds.items():
+            if start and stop and greenlet_id not in seen:
+                running = greenlet_id in replay.running_at_start
+                self._silent(greenlet_id, session_id, start, stop, running=running)
+
+    def _silent(
+        self, greenlet_id: int, session_id: str, start: int, stop: int, *, running: bool
+    ) -> None:
         self._names.setdefault(greenlet_id, "")
-        walk = _Walk(self._names[greenlet_id])
+        walk = _Walk(self._names[greenlet_id], session_id)
         if running:
             walk.running_since = start
             self._end_slice(greenlet_id, walk, stop, (), ())
@@ -459,10 +510,17 @@ class Report:
     def _end_wait(self, greenlet_id: int, walk: _Walk, now: int) -> None:
         if walk.waiting_since is not None:
             waited = max(0, now - walk.waiting_since)
-            self._add(greenlet_id, walk.wait_stack, walk.waiting_since, waited, on_cpu=False)
+            self._add(walk, greenlet_id, walk.wait_stack, walk.waiting_since, waited, on_cpu=False)
             walk.off_cpu_ns += waited
             self.waits.append(
-                Wait(greenlet_id, walk.name, walk.waiting_since, waited, walk.wait_stack)
+                Wait(
+                    greenlet_id,
+                    walk.name,
+                    walk.waiting_since,
+                    waited,
+                    walk.wait_stack,
+                    walk.session_id,
+                )
             )
             walk.waiting_since = None
 
@@ -477,9 +535,9 @@ class Report:
             times = [s.timestamp_ns for s in samples]
             edges = [start, *((a + b) // 2 for a, b in itertools.pairwise(times)), now]
             for sample, (lo, hi) in zip(samples, itertools.pairwise(edges), strict=True):
-                self._add(greenlet_id, sample.stack, lo, max(0, hi - lo), on_cpu=True)
+                self._add(walk, greenlet_id, sample.stack, lo, max(0, hi - lo), on_cpu=True)
         else:
-            self._add(greenlet_id, fallback, start, max(0, now - start), on_cpu=True)
+            self._add(walk, greenlet_id, fallback, start, max(0, now - start), on_cpu=True)
         duration = max(0, now - start)
         walk.on_cpu_ns += duration
         self.slices.append(
@@ -491,6 +549,7 @@ class Report:
                 start_stack=walk.resumed_stack,
                 end_stack=yielded,
                 samples=len(samples),
+                session_id=walk.session_id,
             )
         )
         walk.running_since = None

@@ -33,7 +33,7 @@ from typing import Any, Final
 import attrs
 
 from .exceptions import LoadError, UnsupportedFormatError
-from .snapshot import EVENTS, Frame, Session, Snapshot
+from .snapshot import EVENTS, MODES, Frame, Session, Snapshot
 
 FORMAT: Final = "greenprof-snapshots"
 VERSION: Final = 2
@@ -243,7 +243,7 @@ def _decode_session(name: str, number: int, obj: dict[str, Any]) -> Session:
         if not isinstance(tags, dict):
             msg = f"tags must be an object, not {tags!r}"
             raise TypeError(msg)
-        return Session(
+        session = Session(
             session_id=_str(obj["session_id"]),
             start_ns=_int(obj["start_ns"]),
             stop_ns=_int(obj["stop_ns"]),
@@ -258,10 +258,28 @@ def _decode_session(name: str, number: int, obj: dict[str, Any]) -> Session:
             },
             tags={_str(key): _str(value) for key, value in tags.items()},
         )
+        _check_session(session)
+        return session
     except (KeyError, TypeError, ValueError) as exc:
         detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
         msg = f"{name}, line {number}: not a valid session ({detail})."
         raise LoadError(msg) from None
+
+
+def _check_session(session: Session) -> None:
+    """ValueError for values no greenprof writes: they would make nonsense times."""
+    problems = []
+    if session.mode not in MODES:
+        problems.append(f"mode {session.mode!r} is not one of {', '.join(MODES)}")
+    if session.start_ns < 0 or (session.stop_ns and session.stop_ns < session.start_ns):
+        problems.append(f"it stops ({session.stop_ns}) before it starts ({session.start_ns})")
+    for field in ("dump_period_ns", "max_depth", "max_snapshots"):
+        if getattr(session, field) < 1:
+            problems.append(f"{field} is {getattr(session, field)}, not >= 1")
+    if session.dropped < 0:
+        problems.append(f"dropped is {session.dropped}, not >= 0")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def _int(value: object) -> int:

@@ -34,3 +34,26 @@ def check_tags(tags: object) -> dict[str, str]:
         )
         raise ConfigurationError(msg)
     return dict(tags)
+
+
+class Tags(dict[str, str]):
+    """A session's tags, checked as they are set: a bad one raises where the
+    program sets it, never later inside ``stop()``."""
+
+    def __init__(self, tags: object = None) -> None:
+        super().__init__(check_tags(tags))
+
+    def __setitem__(self, key: str, value: str) -> None:
+        super().__setitem__(*check_tags({key: value}).popitem())
+
+    def setdefault(self, key: str, default: str = "") -> str:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args: object, **kwargs: str) -> None:
+        super().update(check_tags(dict(*args, **kwargs)))
+
+    def __ior__(self, other: object) -> Tags:  # type: ignore[override,misc]
+        self.update(other)
+        return self

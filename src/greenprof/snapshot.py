@@ -11,7 +11,9 @@ from typing import Final
 
 import attrs
 
-__all__ = ["EVENTS", "Frame", "Session", "Snapshot"]
+from ._validate import check_tags
+
+__all__ = ["EVENTS", "MODES", "Frame", "Session", "Snapshot"]
 
 #: Every value :attr:`Snapshot.event` can take.
 #:
@@ -30,6 +32,9 @@ __all__ = ["EVENTS", "Frame", "Session", "Snapshot"]
 #: - ``stop``: the session stopped in this greenlet, which was running;
 #:   ``stack`` is where. Not in ``thread`` mode.
 EVENTS: Final = ("switch_in", "throw", "switch_out", "exit", "sample", "start", "stop")
+
+#: What a profiler records; see README.rst, "Modes".
+MODES: Final = ("greenlet", "hybrid", "thread")
 
 
 @attrs.frozen(slots=True)
@@ -76,11 +81,7 @@ class Snapshot:
 
 
 def _check_tags(instance: object, attribute: attrs.Attribute[object], value: object) -> None:
-    if not isinstance(value, Mapping) or not all(
-        isinstance(key, str) and isinstance(text, str) for key, text in value.items()
-    ):
-        msg = f"Session.tags must map strings to strings, not {value!r}."
-        raise ValueError(msg)
+    check_tags(value)
 
 
 def _bounds(value: Mapping[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
@@ -95,13 +96,15 @@ def _tags(value: Mapping[str, str]) -> dict[str, str]:
     return dict(value)
 
 
-@attrs.frozen
+@attrs.frozen(hash=False)
 class Session:
     """One profiling session (a ``start()`` .. ``stop()`` of a
     :class:`~greenprof.Profiler`): when it ran, how, and what it is about.
 
     Files written by :class:`~greenprof.sinks.JSONSink` keep it beside the
-    session's snapshots, so a profile read back is the same profile.
+    session's snapshots, so a profile read back is the same profile. Its
+    fields cannot be reassigned; ``bounds`` and ``tags`` are plain dicts,
+    so a Session is not hashable.
     """
 
     #: The ``session_id`` of the session's snapshots.

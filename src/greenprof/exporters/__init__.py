@@ -19,7 +19,7 @@ from .._report import Report
 from ..exceptions import ConfigurationError
 from ._chrome import chrome_trace
 from ._collapsed import collapsed
-from ._common import WEIGHTS, Weight, check_weight
+from ._common import WEIGHTS, Weight, check_weight, default_group
 from ._html import html
 from ._pprof import pprof
 from ._speedscope import SPEEDSCOPE_SCHEMA, speedscope
@@ -33,6 +33,7 @@ __all__ = [
     "Renderer",
     "chrome_trace",
     "collapsed",
+    "default_group",
     "export",
     "format_for_path",
     "html",
@@ -49,12 +50,23 @@ class Renderer:
     """One output format."""
 
     name: str
-    #: ``render(report, weight=..., group_by=...)``: text, or bytes if ``binary``.
-    render: Callable[..., str | bytes]
+    #: ``function(report, group_by=...)``, and ``weight=...`` if it
+    #: ``weighs``: text, or bytes if ``binary``.
+    function: Callable[..., str | bytes]
     binary: bool
+    #: Whether stacks are sized by the weight (else every weight is in it).
+    weighs: bool
     #: File name endings that mean this format, longest first.
     extensions: tuple[str, ...]
     description: str
+
+    def render(
+        self, report: Report, *, weight: Weight = "on_cpu", group_by: str | None = None
+    ) -> str | bytes:
+        check_weight(weight)
+        if self.weighs:
+            return self.function(report, weight=weight, group_by=group_by)
+        return self.function(report, group_by=group_by)
 
     def render_bytes(
         self, report: Report, *, weight: Weight = "on_cpu", group_by: str | None = None
@@ -67,18 +79,6 @@ class Renderer:
         return cast(str, rendered).encode("utf-8", "backslashreplace")
 
 
-def _timeline(report: Report, *, weight: Weight, group_by: str | None) -> str:
-    return chrome_trace(report, group_by=group_by)
-
-
-def _page(report: Report, *, weight: Weight, group_by: str | None) -> str:
-    return html(report, group_by=group_by)
-
-
-def _tree(report: Report, *, weight: Weight, group_by: str | None) -> str:
-    return text(report, group_by=group_by)
-
-
 #: Every format, by name.
 RENDERERS: Final = {
     renderer.name: renderer
@@ -87,6 +87,7 @@ RENDERERS: Final = {
             "collapsed",
             collapsed,
             binary=False,
+            weighs=True,
             extensions=(".collapsed", ".folded"),
             description="folded stacks (flamegraph.pl, speedscope, Pyroscope)",
         ),
@@ -94,13 +95,15 @@ RENDERERS: Final = {
             "speedscope",
             speedscope,
             binary=False,
+            weighs=True,
             extensions=(".speedscope.json", ".json"),
             description="speedscope JSON: a timeline per greenlet",
         ),
         Renderer(
             "chrome",
-            _timeline,
+            chrome_trace,
             binary=False,
+            weighs=False,
             extensions=(".trace.json",),
             description="Chrome trace events (Perfetto UI, chrome://tracing)",
         ),
@@ -108,20 +111,23 @@ RENDERERS: Final = {
             "pprof",
             pprof,
             binary=True,
+            weighs=True,
             extensions=(".pb.gz", ".pprof"),
             description="gzipped pprof profile.proto (go tool pprof, Pyroscope)",
         ),
         Renderer(
             "html",
-            _page,
+            html,
             binary=False,
+            weighs=False,
             extensions=(".html", ".htm"),
             description="a self-contained HTML flame graph",
         ),
         Renderer(
             "text",
-            _tree,
+            text,
             binary=False,
+            weighs=False,
             extensions=(".txt",),
             description="a call tree with on-CPU and off-CPU columns",
         ),
@@ -151,7 +157,6 @@ def export(
     that weigh stacks (``collapsed``, ``speedscope``, ``pprof``: its default
     sample type); ``chrome`` is a timeline, and ``html`` and ``text`` carry
     every weight. ``group_by`` merges the sessions of each value of that tag."""
-    check_weight(weight)
     return renderer_for(format).render(report, weight=weight, group_by=group_by)
 
 
@@ -167,7 +172,6 @@ def renderer_for(format: str) -> Renderer:
 def write(report: Report, format: str, path: str | os.PathLike[str], **options: Any) -> None:
     """:func:`export` ``report`` to the file at ``path`` (``weight=`` and
     ``group_by=`` as there)."""
-    check_weight(options.get("weight", "on_cpu"))
     data = renderer_for(format).render_bytes(report, **options)
     with open(path, "wb") as file:
         file.write(data)

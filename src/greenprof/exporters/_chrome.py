@@ -6,13 +6,13 @@ import json
 from typing import Any
 
 from .._report import Report
-from ._common import frame_label, greenlet_label, groups, origin_ns, shown
+from ._common import frame_label, origin_ns, shown, splits, timeline_tracks
 
 __all__ = ["chrome_trace"]
 
 
 def chrome_trace(report: Report, *, group_by: str | None = None) -> str:
-    """A timeline: one track per greenlet, named after it, with its run
+    """A timeline: one track per greenlet (of each session), named after it, with its run
     slices (``running``, category ``cpu``) and waits (``waiting``, category
     ``wait``), and inside each, one nested event per frame of the stack the
     time went to (a run slice of a hybrid session holds one such stack per
@@ -28,10 +28,7 @@ def chrome_trace(report: Report, *, group_by: str | None = None) -> str:
     events: list[dict[str, Any]] = []
     parts = [("greenprof", report)]
     if group_by is not None:  # heaviest value first
-        parts = [
-            (f"{group_by}={value}", report.where({group_by: value}))
-            for value in groups(report, group_by)
-        ]
+        parts = [(f"{group_by}={value}", part) for value, part in splits(report, group_by).items()]
     for pid, (title, part) in enumerate(parts, 1):
         events.append(_meta("process_name", pid, 0, title))
         events.append(
@@ -50,28 +47,37 @@ def _meta(kind: str, pid: int, tid: int, name: str) -> dict[str, Any]:
 
 
 def _tracks(report: Report, pid: int, origin: int) -> list[dict[str, Any]]:
+    source = report.unmerged or report  # a merged report: its greenlets' own timelines
     events: list[dict[str, Any]] = []
-    tracks: dict[int, int] = {}
-    for greenlet_id in sorted(report.greenlets):
-        track = tracks[greenlet_id] = len(tracks) + 1
-        name = greenlet_label(greenlet_id, report.greenlets[greenlet_id].greenlet_name)
-        events.append(_meta("thread_name", pid, track, name))
+    tracks: dict[tuple[str, int], int] = {}
+    for key, label in timeline_tracks(report).items():
+        tracks[key] = len(tracks) + 1
+        events.append(_meta("thread_name", pid, tracks[key], label))
 
     def us(ns: int) -> int:
         return (ns - origin) // 1000
 
     spans: list[tuple[int, int, int, int, dict[str, Any]]] = []
     for kind, name, items in (
-        ("cpu", "running", [(s.greenlet_id, s.start_ns, s.duration_ns) for s in report.slices]),
-        ("wait", "waiting", [(w.greenlet_id, w.start_ns, w.duration_ns) for w in report.waits]),
+        (
+            "cpu",
+            "running",
+            [(s.session_id, s.greenlet_id, s.start_ns, s.duration_ns) for s in source.slices],
+        ),
+        (
+            "wait",
+            "waiting",
+            [(w.session_id, w.greenlet_id, w.start_ns, w.duration_ns) for w in source.waits],
+        ),
     ):
-        for greenlet_id, start, duration in items:
-            if greenlet_id in tracks:
-                ts, end = us(start), us(start + duration)
+        for session_id, greenlet_id, start, duration in items:
+            track = tracks.get((session_id, greenlet_id))
+            if track is not None:
                 body: dict[str, Any] = {"name": name, "cat": kind}
-                spans.append((tracks[greenlet_id], ts, end, 0, body))
-    for segment in report.segments:
-        if segment.greenlet_id not in tracks:
+                spans.append((track, us(start), us(start + duration), 0, body))
+    for segment in source.segments:
+        track = tracks.get((segment.session_id, segment.greenlet_id))
+        if track is None:
             continue
         ts, end = us(segment.start_ns), us(segment.start_ns + segment.duration_ns)
         kind = "cpu" if segment.on_cpu else "wait"
@@ -81,15 +87,8 @@ def _tracks(report: Report, pid: int, origin: int) -> list[dict[str, Any]]:
                 if frame.filename
                 else {"frame": frame_label(frame)}
             )
-            spans.append(
-                (
-                    tracks[segment.greenlet_id],
-                    ts,
-                    end,
-                    depth,
-                    {"name": frame.function, "cat": kind, "args": args},
-                )
-            )
+            body = {"name": frame.function, "cat": kind, "args": args}
+            spans.append((track, ts, end, depth, body))
     # Parents before children: by start, then the outermost first.
     spans.sort(key=lambda span: (span[0], span[1], span[3], -span[2]))
     for track, ts, end, _, body in spans:

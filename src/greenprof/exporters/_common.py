@@ -83,17 +83,55 @@ def stack_values(report: Report) -> dict[tuple[int, str, Stack], list[int]]:
     return values
 
 
-def groups(report: Report, tag: str) -> dict[str, Report]:
-    """``report.group_by(tag)``, or ConfigurationError naming the tags
-    there are when no session has this one."""
-    found = report.group_by(tag)
-    if not found:
+#: Views grouped by a tag show the sessions without it under this value.
+NO_VALUE: Final = "(none)"
+#: A tag is worth a view of its own when its sessions have at most this many
+#: distinct values, and fewer than there are sessions with it: a request's
+#: path, method or status, not its duration or id, whose view would be one
+#: entry per session again.
+TAG_VALUES: Final = 100
+
+
+def viewable_tags(report: Report) -> list[str]:
+    """The tags worth a view of their own (see :data:`TAG_VALUES`), sorted."""
+    values: dict[str, set[str]] = {}
+    sessions: dict[str, int] = {}
+    for session in report.sessions:
+        for key, value in session.tags.items():
+            values.setdefault(key, set()).add(value)
+            sessions[key] = sessions.get(key, 0) + 1
+    return sorted(
+        key for key, found in values.items() if len(found) <= min(TAG_VALUES, sessions[key] - 1)
+    )
+
+
+def default_group(report: Report) -> str | None:
+    """What a view of many sessions groups by when not told: ``path``, when
+    it is worth a view (a web service's profile is about its paths)."""
+    return "path" if "path" in viewable_tags(report) else None
+
+
+def _check_tag(report: Report, tag: str) -> None:
+    if not any(tag in session.tags for session in report.sessions):
         tags = sorted({key for session in report.sessions for key in session.tags})
         msg = f"no session has the tag {tag!r}" + (
             f"; the sessions have {', '.join(tags)}." if tags else "; no session has tags."
         )
         raise ConfigurationError(msg)
-    return found
+
+
+def splits(report: Report, tag: str) -> dict[str, Report]:
+    """``report.split_by(tag)``, the sessions without it under
+    :data:`NO_VALUE`, or ConfigurationError naming the tags there are when
+    no session has this one."""
+    _check_tag(report, tag)
+    return report.split_by(tag, missing=NO_VALUE)
+
+
+def groups(report: Report, tag: str) -> dict[str, Report]:
+    """Like :func:`splits`, each value's sessions merged (``report.group_by``)."""
+    _check_tag(report, tag)
+    return report.group_by(tag, missing=NO_VALUE)
 
 
 def grouped(report: Report, group_by: str | None) -> list[tuple[str, Report]]:
@@ -102,6 +140,31 @@ def grouped(report: Report, group_by: str | None) -> list[tuple[str, Report]]:
     if group_by is None:
         return [("", report)]
     return [(f"{group_by}={value}", merged) for value, merged in groups(report, group_by).items()]
+
+
+def timeline_tracks(report: Report) -> dict[tuple[str, int], str]:
+    """One timeline track per greenlet of each session, in time order, with
+    its label: ``name [0xid]``, and the session's number when the greenlet
+    is in several sessions (a pool greenlet that served many requests, or
+    nested sessions). A merged report's tracks are its unmerged greenlets'."""
+    source = report.unmerged or report
+    firsts: dict[tuple[str, int], tuple[int, str]] = {}
+    for segment in source.segments:
+        key = (segment.session_id, segment.greenlet_id)
+        if key not in firsts:
+            firsts[key] = (segment.start_ns, segment.greenlet_name)
+    sessions_of: dict[int, int] = {}
+    for _, greenlet_id in firsts:
+        sessions_of[greenlet_id] = sessions_of.get(greenlet_id, 0) + 1
+    number = {s.session_id: index for index, s in enumerate(source.sessions, 1)}
+    tracks = {}
+    for key in sorted(firsts, key=lambda key: (firsts[key][0], key)):
+        session_id, greenlet_id = key
+        label = greenlet_label(greenlet_id, firsts[key][1])
+        if sessions_of[greenlet_id] > 1:
+            label += f" (session {number.get(session_id, '?')})"
+        tracks[key] = label
+    return tracks
 
 
 def origin_ns(report: Report) -> int:

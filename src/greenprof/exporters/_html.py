@@ -18,17 +18,20 @@ from typing import Any, Final
 
 from .._report import Report
 from ..snapshot import Frame
-from ._common import Stack, greenlet_label, groups, origin_ns, stack_values
+from ._common import (
+    Stack,
+    default_group,
+    greenlet_label,
+    groups,
+    origin_ns,
+    stack_values,
+    viewable_tags,
+)
 
 __all__ = ["html"]
 
 #: How many of the longest run slices the page lists.
 SLICES: Final = 25
-#: A tag gets a view of its own when its sessions have at most this many
-#: distinct values, and fewer than there are sessions with it: a request's
-#: path, method or status, not its duration or id, whose view would be one
-#: entry per session again.
-TAG_VALUES: Final = 100
 #: The view that has one entry per greenlet; tags name the others.
 GREENLET_VIEW: Final = "greenlet"
 #: greenprof's own package folder (with a trailing separator): its frames
@@ -84,17 +87,8 @@ def _stack_rows(
 
 def _view_tags(report: Report, group_by: str | None) -> list[str]:
     """The tags that get a view (see :data:`TAG_VALUES`), ``group_by`` always."""
-    values: dict[str, set[str]] = {}
-    sessions: dict[str, int] = {}
-    for session in report.sessions:
-        for key, value in session.tags.items():
-            values.setdefault(key, set()).add(value)
-            sessions[key] = sessions.get(key, 0) + 1
-    return sorted(
-        key
-        for key, found in values.items()
-        if key == group_by or len(found) <= min(TAG_VALUES, sessions[key] - 1)
-    )
+    tags = viewable_tags(report)
+    return sorted({*tags, group_by}) if group_by is not None else tags
 
 
 def _tags_text(tags: dict[str, str]) -> str:
@@ -178,18 +172,12 @@ def _session_tags(report: Report, greenlet_id: int, when_ns: int) -> dict[str, s
 
 def _profile(report: Report, group_by: str | None = None) -> dict[str, Any]:
     """The JSON the viewer reads; flamegraph.js documents its shape."""
-    if group_by is not None:
-        groups(report, group_by)  # a tag no session has: say which there are
     tag_keys = _view_tags(report, group_by)
     frames = _Frames()
     greenlets, position = _greenlet_view(report, frames)
+    # A group_by no session has fails here, naming the tags there are.
     views = [greenlets] + [_tag_view(report, key, frames) for key in tag_keys]
-    if group_by is not None:
-        initial = group_by
-    elif "path" in tag_keys:
-        initial = "path"  # what a web service's profile is about
-    else:
-        initial = GREENLET_VIEW
+    initial = group_by or default_group(report) or GREENLET_VIEW
 
     # Times go in relative to the first moment seen: epoch nanoseconds do not
     # fit a JavaScript number exactly.

@@ -15,6 +15,7 @@ from ._common import (
     grouped,
     origin_ns,
     shown,
+    timeline_tracks,
     weighted,
 )
 
@@ -66,6 +67,8 @@ def speedscope(
             profiles += _sampled(part, weight, frames)
         else:
             profiles += _evented(part, weight, frames, origin)
+    if not profiles:  # speedscope never finishes loading a file without one
+        profiles.append(_timeline(f"no {weight.replace('_', '-')} recorded", [], 0))
     document = {
         "$schema": SPEEDSCOPE_SCHEMA,
         "shared": {"frames": frames.table},
@@ -112,13 +115,13 @@ def _sampled(report: Report, weight: str, frames: _Frames) -> list[dict[str, Any
 
 def _evented(report: Report, weight: str, frames: _Frames, origin: int) -> list[dict[str, Any]]:
     on_cpu = weight == "on_cpu"
-    timelines: dict[int, list[Segment]] = {}
+    timelines: dict[tuple[str, int], list[Segment]] = {}
     for segment in report.segments:
         if segment.on_cpu == on_cpu:
-            timelines.setdefault(segment.greenlet_id, []).append(segment)
+            timelines.setdefault((segment.session_id, segment.greenlet_id), []).append(segment)
     profiles = []
-    for greenlet_id in sorted(timelines):
-        segments = timelines[greenlet_id]
+    for key, label in timeline_tracks(report).items():
+        segments = timelines.get(key, [])
         events: list[dict[str, Any]] = []
         open_stack: Stack = ()
         last = 0
@@ -136,18 +139,20 @@ def _evented(report: Report, weight: str, frames: _Frames, origin: int) -> list[
                 events.append({"type": "O", "frame": frames(frame), "at": start})
             open_stack, last = stack, end
         _close(events, open_stack, 0, last, frames)
-        first = segments[0]
-        profiles.append(
-            {
-                "type": "evented",
-                "name": _title(greenlet_id, first.greenlet_name, weight),
-                "unit": "nanoseconds",
-                "startValue": 0,
-                "endValue": last,
-                "events": events,
-            }
-        )
+        if events:
+            profiles.append(_timeline(f"{label} ({weight.replace('_', '-')})", events, last))
     return profiles
+
+
+def _timeline(name: str, events: list[dict[str, Any]], end: int) -> dict[str, Any]:
+    return {
+        "type": "evented",
+        "name": name,
+        "unit": "nanoseconds",
+        "startValue": 0,
+        "endValue": end,
+        "events": events,
+    }
 
 
 def _close(events: list[dict[str, Any]], stack: Stack, keep: int, at: int, frames: _Frames) -> None:

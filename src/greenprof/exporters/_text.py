@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from .._report import GreenletTime, Report
 from ..snapshot import Frame, Session
-from ._common import greenlet_label, grouped, stack_values
+from ._common import NO_VALUE, Stack, default_group, greenlet_label, grouped, stack_values
 
 __all__ = ["text"]
 
@@ -40,26 +40,23 @@ def text(
     style = _Style(color)
     out: list[str] = []
     if len(report.sessions) > 1:
-        out += _summary(report.sessions, group_by or _default_tag(report.sessions), style)
+        out += _summary(report.sessions, group_by or default_group(report), style)
     for _, part in grouped(report, group_by):
         greenlets = sorted(part.greenlets.values(), key=lambda g: (-g.wall_ns, g.greenlet_id))
         if group_by is None and len(greenlets) > MAX_TREES:
             merged = part.merged(f"all {len(greenlets)} greenlets")
-            out += _tree(merged, merged.greenlets[0], style, min_share, top)
+            out += _tree(stack_values(merged), merged.greenlets[0], style, min_share, top)
             out += _heaviest(greenlets, style)
         else:
+            values = stack_values(part)
             for totals in greenlets:
-                out += _tree(part, totals, style, min_share, top)
+                out += _tree(values, totals, style, min_share, top)
     return "\n".join(out)
 
 
 class _Style:
     def __init__(self, color: bool) -> None:
         self.bold, self.dim, self.reset = ("\033[1m", "\033[2m", "\033[0m") if color else ("",) * 3
-
-
-def _default_tag(sessions: Sequence[Session]) -> str | None:
-    return "path" if any("path" in s.tags for s in sessions) else None
 
 
 def _ms(ns: float) -> str:
@@ -82,9 +79,7 @@ def _summary(sessions: Sequence[Session], tag: str | None, style: _Style) -> lis
     if tag is not None:
         rows: dict[str, list[int]] = {}
         for session in sessions:
-            value = session.tags.get(tag)
-            if value is not None:
-                rows.setdefault(value, []).append(session.duration_ns)
+            rows.setdefault(session.tags.get(tag, NO_VALUE), []).append(session.duration_ns)
         width = max([len(tag), *map(len, rows)])
         out.append(
             f"{style.dim}{tag:<{width}}  {'sessions':>8}  {'total ms':>10}  "
@@ -96,20 +91,21 @@ def _summary(sessions: Sequence[Session], tag: str | None, style: _Style) -> lis
                 f"{value:<{width}}  {len(values):>8}  {_ms(sum(values)):>10}  "
                 f"{_ms(_percentile(values, 0.5)):>9}  {_ms(_percentile(values, 0.99)):>9}"
             )
-        untagged = len(sessions) - sum(map(len, rows.values()))
-        if untagged:
-            out.append(f"{style.dim}({untagged} sessions without a {tag} tag){style.reset}")
     out.append("")
     return out
 
 
 def _tree(
-    report: Report, totals: GreenletTime, style: _Style, min_share: float, top: int | None
+    values: dict[tuple[int, str, Stack], list[int]],
+    totals: GreenletTime,
+    style: _Style,
+    min_share: float,
+    top: int | None,
 ) -> list[str]:
     cells = [
-        (stack, values)
-        for (gid, _, stack), values in stack_values(report).items()
-        if gid == totals.greenlet_id and (values[0] or values[1])
+        (stack, cell)
+        for (gid, _, stack), cell in values.items()
+        if gid == totals.greenlet_id and (cell[0] or cell[1])
     ]
     if top is not None:
         cells.sort(key=lambda cell: -(cell[1][0] + cell[1][1]))

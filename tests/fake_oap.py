@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from greenprof import _skywalking_wire as wire
+from greenprof.skywalking import _wire as wire
 
 
 class FakeOAP:

@@ -515,11 +515,11 @@ def test_waiting_at_the_same_place_again_is_formatted_once(
     # and what lies below a new frame. Before, each wait is walked into a
     # new raw stack, and formatting one just like the last one formatted
     # skips the content cache's key.
-    from greenprof import _profiler, _stack
+    from greenprof import _build, _stack
 
     formatter = _stack.FrameFormatter()
     formatter._stacks = counting = CountingDict()
-    monkeypatch.setattr(_profiler, "_formatter", formatter)
+    monkeypatch.setattr(_build, "FORMATTER", formatter)
     main = greenlet.getcurrent()
 
     def park() -> None:

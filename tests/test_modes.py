@@ -445,16 +445,16 @@ def test_min_duration_discards_a_short_session_even_with_children() -> None:
 def test_a_discarded_session_formats_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     # Profiling every request and keeping the slow ones must not pay for
     # formatting the fast ones: their records go unread.
-    from greenprof import _profiler
+    from greenprof import _build
 
     formatted: list[object] = []
-    stack = _profiler._formatter.stack
+    stack = _build.FORMATTER.stack
 
     def counting(raw: object, depth: int) -> object:
         formatted.append(raw)
         return stack(raw, depth)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_profiler._formatter, "stack", counting)
+    monkeypatch.setattr(_build.FORMATTER, "stack", counting)
 
     def handler() -> None:
         for _ in range(3):

@@ -294,8 +294,9 @@ def test_a_sink_whose_flush_returns_false_is_logged_once(
 ) -> None:
     caplog.set_level(logging.ERROR, logger="greenprof")
     sink = UnflushableSink()
-    profile_worker(1, sinks=[sink])
-    profile_worker(1, sinks=[sink])
+    # stop() hands over without waiting; flush() is what waits for sinks.
+    assert profile_worker(1, sinks=[sink]).flush() is False
+    assert profile_worker(1, sinks=[sink]).flush() is False
     records = [r.getMessage() for r in caplog.records if r.name == "greenprof"]
     assert len(records) == 1
     assert "failed in flush() (it returned False)" in records[0]
@@ -398,8 +399,10 @@ def test_sink_flush_returning_false_makes_profiler_flush_return_false() -> None:
     run(glet, switches=1)
     assert profiler.flush() is False
     run(glet)
-    profiler.stop()
+    profiler.stop()  # hands over, and does not wait: no flush, no failure
     assert unflushable.snapshots == healthy.snapshots == profiler.snapshots
+    assert profiler.stats.sink_failures == 1
+    assert profiler.flush() is False
     assert profiler.stats.sink_failures == 2
 
 

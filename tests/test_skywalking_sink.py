@@ -13,9 +13,9 @@ import gevent
 import pytest
 
 import greenprof
-from greenprof import _skywalking_wire as wire
 from greenprof.exceptions import ConfigurationError, SinkClosedError
 from greenprof.sinks import SkyWalkingSink
+from greenprof.skywalking import _wire as wire
 
 from .conftest import GREENPROF_DIR
 from .fake_oap import FakeOAP

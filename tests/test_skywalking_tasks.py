@@ -8,9 +8,9 @@ import gevent
 import gevent.socket
 from gevent import pywsgi
 
-from greenprof import _skywalking_wire as wire
 from greenprof.integrations.skywalking import ProfileTask, ProfileTaskPoller
 from greenprof.sinks import SkyWalkingSink
+from greenprof.skywalking import _wire as wire
 
 from .conftest import GREENPROF_DIR, http_get
 from .fake_oap import FakeOAP, task_command

@@ -1,8 +1,8 @@
 """One sampling thread per process, shared by every sampling session.
 
-It is a real OS thread even after ``gevent.monkey.patch_all()`` (started,
-put to sleep and woken with the original ``_thread`` functions), runs only
-while some session samples, and comes back in a child after ``os.fork()``.
+It is a real OS thread even after ``gevent.monkey.patch_all()`` (a
+:class:`~greenprof._loop.BackgroundLoop`), runs only while some session
+samples, and comes back in a child after ``os.fork()``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Any, Protocol
 from . import _dispatcher as dispatcher_module
 from ._buffer import SAMPLE, GreenletBuffer
 from ._dispatcher import GreenletWatch, SwitchDispatcher
+from ._loop import BackgroundLoop
 from ._naming import greenlet_name
 from ._stack import capture
-from ._threads import Waker, allocate_real_lock, original, thread_ident
+from ._threads import allocate_real_lock
 
 
 class SampleTaker(Protocol):
@@ -37,51 +38,37 @@ class Sampler:
     def __init__(self) -> None:
         self._lock = allocate_real_lock()
         self._takers: list[SampleTaker] = []
-        self._wake = Waker()
-        self._exited = allocate_real_lock()
-        self._running = False
-        #: OS thread id of the sampling thread while it runs, else None.
-        self.thread_id: int | None = None
-        #: How many sampling threads this process started (tests and stats).
-        self.starts = 0
+        self._loop = BackgroundLoop(self._step, name="greenprof's sampler")
         self._saved_interval: float | None = None
         self._set_interval: float | None = None
+
+    @property
+    def thread_id(self) -> int | None:
+        """OS thread id of the sampling thread while it runs, else None."""
+        return self._loop.thread_id
+
+    @property
+    def starts(self) -> int:
+        """How many sampling threads this process started (tests and stats)."""
+        return self._loop.starts
 
     def subscribe(self, taker: SampleTaker) -> None:
         taker.next_due_ns = time.perf_counter_ns() + taker.period_ns
         with self._lock:
             self._takers.append(taker)
             self._adjust_switch_interval()
-            start = not self._running
-            if start:
-                self._running = True
-                self._exited.acquire()
-        if start:
-            self.starts += 1
-            original("start_new_thread")(self._run, ())
-        else:
-            self._nudge()
+        self._loop.start()
 
     def unsubscribe(self, taker: SampleTaker) -> None:
-        """Remove ``taker``; the last one out waits for the thread to end."""
+        """Remove ``taker``; the last one out waits for the thread to end
+        (unless a new session subscribed meanwhile: it keeps the thread)."""
         with self._lock:
             if taker in self._takers:
                 self._takers.remove(taker)
             self._adjust_switch_interval()
-            last = not self._takers and self._running
+            last = not self._takers
         if last:
-            self._nudge()
-            # The thread checks for subscribers right after waking. Stop
-            # waiting if a new session subscribed meanwhile: it keeps the
-            # thread, and stopping this session must not wait for that one.
-            deadline = time.monotonic() + 5.0
-            while time.monotonic() < deadline:
-                if self._exited.acquire(True, 0.005):
-                    self._exited.release()
-                    return
-                with self._lock:
-                    if self._takers:
-                        return
+            self._loop.stop()
 
     def _adjust_switch_interval(self) -> None:
         # A busy thread hands the GIL over only every switch interval (5 ms by
@@ -103,47 +90,27 @@ class Sampler:
             self._saved_interval = None
             self._set_interval = None
 
-    def _nudge(self) -> None:
-        self._wake.wake()
-
-    def _run(self) -> None:
-        self.thread_id = thread_ident()
-        perf_counter_ns = time.perf_counter_ns
-        try:
-            while True:
-                with self._lock:
-                    takers = list(self._takers)
-                    if not takers:
-                        self._running = False
-                        return
-                now = perf_counter_ns()
-                due = [taker for taker in takers if taker.next_due_ns <= now]
-                for taker in due:
-                    try:
-                        taker.take(now)
-                    except Exception:
-                        taker.errors += 1
-                    # Never try to catch up on missed periods: skip them.
-                    taker.next_due_ns = max(taker.next_due_ns + taker.period_ns, now + 1)
-                wait_ns = min(taker.next_due_ns for taker in takers) - perf_counter_ns()
-                if wait_ns > 0:
-                    self._wake.wait(wait_ns / 1e9)
-        finally:
-            self.thread_id = None
-            self._exited.release()
+    def _step(self) -> float | None:
+        """Take the samples that are due; the seconds until the next one."""
+        with self._lock:
+            takers = list(self._takers)
+        if not takers:
+            return None
+        now = time.perf_counter_ns()
+        for taker in takers:
+            if taker.next_due_ns <= now:
+                try:
+                    taker.take(now)
+                except Exception:
+                    taker.errors += 1
+                # Never try to catch up on missed periods: skip them.
+                taker.next_due_ns = max(taker.next_due_ns + taker.period_ns, now + 1)
+        return (min(taker.next_due_ns for taker in takers) - time.perf_counter_ns()) / 1e9
 
     def _after_fork_in_child(self) -> None:
-        # The thread did not survive the fork; the locks may be held by it.
+        # The lock may be held by a thread that did not survive the fork;
+        # the loop comes back by itself if there are takers.
         self._lock = allocate_real_lock()
-        self._wake = Waker()
-        self._exited = allocate_real_lock()
-        self.thread_id = None
-        self._running = False
-        if self._takers:
-            self._running = True
-            self._exited.acquire()
-            self.starts += 1
-            original("start_new_thread")(self._run, ())
 
 
 SAMPLER = Sampler()

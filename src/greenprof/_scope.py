@@ -9,9 +9,11 @@ from typing import Any, TypeVar, overload
 
 import greenlet
 
+from ._options import Options
+from ._pipeline import Pipeline
 from ._profiler import Profiler
 from .exceptions import ConfigurationError, NotAGreenletError
-from .sinks._base import Sink
+from .typing import Sink
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -20,7 +22,8 @@ class ProfileScope:
     """What :func:`profile` returns: enter it, or decorate a function with it.
 
     Every ``with`` block and every call of a decorated function gets a fresh
-    :class:`Profiler` sharing this scope's sinks and options.
+    :class:`Profiler` sharing this scope's sinks, options and clock, made
+    once here (checked now, not at the first request).
     """
 
     def __init__(
@@ -31,16 +34,22 @@ class ProfileScope:
         options: dict[str, Any],
     ) -> None:
         self.target = target
-        self.sinks = list(sinks)
-        self._options = options
-        # Validate now, not at the first request.
-        self._new_profiler()
+        self._pipeline = Pipeline(Options.of(**options), sinks)
         # Profilers of the open ``with`` blocks, per greenlet: one scope may
         # be entered by many greenlets at once.
         self._open: dict[int, list[Profiler]] = {}
 
+    @property
+    def sinks(self) -> list[Sink]:
+        return self._pipeline.delivery.sinks
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every sink sent what the calls handed it (``timeout``
+        seconds in all, default ``flush_timeout``): ``stop()`` never waits."""
+        return self._pipeline.flush(timeout)
+
     def _new_profiler(self) -> Profiler:
-        return Profiler(sinks=self.sinks, **self._options)
+        return Profiler._of(self._pipeline)
 
     def __enter__(self) -> Profiler:
         profiler = self._new_profiler()

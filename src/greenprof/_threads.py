@@ -44,6 +44,13 @@ def allocate_real_lock() -> _thread.LockType:
     return lock
 
 
+def real_sleep(seconds: float) -> None:
+    """Block the OS thread for ``seconds``, even where ``time.sleep`` is gevent's."""
+    lock = allocate_real_lock()
+    lock.acquire()
+    lock.acquire(True, max(seconds, 0.0))
+
+
 class Waker:
     """An interruptible sleep for a real OS thread: ``wait`` blocks until
     ``wake`` is called (from any thread) or the timeout passes."""

@@ -155,3 +155,23 @@ _SNAPSHOT_FIELDS: Final = (
 if tuple(field.name for field in attrs.fields(Snapshot)) != _SNAPSHOT_FIELDS:  # pragma: no cover
     raise RuntimeError("Snapshot's fields changed: update _SNAPSHOT_FIELDS and _drain()")
 SNAPSHOT_SETTERS: Final = tuple(Snapshot.__dict__[name].__set__ for name in _SNAPSHOT_FIELDS)
+
+
+_SESSION_FIELDS: Final = (
+    "session_id",
+    "start_ns",
+    "stop_ns",
+    "mode",
+    "dump_period_ns",
+    "max_depth",
+    "max_snapshots",
+    "dropped",
+    "running_at_start",
+    "bounds",
+    "tags",
+)
+if tuple(field.name for field in attrs.fields(Session)) != _SESSION_FIELDS:  # pragma: no cover
+    raise RuntimeError("Session's fields changed: update _SESSION_FIELDS")
+#: The field setters of ``Session``'s slots, in field order: a session is
+#: made this way at every ``stop()``, its values right by construction.
+SESSION_SETTERS: Final = tuple(Session.__dict__[name].__set__ for name in _SESSION_FIELDS)

@@ -11,10 +11,12 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
+from .._options import Options
+from .._pipeline import Pipeline
 from .._profiler import Profiler
 from .._validate import check_tags, is_number
 from ..exceptions import ConfigurationError
-from ..sinks._base import Sink
+from ..typing import Sink
 
 __all__ = ["TAGS_KEY", "ProfilerMiddleware"]
 
@@ -81,8 +83,8 @@ class ProfilerMiddleware:
         self.on_profiled = on_profiled
         self.request_tags = request_tags
         self._random = random_source
-        self._options = {"min_duration": min_duration, "flush_timeout": 0, **options}
-        Profiler(**self._options)  # check the options now, not at the first request
+        # Made once: options checked now, not at the first request.
+        self._pipeline = Pipeline(Options.of(min_duration=min_duration, **options), self.sinks)
         #: Requests profiled and kept, and profiled but faster than min_duration.
         self.kept = 0
         self.discarded = 0
@@ -97,7 +99,7 @@ class ProfilerMiddleware:
     def __call__(self, environ: Environ, start_response: Any) -> Iterable[bytes]:
         if not self._wanted(environ):
             return self.app(environ, start_response)
-        request = _Request(self, environ, Profiler(sinks=self.sinks, **self._options))
+        request = _Request(self, environ, Profiler._of(self._pipeline))
         request.start()
         try:
             body = self.app(environ, request.start_response(start_response))

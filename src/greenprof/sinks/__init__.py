@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ._base import Sink
+from ..skywalking._sink import SkyWalkingSink
+from ..typing import SessionSink, Sink
 from ._json import JSONSink
 from ._memory import MemorySink
-from ._skywalking import SkyWalkingSink
 
-__all__ = ["JSONSink", "MemorySink", "Sink", "SkyWalkingSink"]
+__all__ = ["JSONSink", "MemorySink", "SessionSink", "Sink", "SkyWalkingSink"]

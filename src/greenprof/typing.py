@@ -1,11 +1,17 @@
-"""The sink contract: what a profiler needs from anything it feeds."""
+"""The extension points: what greenprof needs from a sink you write.
+
+``greenprof.sinks.Sink`` and ``SessionSink`` are these; they live here so
+that the core of greenprof depends on a contract, not on any sink.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from ..snapshot import Session, Snapshot
+from .snapshot import Session, Snapshot
+
+__all__ = ["SessionSink", "Sink"]
 
 
 @runtime_checkable
@@ -14,7 +20,7 @@ class Sink(Protocol):
 
     - ``export(batch)`` gets snapshots in order. It may raise: the profiler
       logs the first failure, counts every one, keeps the batch and offers it
-      again at its next flush; other sinks are not affected.
+      again at its next hand-over or flush; other sinks are not affected.
     - ``flush(timeout)`` makes what was exported durable or sent, waiting at
       most ``timeout`` seconds (``None``: as long as it takes). It returns
       False if it could not.

@@ -1,23 +1,32 @@
 """A sink that streams snapshots to a SkyWalking OAP over gRPC.
 
 Snapshots become ``ThreadSnapshot`` messages sent with ``collectSnapshot``
-by one background OS thread through a bounded queue; export never blocks on
-the network.
+by one background sender through a bounded queue; ``export`` never waits
+for the network.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-from .. import _skywalking_wire as wire
-from .._threads import Waker, allocate_real_lock, original
-from .._validate import check_positive_int
-from ..exceptions import ConfigurationError, MissingDependencyError, SinkClosedError
+import greenlet
+
+from .._loop import BackgroundLoop
+from .._threads import allocate_real_lock, real_sleep
+from .._validate import check_positive_int, is_number
+from ..exceptions import ConfigurationError, SinkClosedError
 from ..snapshot import Frame, Snapshot
+from . import _wire as wire
+from ._client import SkyWalkingClient, grpc_in_gevent_mode
+
+__all__ = ["SkyWalkingSink"]
 
 _logger = logging.getLogger("greenprof")
 
@@ -29,34 +38,8 @@ _BATCH: Final = 500
 _BACKOFF_MIN: Final = 0.1
 _BACKOFF_MAX: Final = 5.0
 
-_PACKAGE_DIR = __file__.rsplit("/sinks/", 1)[0] + "/"
-
-
-def _import_grpc() -> Any:
-    try:
-        import grpc  # type: ignore[import-untyped,import-not-found,unused-ignore]
-    except ImportError:
-        msg = (
-            "SkyWalkingSink needs grpcio, which greenprof installs only as an "
-            "extra: pip install 'greenprof[skywalking]'."
-        )
-        raise MissingDependencyError(msg) from None
-    return grpc
-
-
-def _grpc_in_gevent_mode() -> bool:
-    """Whether grpc was switched to gevent (the SkyWalking agent does that
-    under ``monkey.patch_all``): then a client-streaming call from a real OS
-    thread stalls, and the sender must be a greenlet."""
-    try:
-        from grpc._cython import cygrpc  # type: ignore[import-untyped,import-not-found,unused-ignore]
-    except ImportError:  # pragma: no cover - grpc without its core
-        return False
-    return bool(getattr(cygrpc, "g_gevent_activated", False))
-
-
-def _identity(data: bytes) -> bytes:
-    return data
+#: greenprof's own source files start with this: never sent.
+_PACKAGE_DIR: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def _not_greenprof(frame: Frame) -> bool:
@@ -95,15 +78,12 @@ class SkyWalkingSink:
         timeout: float = 10.0,
         secure: bool = False,
     ) -> None:
-        grpc = _import_grpc()
-        if not isinstance(address, str) or ":" not in address:
-            msg = (
-                "address must be 'host:port' of the OAP's gRPC endpoint "
-                f"(port 11800 by default), not {address!r}."
-            )
-            raise ConfigurationError(msg)
         check_positive_int("max_depth", max_depth)
         check_positive_int("queue_size", queue_size)
+        #: The collector's gRPC calls, shared with a task poller of this sink.
+        self.client = SkyWalkingClient(
+            address, authentication=authentication, timeout=timeout, secure=secure
+        )
         self.address = address
         self.task_id = task_id
         self.segment_id = segment_id
@@ -113,41 +93,28 @@ class SkyWalkingSink:
         self.instance = instance
         self.max_depth = max_depth
         self.queue_size = queue_size
-        self.timeout = timeout
-        self._metadata = (("authentication", authentication),) if authentication else ()
-        self._grpc = grpc
-        self._channel = (
-            grpc.secure_channel(address, grpc.ssl_channel_credentials())
-            if secure
-            else grpc.insecure_channel(address)
-        )
-        self._collect = self._channel.stream_unary(
-            wire.COLLECT_SNAPSHOT,
-            request_serializer=_identity,
-            response_deserializer=_identity,
-        )
+        self.timeout = self.client.timeout
         self._lock = allocate_real_lock()
-        self._wake = Waker()
         self._queue: deque[bytes] = deque()
         self._in_flight = 0
         self._sequences: dict[tuple[str, str], int] = {}
         self._bindings: dict[str, tuple[str, str]] = {}
-        self._thread_started = False
         self._closing = False
-        self._closed = False
-        self._exited = allocate_real_lock()
-        self._nudged = False
         self._accepting = True
+        self._backoff = _BACKOFF_MIN
         # With grpc in gevent mode (the SkyWalking agent does that under
         # monkey.patch_all) a streaming call from an OS thread stalls: the
         # sender is then a greenlet of the thread that makes the sink, which
         # is the one running the event loop.
         self._sender: Any = None
-        if _grpc_in_gevent_mode():
+        self._loop: BackgroundLoop | None = None
+        if grpc_in_gevent_mode():
             import gevent  # type: ignore[import-untyped,unused-ignore]
 
-            self._thread_started = True
-            self._sender = gevent.spawn(self._run)
+            self._nudged = False
+            self._sender = gevent.spawn(self._run_greenlet)
+        else:
+            self._loop = BackgroundLoop(self._step, name=f"{self!r}'s sender")
         #: Messages the collector acknowledged.
         self.sent = 0
         #: Messages dropped because the queue was full.
@@ -181,16 +148,16 @@ class SkyWalkingSink:
             room = self.queue_size - len(self._queue) - self._in_flight
             kept = self._encode(batch, room)
             self._queue.extend(kept)
-            start = not self._thread_started and bool(kept)
-            if start:
-                self._thread_started = True
-                self._exited.acquire()
-        if start:
-            original("start_new_thread")(self._run, ())
-        self._nudge()
+        if kept:
+            self._nudge()
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything exported so far was acknowledged (or ``timeout``)."""
+        """Wait until everything exported so far was acknowledged (or
+        ``timeout`` seconds): the sender goes on at its own pace, backing off
+        while the collector fails; a greenlet waiting here lets the others run."""
+        if timeout is not None and (not is_number(timeout) or math.isnan(timeout)):
+            msg = f"timeout is seconds (or None), not {timeout!r}."
+            raise ConfigurationError(msg)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
@@ -198,8 +165,7 @@ class SkyWalkingSink:
                     return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-            self._nudge()
-            self._pause(0.005)
+            _pause(0.01)
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Send what is queued, retrying until ``timeout``, then stop.
@@ -216,17 +182,15 @@ class SkyWalkingSink:
             self._closing = True  # from now on a failed send is given up
             self.lost += len(self._queue)
             self._queue.clear()
-            started = self._thread_started
-        self._nudge()
         # A call still in flight ends within ``timeout``; if it fails, the
         # sender counts its messages in ``lost``.
         patience = max(self.timeout, 1.0) + 1.0
         if self._sender is not None:
+            self._nudge()
             self._sender.join(patience)
-        elif started and self._exited.acquire(True, patience):
-            self._exited.release()
-        self._channel.close()
-        self._closed = True
+        elif self._loop is not None:
+            self._loop.stop(patience)
+        self.client.close()
         lost = self.lost
         if lost:
             _logger.warning(
@@ -272,63 +236,60 @@ class SkyWalkingSink:
         return out
 
     def _nudge(self) -> None:
-        self._nudged = True
-        self._wake.wake()
-
-    def _pause(self, seconds: float) -> None:
-        if self._sender is None:
-            time.sleep(seconds)  # gevent's when patched: cooperative either way
+        if self._loop is not None:
+            if not self._closing:
+                self._loop.start()  # wakes it when it runs
         else:
-            import gevent  # type: ignore[import-untyped,unused-ignore]
+            self._nudged = True
 
-            gevent.sleep(seconds)
-
-    def _wait(self, timeout: float) -> None:
-        """Sleep until nudged or ``timeout``; cooperatively for a greenlet sender."""
-        if self._sender is None:
-            self._wake.wait(timeout)
-            return
-        deadline = time.monotonic() + timeout
-        # An export from another OS thread cannot wake a greenlet: poll.
-        while not self._nudged and time.monotonic() < deadline:
-            self._pause(0.02)
-        self._nudged = False
-
-    def _run(self) -> None:
-        backoff = _BACKOFF_MIN
+    def _step(self) -> float | None:
+        """Send one batch; how long to wait before the next (None: until nudged)."""
+        with self._lock:
+            if not self._queue:
+                return None
+            batch = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
+            self._in_flight = len(batch)
         try:
-            while True:
-                with self._lock:
-                    if not self._queue:
-                        if self._closing:
-                            return
-                        batch: list[bytes] = []
-                    else:
-                        batch = [
-                            self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))
-                        ]
-                        self._in_flight = len(batch)
-                if not batch:
-                    self._wait(0.5)
-                    continue
-                try:
-                    # A list, not a generator: grpc consumes it at once.
-                    self._collect(iter(batch), timeout=self.timeout, metadata=self._metadata)
-                except Exception:  # RpcError, or a channel closed under us
-                    with self._lock:
-                        self.failures += 1
-                        self._in_flight = 0
-                        if self._closing:
-                            self.lost += len(batch)
-                        else:
-                            self._queue.extendleft(reversed(batch))
-                    self._wait(backoff)
-                    backoff = min(backoff * 2, _BACKOFF_MAX)
-                    continue
-                with self._lock:
-                    self.sent += len(batch)
-                    self._in_flight = 0
-                backoff = _BACKOFF_MIN
-        finally:
-            if self._sender is None:
-                self._exited.release()
+            self.client.collect(batch)
+        except Exception:  # RpcError, or a channel closed under us
+            with self._lock:
+                self.failures += 1
+                self._in_flight = 0
+                if self._closing:
+                    self.lost += len(batch)
+                else:
+                    self._queue.extendleft(reversed(batch))
+            wait, self._backoff = self._backoff, min(self._backoff * 2, _BACKOFF_MAX)
+            return wait
+        with self._lock:
+            self.sent += len(batch)
+            self._in_flight = 0
+        self._backoff = _BACKOFF_MIN
+        return 0.0
+
+    def _run_greenlet(self) -> None:
+        # The sender as a greenlet (grpc in gevent mode): an export from another
+        # OS thread cannot wake it, so it looks every 20 ms while idle.
+        import gevent  # type: ignore[import-untyped,unused-ignore]
+
+        while True:
+            with self._lock:
+                if self._closing and not self._queue:
+                    return
+            wait = self._step()
+            deadline = time.monotonic() + (0.5 if wait is None else wait)
+            while not self._nudged and time.monotonic() < deadline:
+                gevent.sleep(0.02)
+            self._nudged = False
+
+
+def _pause(seconds: float) -> None:
+    """Sleep, letting the other greenlets of this thread run if it has a hub."""
+    hub_local = sys.modules.get("gevent._hub_local")
+    hub = hub_local.get_hub_if_exists() if hub_local is not None else None
+    if hub is not None and greenlet.getcurrent() is not hub:
+        import gevent  # type: ignore[import-untyped,unused-ignore]
+
+        gevent.sleep(seconds)
+    else:
+        real_sleep(seconds)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from ._protowire import (
+from .._protowire import (
     WireError,
     bytes_field,
     fields,
@@ -23,7 +23,7 @@ from ._protowire import (
     signed64,
     str_field,
 )
-from .snapshot import Frame
+from ..snapshot import Frame
 
 SERVICE = "/skywalking.v3.ProfileTask/"
 COLLECT_SNAPSHOT = SERVICE + "collectSnapshot"

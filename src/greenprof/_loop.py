@@ -1,0 +1,140 @@
+"""One kind of background thread for everything greenprof runs in the
+background: the sampler, the SkyWalking sender, the task poller.
+
+A :class:`BackgroundLoop` is a real OS thread even after
+``gevent.monkey.patch_all()``: it calls its ``step`` again and again, sleeps
+as long as ``step`` says or until woken, stops when asked, and comes back in
+a child after ``os.fork()`` (the thread does not survive the fork, but the
+work it was doing does: a forked gunicorn worker keeps sampling and sending).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import weakref
+from collections.abc import Callable
+
+from ._threads import Waker, allocate_real_lock, original, thread_ident
+
+__all__ = ["BackgroundLoop"]
+
+_logger = logging.getLogger("greenprof")
+
+
+class BackgroundLoop:
+    """Calls ``step()`` in a real OS thread until :meth:`stop`.
+
+    ``step`` returns how many seconds to sleep before it is called again
+    (woken earlier by :meth:`wake`), or None to sleep until woken. An
+    exception from it is logged once per loop and the loop goes on.
+    """
+
+    def __init__(self, step: Callable[[], float | None], *, name: str) -> None:
+        self.step = step
+        self.name = name
+        self._lock = allocate_real_lock()
+        self._wake = Waker()
+        # Held while a thread runs; released by the thread as it ends.
+        self._exited = allocate_real_lock()
+        self._alive = False
+        self._stopping = False
+        self._logged = False
+        #: OS thread id of the loop's thread while it runs, else None.
+        self.thread_id: int | None = None
+        #: Threads started (a new one after each stop and after a fork).
+        self.starts = 0
+        _loops.add(self)
+
+    @property
+    def running(self) -> bool:
+        return self._alive and not self._stopping
+
+    def start(self) -> None:
+        """Run the loop (wake it, if it runs already)."""
+        with self._lock:
+            self._stopping = False  # a thread still winding down keeps going
+            if self._alive:
+                start = False
+            else:
+                self._alive = start = True
+                self._exited.acquire()
+        if start:
+            self.starts += 1
+            original("start_new_thread")(self._run, ())
+        else:
+            self._wake.wake()
+
+    def wake(self) -> None:
+        """Call ``step`` now rather than when its sleep ends."""
+        self._wake.wake()
+
+    def stop(self, timeout: float | None = 5.0) -> bool:
+        """Ask the loop to end and wait up to ``timeout`` seconds for its
+        thread to (not from the loop's own thread). Returns False if it
+        did not end in time, or was started again meanwhile."""
+        with self._lock:
+            if not self._alive:
+                return True
+            self._stopping = True
+        self._wake.wake()
+        if self.thread_id == thread_ident():
+            return True  # step() stopping its own loop: it ends when step returns
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is None or time.monotonic() < deadline:
+            if self._exited.acquire(True, 0.005):
+                self._exited.release()
+                return True
+            with self._lock:
+                if not self._stopping:  # started again: it goes on
+                    return False
+        return False
+
+    def _run(self) -> None:
+        self.thread_id = thread_ident()
+        try:
+            while True:
+                with self._lock:
+                    if self._stopping:
+                        self._alive = False
+                        return
+                try:
+                    wait = self.step()
+                except Exception:
+                    wait = 1.0
+                    if not self._logged:
+                        self._logged = True
+                        _logger.exception("greenprof: %s failed; it goes on", self.name)
+                if wait is None:
+                    self._wake.wait(3600.0)
+                elif wait > 0:
+                    self._wake.wait(wait)
+        finally:
+            self.thread_id = None
+            with self._lock:
+                self._alive = False
+            self._exited.release()
+
+    def _after_fork_in_child(self) -> None:
+        # The thread did not survive the fork, and its locks may be held by it.
+        was_running = self._alive and not self._stopping
+        self._lock = allocate_real_lock()
+        self._wake = Waker()
+        self._exited = allocate_real_lock()
+        self._alive = False
+        self._stopping = False
+        self.thread_id = None
+        if was_running:
+            self.start()
+
+
+_loops: weakref.WeakSet[BackgroundLoop] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for loop in list(_loops):
+        loop._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

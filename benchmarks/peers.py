@@ -155,10 +155,16 @@ class Greenprof(Peer):
         self.name = name or f"greenprof {mode}"
         self.dump_period = dump_period
         self.options = options
+        self._scope: greenprof.ProfileScope | None = None
 
     def begin(self, target: greenlet.greenlet | None = None, keep: bool = False) -> Session:
-        profiler = greenprof.Profiler(mode=self.mode, dump_period=self.dump_period, **self.options)
-        profiler.start(target)
+        # One scope (options, sinks, clock made once) for all requests, as
+        # profile() and ProfilerMiddleware do.
+        if self._scope is None:
+            self._scope = greenprof.profile(
+                mode=self.mode, dump_period=self.dump_period, **self.options
+            )
+        profiler = self._scope.start(target)
         return Session(target or greenlet.getcurrent(), profiler)
 
     def end(self, session: Session) -> Outcome:

@@ -12,6 +12,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import greenlet
@@ -23,6 +24,7 @@ from ._stack import (
     RawStack,
     StackNode,
     capture,
+    walk_to,
     walk_whole,
 )
 from ._threads import allocate_real_lock, thread_ident
@@ -34,8 +36,10 @@ TraceFunction = Callable[[str, Any], Any]
 _MAX_CHAIN = 32
 
 
-class GreenletWatch:
-    """The switch path's view of one watched greenlet, and its key.
+class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
+    """The switch path's view of one watched greenlet, and its key: a weak
+    reference to it (calling the watch gives the greenlet, or None once it
+    was freed, when ``forget`` drops the watch).
 
     A watch hashes like its greenlet and compares equal to it, so
     ``watches.get(greenlet)`` finds it while the dispatcher holds the greenlet
@@ -45,30 +49,56 @@ class GreenletWatch:
     instead of walking frames again.
     """
 
-    __slots__ = ("_hash", "buffers", "depth", "last_stack", "ref")
+    __slots__ = (
+        "_hash",
+        "buffers",
+        "depth",
+        "last_stack",
+        "root",
+        "root_below",
+        "root_lasti",
+        "root_owner",
+    )
 
-    def __init__(self, glet: greenlet.greenlet, depth: int) -> None:
+    def __new__(
+        cls,
+        glet: greenlet.greenlet,
+        forget: Callable[[GreenletWatch], None],
+        depth: int,
+    ) -> GreenletWatch:
+        return super().__new__(cls, glet, forget)
+
+    def __init__(
+        self,
+        glet: greenlet.greenlet,
+        forget: Callable[[GreenletWatch], None],
+        depth: int,
+    ) -> None:
+        super().__init__(glet, forget)  # type: ignore[call-arg]
         self._hash = hash(glet)
         self.buffers: tuple[GreenletBuffer, ...] = ()
         self.depth = depth
         self.last_stack: RawStack = EMPTY_STACK
-        self.ref: weakref.ref[greenlet.greenlet] = _DEAD_REF
+        #: Before 3.12: a frame on the greenlet's stack (held by a session,
+        #: ``root_owner``'s) where switch-out walks stop, in call
+        #: ``root_lasti``, sharing ``root_below``, its stack (see walk_to).
+        self.root: FrameType | None = None
+        self.root_lasti = 0
+        self.root_below: StackNode | None = None
+        self.root_owner: GreenletBuffer | None = None
+
+    def set_root(self, root: FrameType, below: StackNode, owner: GreenletBuffer) -> None:
+        """Let walks stop at ``root`` while ``owner``'s session watches
+        (unless another session's root is set already)."""
+        if self.root is None:
+            self.root, self.root_lasti, self.root_below = root, root.f_lasti, below
+            self.root_owner = owner
 
     def __hash__(self) -> int:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
-        return other is self or other is self.ref()
-
-
-def _dead_ref() -> weakref.ref[greenlet.greenlet]:
-    glet = greenlet.greenlet()
-    ref = weakref.ref(glet)
-    del glet
-    return ref
-
-
-_DEAD_REF = _dead_ref()
+        return other is self or other is self()
 
 
 class SwitchDispatcher:
@@ -107,6 +137,9 @@ class SwitchDispatcher:
         #: tracking, following, or a pending request to detach.
         self.set_attention: Callable[[bool], None]
         self.trace, self.chained = _make_tracers(self)
+        #: Drops a watch whose greenlet was freed (made once: it is every
+        #: watch's weakref callback).
+        self.forget = self._forget
 
     def is_ours(self, tracer: object) -> bool:
         return tracer is self.trace or tracer is self.chained
@@ -228,8 +261,7 @@ class SwitchDispatcher:
         watch = self.watches.get(glet)
         running = glet is greenlet.getcurrent()
         if watch is None:
-            watch = GreenletWatch(glet, buffer.depth)
-            watch.ref = weakref.ref(glet, _forgetter(self.watches, watch))
+            watch = GreenletWatch(glet, self.forget, buffer.depth)
             if not running and glet.gr_frame is not None:
                 # Suspended: it will resume right here. (Running now: its next
                 # event is a switch-out, which captures its stack. Not started:
@@ -247,26 +279,22 @@ class SwitchDispatcher:
 
     def unwatch(self, watch: GreenletWatch, buffer: GreenletBuffer) -> None:
         """Stop recording into ``buffer``; forget the greenlet if nothing else watches it."""
-        remaining = tuple(b for b in watch.buffers if b is not buffer)
+        buffers = watch.buffers
+        remaining = () if buffers == (buffer,) else tuple(b for b in buffers if b is not buffer)
         watch.buffers = remaining
+        if watch.root_owner is buffer:
+            watch.root = watch.root_below = watch.root_owner = None
         if not remaining and self.watches.get(watch) is watch:
             del self.watches[watch]
-            watch.ref = _DEAD_REF  # breaks the watch -> ref -> forget -> watch cycle
+
+    def _forget(self, watch: GreenletWatch) -> None:
+        # Runs when the greenlet is freed: it will never switch again.
+        if self.watches.get(watch) is watch:
+            del self.watches[watch]
 
 
 def _return_none() -> None:
     return None
-
-
-def _forgetter(
-    watches: dict[object, GreenletWatch], watch: GreenletWatch
-) -> Callable[[weakref.ref[greenlet.greenlet]], None]:
-    # Runs when the greenlet is freed: it will never switch again.
-    def forget(ref: weakref.ref[greenlet.greenlet]) -> None:
-        if watches.get(watch) is watch:
-            del watches[watch]
-
-    return forget
 
 
 def redeliver(exc: BaseException) -> None:
@@ -317,7 +345,7 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                 watch: GreenletWatch | None
                 if running is not None and origin is not target:
                     watch = running
-                    if watch.ref() is not origin:  # switched while we were not installed
+                    if watch() is not origin:  # switched while we were not installed
                         watch = get(origin)
                     if watch is not None:
                         frame = origin.gr_frame
@@ -329,7 +357,17 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                             # last time, still in the same call (see _stack).
                             stack: RawStack
                             if not MARKS:
-                                stack = walk_whole(frame, watch.depth)
+                                root = watch.root
+                                if root is None:
+                                    stack = walk_whole(frame, watch.depth)
+                                else:
+                                    stack = walk_to(
+                                        frame,
+                                        watch.depth,
+                                        root,
+                                        watch.root_lasti,
+                                        watch.root_below,  # type: ignore[arg-type]
+                                    )
                             elif (
                                 type(mark := frame.f_trace) is StackNode
                                 and mark.owner == id(frame)
@@ -433,9 +471,9 @@ _registry_lock = allocate_real_lock()
 def dispatcher_for_current_thread() -> SwitchDispatcher:
     """The calling thread's dispatcher, installed and receiving switches."""
     ident = thread_ident()
-    with _registry_lock:
-        dispatcher = _registry.get(ident)
-        if dispatcher is None:
+    dispatcher = _registry.get(ident)  # only this thread adds its own
+    if dispatcher is None:
+        with _registry_lock:
             if len(_registry) >= 64:
                 _forget_dead_threads()
             dispatcher = _registry[ident] = SwitchDispatcher(ident)

@@ -3,7 +3,7 @@ decorator, the middleware) makes them once, not once per request."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
@@ -48,7 +48,7 @@ class Options:
     follow_spawned: bool = False
     only: Callable[[greenlet.greenlet], bool] | None = None
     #: Every session starts with these tags.
-    tags: Mapping[str, str] = attrs.field(factory=dict)
+    tags: dict[str, str] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         mode, only = self.mode, self.only

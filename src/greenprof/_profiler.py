@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
@@ -99,7 +100,7 @@ class Profiler:
             min_duration=min_duration,
             follow_spawned=follow_spawned,
             only=only,
-            tags=tags if tags is not None else {},
+            tags=dict(tags) if tags is not None else {},
         )
         self._setup(Pipeline(options, sinks))
 
@@ -118,7 +119,7 @@ class Profiler:
         self.session_id = _new_session_id()
         #: What the session is about (``{"path": "/checkout"}``): kept in
         #: its :class:`~greenprof.Session`. May be changed until ``stop()``.
-        self.tags: dict[str, str] = Tags(pipeline.options.tags)
+        self.tags: dict[str, str] = Tags.of_checked(pipeline.options.tags)
         #: True when the last session was shorter than ``min_duration`` and
         #: its snapshots were discarded instead of handed over.
         self.discarded = False
@@ -177,14 +178,14 @@ class Profiler:
             run = Run(self._pipeline, self.session_id, self.tags)
             self.discarded = False
             try:
-                run.start(target)
+                run.start(target, sys._getframe(1))
             except BaseException:
                 if run.running:  # an error after its first target: take it down
-                    run.stop()
+                    run.stop(None)
                 raise
             self._run = run
             return
-        run.start(target)
+        run.start(target, sys._getframe(1))
 
     def stop(self) -> None:
         """Stop every target, then hand what was recorded to every sink,
@@ -201,7 +202,7 @@ class Profiler:
             )
             raise NotRunningError(msg)
         self._run = None
-        run.stop()
+        run.stop(sys._getframe(1))
         if run.discarded:
             self.discarded = True
             return

@@ -175,7 +175,7 @@ class HybridTaker:
         if buffer is None:
             self.idle += 1
             return
-        glet = watch.ref() if watch is not None else None
+        glet = watch() if watch is not None else None
         before = buffer.count + buffer.dropped
         if not _runs(glet):
             return

@@ -48,6 +48,14 @@ class ProfileScope:
         seconds in all, default ``flush_timeout``): ``stop()`` never waits."""
         return self._pipeline.flush(timeout)
 
+    def start(self, target: greenlet.greenlet | None = None) -> Profiler:
+        """A profiler of this scope, started on ``target`` (default: the
+        scope's, else the calling greenlet): for code that cannot use a
+        ``with`` block or a decorator. Stop it with its ``stop()``."""
+        profiler = self._new_profiler()
+        profiler.start(target if target is not None else self.target)
+        return profiler
+
     def _new_profiler(self) -> Profiler:
         return Profiler._of(self._pipeline)
 

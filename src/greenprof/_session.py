@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from types import FrameType
+from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Final, TypeGuard
 
 import greenlet
@@ -34,7 +33,7 @@ from ._dispatcher import (
 )
 from ._naming import greenlet_name
 from ._sampler import SAMPLER, HybridTaker, ThreadTaker
-from ._stack import capture
+from ._stack import MARKS, RawStack, capture, on_top, stable_root, walk_whole
 from ._threads import allocate_real_lock, thread_ident
 from .exceptions import (
     AlreadyProfilingError,
@@ -61,15 +60,12 @@ class _Target:
     __slots__ = ("buffer", "dispatcher", "key", "ref", "taker", "tracking", "watch")
 
     def __init__(
-        self,
-        key: int,
-        buffer: GreenletBuffer,
-        ref: Callable[[], object],
-        dispatcher: SwitchDispatcher | None = None,
+        self, key: int, buffer: GreenletBuffer, dispatcher: SwitchDispatcher | None
     ) -> None:
         self.key = key
         self.buffer = buffer
-        self.ref = ref
+        #: Gives the target (its watch, for a greenlet), or None once freed.
+        self.ref: Callable[[], object] = _gone
         self.dispatcher = dispatcher
         self.watch: GreenletWatch | None = None
         self.taker: HybridTaker | ThreadTaker | None = None
@@ -87,6 +83,7 @@ class Run:
 
     __slots__ = (
         "adopted",
+        "anchor",
         "batches",
         "bounds",
         "buffers",
@@ -98,6 +95,8 @@ class Run:
         "handed",
         "lock",
         "pipeline",
+        "root",
+        "root_below",
         "running_at_start",
         "session",
         "session_handed",
@@ -119,8 +118,8 @@ class Run:
         #: Buffers whose records are not all taken yet.
         self.buffers: list[GreenletBuffer] = []
         #: Greenlets the switch path picked up (``follow_spawned``): a deque,
-        #: which the tracer appends to without a lock.
-        self.adopted: deque[Child] = deque()
+        #: which the tracer appends to without a lock (made when following).
+        self.adopted: deque[Child] = _NO_CHILDREN
         self.children: list[Child] = []
         #: ``greenlet_id`` -> (start, stop) wall-clock ns of its part of the
         #: session; stop is 0 while it runs.
@@ -139,6 +138,11 @@ class Run:
         self.batches: list[Batch] = []
         self.session: Session | None = None
         self.session_handed = False
+        #: Before 3.12, the frame greenprof was started from (held until
+        #: stop) and the stack under it, shared by the target's snapshots.
+        self.anchor: FrameType | None = None
+        self.root: FrameType | None = None
+        self.root_below: RawStack = None
 
     @property
     def running(self) -> bool:
@@ -146,27 +150,35 @@ class Run:
 
     # -- starting ------------------------------------------------------------------
 
-    def start(self, target: greenlet.greenlet | threading.Thread | None) -> None:
-        """Profile ``target`` (default: the calling greenlet) from now on."""
-        mode = self.pipeline.options.mode
-        if isinstance(target, threading.Thread) and mode == "thread":
+    def start(
+        self, target: greenlet.greenlet | threading.Thread | None, caller: FrameType | None
+    ) -> None:
+        """Profile ``target`` (default: the calling greenlet) from now on;
+        ``caller``: the frame that called greenprof (or a greenprof frame
+        above it)."""
+        options = self.pipeline.options
+        mode = options.mode
+        current = greenlet.getcurrent()
+        if target is None or target is current:
+            glet = current  # the request's own greenlet: nothing to check
+        elif isinstance(target, threading.Thread) and mode == "thread":
             self._start_thread(target)
             return
-        current = greenlet.getcurrent()
-        glet = current if target is None else target
-        if not _check_target(glet, current):  # it raises instead
-            return
+        elif _check_target(target, current):  # it raises instead
+            glet = target
         key = id(glet)
+        dispatcher = dispatcher_for_current_thread()
         with self.lock:
-            self._check_not_running(key, glet)
-            dispatcher = dispatcher_for_current_thread()
+            if self.targets:
+                self._check_not_running(key, glet)
             buffer = self._new_buffer(glet, dispatcher.thread_id)
-            record = _Target(key, buffer, weakref.ref(glet), dispatcher)
+            record = _Target(key, buffer, dispatcher)
             started = time.perf_counter_ns()
-            if glet is current and mode != "thread" and buffer.limit:
+            running = glet is current
+            if running and mode != "thread" and buffer.limit:
                 # Where the session starts: a request that never yields still
                 # shows where its time went.
-                buffer.add((START, started, capture(_caller(), buffer.depth)))
+                buffer.add((START, started, self._start_stack(_caller(caller), buffer.depth)))
             if mode == "thread":
                 dispatcher.start_tracking()
                 record.tracking = True
@@ -175,23 +187,39 @@ class Run:
                     thread_name=_thread_name(dispatcher.thread_id),
                     dispatcher=dispatcher,
                     buffer=buffer,
-                    period_ns=self.pipeline.options.period_ns,
+                    period_ns=options.period_ns,
                 )
+                record.ref = weakref.ref(glet)
             else:
-                if self.pipeline.options.follow_spawned:
+                if options.follow_spawned:
+                    if self.adopted is _NO_CHILDREN:
+                        self.adopted = deque()
                     buffer.follow = self._adopt
                     dispatcher.start_following()
                 if mode == "hybrid":
-                    record.taker = HybridTaker(
-                        dispatcher=dispatcher, period_ns=self.pipeline.options.period_ns
-                    )
+                    record.taker = HybridTaker(dispatcher=dispatcher, period_ns=options.period_ns)
                     buffer.sampler = record.taker
-                record.watch = dispatcher.watch(glet, buffer)
-            self._register(record, started, running=glet is current)
+                record.watch = record.ref = dispatcher.watch(glet, buffer)
+                if running and self.root is not None and self.root_below is not None:
+                    record.watch.set_root(self.root, self.root_below, buffer)
+            self._register(record, started, running=running)
             if dispatcher not in self.dispatchers:
                 self.dispatchers.append(dispatcher)
         if record.taker is not None:
             SAMPLER.subscribe(record.taker)
+
+    def _start_stack(self, caller: FrameType | None, depth: int) -> RawStack:
+        """The stack of the caller of greenprof, now. Before 3.12 it also
+        becomes the session's anchor: held until stop, its caller is where
+        the target's walks stop (see ``_stack.walk_to``)."""
+        if MARKS or self.anchor is not None or caller is None:
+            return capture(caller, depth)
+        root = stable_root(caller)
+        if root is None:
+            return capture(caller, depth)
+        self.anchor, self.root = caller, root
+        self.root_below = walk_whole(root, depth)
+        return on_top(caller, self.root_below)
 
     def _start_thread(self, thread: threading.Thread) -> None:
         ident = thread.ident
@@ -209,7 +237,8 @@ class Run:
                 greenlet_name=f"thread {thread.name}",
                 thread_id=ident,
             )
-            record = _Target(ident, buffer, weakref.ref(thread))
+            record = _Target(ident, buffer, None)
+            record.ref = weakref.ref(thread)
             record.taker = ThreadTaker(
                 thread_id=ident,
                 thread_name=thread.name,
@@ -287,8 +316,10 @@ class Run:
 
     # -- stopping --------------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Take every watch down; the records stay, to be built when read."""
+    def stop(self, caller: FrameType | None) -> None:
+        """Take every watch down; the records stay, to be built when read.
+        ``caller``: the frame that called greenprof (or a greenprof frame
+        above it)."""
         with self.lock:
             targets = list(self.targets.values())
             self.targets.clear()
@@ -301,27 +332,40 @@ class Run:
         self.stopping = True  # no more adoptions (the tracer may be in another thread)
         options = self.pipeline.options
         current = greenlet.getcurrent()
+        bounds = self.bounds
+        released = None
         for target in targets:
-            if (
-                target.dispatcher is not None
-                and options.mode != "thread"
-                and target.buffer.limit
-                and target.ref() is current
-            ):
-                # Where the session stops, in the greenlet it ran in.
-                stack = capture(_caller(), target.buffer.depth)
-                target.buffer.add((STOP, stopped_perf, stack))
+            dispatcher, buffer, watch = target.dispatcher, target.buffer, target.watch
+            if watch is not None and dispatcher is not None:  # greenlet and hybrid modes
+                if buffer.limit and watch() is current:
+                    # Where the session stops, in the greenlet it ran in.
+                    stack = self._stop_stack(_caller(caller), buffer.depth)
+                    buffer.add((STOP, stopped_perf, stack))
+                if options.follow_spawned:
+                    dispatcher.stop_following()
+                dispatcher.unwatch(watch, buffer)
+                bounds[buffer.greenlet_id] = (bounds[buffer.greenlet_id][0], stopped)
+            elif target.tracking and dispatcher is not None:
+                dispatcher.stop_tracking()
+        if self.adopted or self.children:
+            self._stop_children(stopped)
         for target in targets:
-            if target.dispatcher is not None:
-                if options.follow_spawned and target.watch is not None:
-                    target.dispatcher.stop_following()
-                if target.watch is not None:
-                    target.dispatcher.unwatch(target.watch, target.buffer)
-                if target.tracking:
-                    target.dispatcher.stop_tracking()
-            bound_key = target.buffer.greenlet_id
-            if bound_key in self.bounds:
-                self.bounds[bound_key] = (self.bounds[bound_key][0], stopped)
+            if target.dispatcher is not None and target.dispatcher is not released:
+                released = target.dispatcher
+                released.release()
+        self.anchor = self.root = None  # the only frames a session holds, while it runs
+        if stopped - self.start_ns < options.min_duration_ns:
+            self.discard()
+        elif any(target.buffer.dropped for target in targets):
+            self._report_drops([t.buffer for t in targets])
+
+    def _stop_stack(self, caller: FrameType | None, depth: int) -> RawStack:
+        if caller is not None and caller is self.anchor:  # still in the call it started in
+            return on_top(caller, self.root_below)
+        return capture(caller, depth)
+
+    def _stop_children(self, stopped: int) -> None:
+        """Stop watching the greenlets the session picked up."""
         with self.lock:
             self._take_adopted()
             children = self.children
@@ -331,21 +375,14 @@ class Run:
             if watch is not None:
                 child_dispatcher.unwatch(watch, child_buffer)
             self.bounds[child_buffer.greenlet_id] = (0, stopped)
-        for dispatcher in {id(t.dispatcher): t.dispatcher for t in targets}.values():
-            if dispatcher is not None:
-                dispatcher.release()
         for _, _, child_dispatcher in children:
             child_dispatcher.release()
-        if stopped - self.start_ns < options.min_duration_ns:
-            self.discard()
-        else:
-            self._report_drops([t.buffer for t in targets])
 
     def discard(self) -> None:
         """Drop everything recorded, unformatted; call back what went to the sinks."""
         with self.lock:
             for buffer in self.buffers:
-                buffer.drain()
+                buffer.records.clear()
             self.buffers = []
             self.built = []
             self.handed = 0
@@ -480,6 +517,14 @@ class Run:
             return greenlets, len(self.built) + pending
 
 
+def _gone() -> None:
+    return None
+
+
+#: The ``adopted`` of every session that follows nothing: always empty.
+_NO_CHILDREN: Final[deque[Child]] = deque(maxlen=0)
+
+
 def _new_session(*values: object) -> Session:
     """A Session from values right by construction, without ``__init__``'s
     converters and checks (a request-scoped profiler makes one per request)."""
@@ -492,12 +537,16 @@ def _new_session(*values: object) -> Session:
 def recheck_tracer(targets: list[_Target]) -> None:
     """Re-install the calling thread's tracer if other code removed it."""
     ident = thread_ident()
-    for dispatcher in {id(t.dispatcher): t.dispatcher for t in targets}.values():
+    checked = None
+    for target in targets:
+        dispatcher = target.dispatcher
         if (
             dispatcher is not None
+            and dispatcher is not checked
             and dispatcher.thread_id == ident
             and (dispatcher.watches or dispatcher.tracking)
         ):
+            checked = dispatcher
             dispatcher.ensure_installed()
 
 
@@ -508,15 +557,31 @@ _PACKAGE_DIR: Final = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _CONTEXTLIB: Final = contextlib.__file__
 
 
-def _is_ours(filename: str) -> bool:
-    return filename.startswith(_PACKAGE_DIR) or filename == _CONTEXTLIB
+#: ``id()`` of a code object -> whether it is greenprof's own (or
+#: contextlib's, above it). By id: hashing a code object hashes its
+#: contents. An id can be reused only once its code object is gone, and
+#: greenprof's own never go: a stale entry always says "not ours", rightly.
+_ours: dict[int, bool] = {}
 
 
-def _caller() -> FrameType | None:
-    """The innermost frame that is not greenprof's: where the program
-    called into greenprof (``start()``, the decorator, the middleware)."""
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None and _is_ours(frame.f_code.co_filename):
+def _is_ours(code: CodeType) -> bool:
+    if len(_ours) > 4096:
+        _ours.clear()  # code made on the fly (exec, lambdas in a loop) keeps coming
+    filename = code.co_filename
+    found = _ours[id(code)] = filename.startswith(_PACKAGE_DIR) or filename == _CONTEXTLIB
+    return found
+
+
+def _caller(frame: FrameType | None) -> FrameType | None:
+    """The innermost frame from ``frame`` down that is not greenprof's: where
+    the program called into greenprof (``start()``, the decorator, the
+    middleware)."""
+    ours = _ours.get
+    while frame is not None:
+        code = frame.f_code
+        found = ours(id(code))
+        if not (found if found is not None else _is_ours(code)):
+            break
         frame = frame.f_back
     return frame
 

@@ -262,6 +262,62 @@ def walk_whole(frame: FrameType, depth: int) -> RawStack:
     return node
 
 
+def walk_to(
+    frame: FrameType, depth: int, root: FrameType, root_lasti: int, below: StackNode
+) -> RawStack:
+    """``walk_whole()`` that stops at ``root`` if it meets it still in the
+    call it was in when ``below`` (its stack, from ``root`` down) was taken,
+    and shares ``below``: the frames under a request's handler are walked
+    once per session, not at every switch (before 3.12, where nothing else
+    tells which frames did not change).
+
+    The very frame object, in the same call: everything below it is as it
+    was. (``root`` is held by the session, so no other frame can take its
+    place; it is never a generator's, which another caller could resume.)
+    """
+    if depth <= 0:
+        return None
+    if frame is root and frame.f_lasti == root_lasti:
+        return below
+    pairs: list[CodeType | int] = [frame.f_code, frame.f_lasti]
+    append = pairs.append
+    frame = frame.f_back  # type: ignore[assignment]
+    base: StackNode | None = None
+    limit = depth - 1
+    while frame is not None and limit > 0:
+        if frame is root and frame.f_lasti == root_lasti:
+            base = below
+            break
+        append(frame.f_code)
+        append(frame.f_lasti)
+        frame = frame.f_back  # type: ignore[assignment]
+        limit -= 1
+    return _run(pairs, base)
+
+
+def stable_root(anchor: FrameType | None) -> FrameType | None:
+    """The frame under ``anchor`` (where greenprof was started from), if
+    walks may stop there: a plain function's frame, not a generator's or a
+    coroutine's, which another caller could resume."""
+    root = anchor.f_back if anchor is not None else None
+    if root is None or root.f_code.co_flags & UNTRUSTED_CODE:
+        return None
+    return root
+
+
+def on_top(frame: FrameType, below: RawStack) -> StackNode:
+    """``frame`` alone on top of the stack ``below``."""
+    node = _new_node(StackNode)
+    node.code = frame.f_code
+    node.lasti = frame.f_lasti
+    node.rest = ()
+    node.outer = below
+    node.height = 1 + (below.height if below is not None else 0)
+    node.owner = 0
+    node.frames = None
+    return node
+
+
 def _run(pairs: list[CodeType | int], base: StackNode | None) -> RawStack:
     """One unmarked node for ``pairs`` on top of ``base``."""
     if not pairs:

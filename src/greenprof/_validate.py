@@ -43,6 +43,13 @@ class Tags(dict[str, str]):
     def __init__(self, tags: object = None) -> None:
         super().__init__(check_tags(tags))
 
+    @classmethod
+    def of_checked(cls, tags: dict[str, str]) -> Tags:
+        """A copy of tags that were checked already (a pipeline's defaults)."""
+        copy = dict.__new__(cls)
+        dict.update(copy, tags)
+        return copy
+
     def __setitem__(self, key: str, value: str) -> None:
         super().__setitem__(*check_tags({key: value}).popitem())
 

@@ -642,3 +642,126 @@ def test_the_same_frames_on_another_stack_below_are_another_stack() -> None:
     for bottom in ("a", "b"):
         raw = StackNode(codes["top"], 0, StackNode(codes[bottom], 0, None), (codes["middle"], 0))
         assert [f.function for f in formatter.frames(raw)] == [bottom, "middle", "top"]
+
+
+# -- sessions started in the greenlet they profile -------------------------------------
+
+
+class SessionScript(Script):
+    """The script, with sessions opened and closed from inside its greenlet
+    at every depth: ``with profile()`` around a call, and a profiler
+    started in one call and stopped in another (its start frame gone by
+    then). Before 3.12 such sessions walk each switch-out only down to the
+    frame under the one they started from."""
+
+    def __init__(self, seed: int, steps: int, main: greenlet.greenlet, counter: Any) -> None:
+        super().__init__(seed, steps, main)
+        rng = random.Random(seed + 1000)
+        ops = ["call_a", "call_b", "ret", "switch_a", "switch_b", "raise", "gen", "twice"]
+        ops += ["with", "open", "close"]
+        weights = [5, 5, 6, 4, 4, 1, 2, 2, 1, 1, 1]
+        self.ops = iter(rng.choices(ops, weights, k=steps))
+        self.counter = counter
+        self.open: list[tuple[greenprof.Profiler, int]] = []
+        #: (profiler, first switch-out index, last) of each session.
+        self.sessions: list[tuple[greenprof.Profiler, int, int]] = []
+
+    def level_a(self, depth: int) -> None:
+        self.steps(depth)
+        # Switches here after a session started in steps() above is gone:
+        # this frame, the one under it, is in another place than then.
+        self.main.switch()
+
+    def steps(self, depth: int) -> None:
+        while True:
+            op = next(self.ops)
+            if op == "with" and depth < 40:
+                first = len(self.counter.stacks)
+                with greenprof.profile(max_snapshots=100_000) as profiler:
+                    self.level_b(depth + 1)
+                self.sessions.append((profiler, first, len(self.counter.stacks)))
+            elif op == "open":
+                profiler = greenprof.Profiler(max_snapshots=100_000)
+                profiler.start()
+                self.open.append((profiler, len(self.counter.stacks)))
+            elif op == "close" and self.open:
+                profiler, first = self.open.pop()
+                profiler.stop()
+                self.sessions.append((profiler, first, len(self.counter.stacks)))
+            elif op == "ret" and depth:
+                return
+            else:
+                self.do(op, depth)
+
+    def do(self, op: str, depth: int) -> None:
+        if op == "call_a" and depth < 40:
+            self.level_a(depth + 1)
+        elif op == "call_b" and depth < 40:
+            self.level_b(depth + 1)
+        elif op in ("switch_a", "switch_b"):
+            self.main.switch()
+        elif op == "twice":
+            for _ in range(2):
+                self.main.switch()
+        elif op == "raise":
+            with contextlib.suppress(ValueError):
+                self.fail()
+        elif op == "gen":
+            next(self.gen)
+
+
+def test_sessions_started_inside_their_greenlet_record_the_stacks_traceback_sees() -> None:
+    checked = 0
+    for seed in range(4):
+        main = greenlet.getcurrent()
+        glet = greenlet.greenlet()
+        counter = SwitchCounter(glet)
+        script = SessionScript(seed, 3000, main, counter)
+        glet.run = script.run
+        counter.install()
+        try:
+            while not glet.dead:
+                glet.switch()
+        finally:
+            counter.uninstall()
+        for profiler, _ in script.open:
+            profiler.stop()
+        for profiler, first, last in script.sessions:
+            got = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
+            assert got == counter.stacks[first:last]
+            checked += len(got)
+            starts = [s for s in profiler.snapshots if s.event in ("start", "stop")]
+            assert all(s.stack for s in starts)
+    assert checked > 500
+
+
+def _start(profiler: greenprof.Profiler) -> None:
+    profiler.start()  # the session's start frame: gone before its first switch
+
+
+def _caller_of_start(profiler: greenprof.Profiler, main: greenlet.greenlet) -> None:
+    _start(profiler)
+    main.switch()  # the frame under the start frame, in another place now
+    _deeper(main)
+    profiler.stop()
+
+
+def _deeper(main: greenlet.greenlet) -> None:
+    main.switch()
+
+
+def test_a_session_whose_start_frame_returned_records_exact_stacks() -> None:
+    main = greenlet.getcurrent()
+    profiler = greenprof.Profiler()
+    glet = greenlet.greenlet(lambda: _caller_of_start(profiler, main))
+    counter = SwitchCounter(glet)
+    counter.install()
+    try:
+        while not glet.dead:
+            glet.switch()
+    finally:
+        counter.uninstall()
+    got = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
+    assert got == counter.stacks
+    assert [f[1] for f in got[0][-2:]] == ["<lambda>", "_caller_of_start"]
+    assert [f[1] for f in got[1][-2:]] == ["_caller_of_start", "_deeper"]

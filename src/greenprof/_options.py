@@ -49,6 +49,9 @@ class Options:
     only: Callable[[greenlet.greenlet], bool] | None = None
     #: Every session starts with these tags.
     tags: dict[str, str] = attrs.field(factory=dict)
+    #: The dump period and ``min_duration`` in nanoseconds.
+    period_ns: int = attrs.field(init=False, default=0)
+    min_duration_ns: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         mode, only = self.mode, self.only
@@ -93,6 +96,9 @@ class Options:
             raise ConfigurationError(msg)
         object.__setattr__(self, "follow_spawned", bool(self.follow_spawned))
         object.__setattr__(self, "tags", check_tags(self.tags))
+        object.__setattr__(self, "period_ns", round(self.dump_period * 1e9))
+        min_ns = 2**63 if self.min_duration == float("inf") else round(self.min_duration * 1e9)
+        object.__setattr__(self, "min_duration_ns", min_ns)
 
     @classmethod
     def of(cls, **options: Any) -> Options:
@@ -100,12 +106,3 @@ class Options:
         if options.get("tags", ()) is None:
             del options["tags"]
         return cls(**options)
-
-    @property
-    def period_ns(self) -> int:
-        """The dump period in nanoseconds."""
-        return round(self.dump_period * 1e9)
-
-    @property
-    def min_duration_ns(self) -> int:
-        return round(self.min_duration * 1e9) if self.min_duration != float("inf") else 2**63

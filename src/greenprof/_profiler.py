@@ -241,7 +241,10 @@ class Profiler:
     @property
     def snapshots(self) -> list[Snapshot]:
         """Everything recorded so far, in order."""
-        return [snapshot for run in self._runs() for snapshot in run.snapshots()]
+        runs = self._runs()
+        if len(runs) == 1:
+            return list(runs[0].snapshots())
+        return [snapshot for run in runs for snapshot in run.snapshots()]
 
     @property
     def sessions(self) -> list[Session]:

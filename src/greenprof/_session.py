@@ -50,6 +50,10 @@ __all__ = ["Run"]
 
 _logger = logging.getLogger("greenprof")
 
+#: Frames under a session's start frame worth stopping walks at (before
+#: 3.12): with fewer, the check at each frame costs more than it saves.
+_WORTH_A_ROOT: Final = 4
+
 #: ``(greenlet ref, buffer, dispatcher)`` of a greenlet a session picked up.
 Child = tuple["weakref.ref[greenlet.greenlet]", GreenletBuffer, SwitchDispatcher]
 
@@ -209,17 +213,22 @@ class Run:
             SAMPLER.subscribe(record.taker)
 
     def _start_stack(self, caller: FrameType | None, depth: int) -> RawStack:
-        """The stack of the caller of greenprof, now. Before 3.12 it also
-        becomes the session's anchor: held until stop, its caller is where
-        the target's walks stop (see ``_stack.walk_to``)."""
+        """The stack of the caller of greenprof, now.
+
+        Before 3.12 that frame becomes the session's anchor, held until it
+        stops: a stop in the same frame reuses the stack under it, and when
+        enough frames are under it, the target's walks stop at its caller
+        (see ``_stack.walk_to``)."""
         if MARKS or self.anchor is not None or caller is None:
             return capture(caller, depth)
         root = stable_root(caller)
         if root is None:
             return capture(caller, depth)
-        self.anchor, self.root = caller, root
-        self.root_below = walk_whole(root, depth)
-        return on_top(caller, self.root_below)
+        below = walk_whole(root, depth)
+        self.anchor, self.root_below = caller, below
+        if below is not None and below.height >= _WORTH_A_ROOT:
+            self.root = root
+        return on_top(caller, below)
 
     def _start_thread(self, thread: threading.Thread) -> None:
         ident = thread.ident

@@ -274,6 +274,7 @@ def walk_to(
     The very frame object, in the same call: everything below it is as it
     was. (``root`` is held by the session, so no other frame can take its
     place; it is never a generator's, which another caller could resume.)
+    Unrolled like walk_whole().
     """
     if depth <= 0:
         return None
@@ -282,17 +283,37 @@ def walk_to(
     pairs: list[CodeType | int] = [frame.f_code, frame.f_lasti]
     append = pairs.append
     frame = frame.f_back  # type: ignore[assignment]
-    base: StackNode | None = None
     limit = depth - 1
     while frame is not None and limit > 0:
-        if frame is root and frame.f_lasti == root_lasti:
-            base = below
+        if frame is root:
             break
         append(frame.f_code)
         append(frame.f_lasti)
         frame = frame.f_back  # type: ignore[assignment]
-        limit -= 1
-    return _run(pairs, base)
+        if frame is None or frame is root:
+            break
+        append(frame.f_code)
+        append(frame.f_lasti)
+        frame = frame.f_back  # type: ignore[assignment]
+        if frame is None or frame is root:
+            break
+        append(frame.f_code)
+        append(frame.f_lasti)
+        frame = frame.f_back  # type: ignore[assignment]
+        if frame is None or frame is root:
+            break
+        append(frame.f_code)
+        append(frame.f_lasti)
+        frame = frame.f_back  # type: ignore[assignment]
+        limit -= 4
+    if len(pairs) > 2 * depth:
+        del pairs[2 * depth :]  # up to 3 frames too many: the walk stopped at its limit
+        return _run(pairs, None)
+    if frame is root and root.f_lasti == root_lasti:
+        return _run(pairs, below)
+    if frame is root:  # root, in another call than its stack: walk on, whole
+        return _run(pairs, walk_whole(root, depth - len(pairs) // 2))
+    return _run(pairs, None)
 
 
 def stable_root(anchor: FrameType | None) -> FrameType | None:
@@ -333,6 +354,19 @@ def _run(pairs: list[CodeType | int], base: StackNode | None) -> RawStack:
     return node
 
 
+def _same_run(
+    rest: tuple[CodeType | int, ...],
+    seen: list[tuple[CodeType, tuple[CodeType | int, ...], tuple[Frame, ...]]],
+) -> tuple[Frame, ...] | None:
+    """The stack of the entry of ``seen`` whose frames below the top are
+    ``rest`` (the same code objects: equal bytecode elsewhere is another
+    stack), if any."""
+    for _, other, frames in seen:
+        if other == rest and all(map(is_, rest[0::2], other[0::2])):
+            return frames
+    return None
+
+
 def _line_for_offset(code: CodeType, offset: int) -> int:
     for start, end, line in code.co_lines():
         if start <= offset < end:
@@ -370,6 +404,11 @@ class FrameFormatter:
         # comparing with that costs less than the key. (From 3.12 only a
         # sampler's captures make such nodes.)
         self._last: tuple[StackNode, tuple[Frame, ...]] | None = None
+        # (id(stack below), id(top code), top offset, len(rest)) -> a few
+        # (top code, rest, stack) formatted with that top: see frames().
+        self._tops: dict[
+            tuple[int, ...], list[tuple[CodeType, tuple[CodeType | int, ...], tuple[Frame, ...]]]
+        ] = {}
 
     def _frame(self, code: CodeType, offset: int) -> Frame:
         # Under self._lock.
@@ -420,6 +459,17 @@ class FrameFormatter:
                 ):
                     frames = node.frames = last.frames  # type: ignore[assignment]
                     continue
+                # A stack formatted before (a request's wait sites come back
+                # again and again): found by its top frame, the frames under
+                # it and its length, then compared directly; cheaper than
+                # hashing a key of every frame.
+                top = (id(frames), id(node.code), node.lasti, len(rest))
+                seen = self._tops.get(top)
+                found = _same_run(rest, seen) if seen is not None else None
+                if found is not None:
+                    self._last = (node, frames)
+                    frames = node.frames = found
+                    continue
                 key: tuple[int, ...] = (
                     id(frames),
                     id(node.code),
@@ -435,7 +485,16 @@ class FrameFormatter:
             node.frames = frames
             if rest:
                 self._last = (node, below)
+                self._remember(top, node, frames)
         return frames
+
+    def _remember(self, top: tuple[int, ...], node: StackNode, frames: tuple[Frame, ...]) -> None:
+        with self._lock:
+            seen = self._tops.setdefault(top, [])
+            if len(seen) >= 8:
+                del seen[0]
+            # The node's code stays alive in the entry: its id in ``top`` stays its own.
+            seen.append((node.code, node.rest, frames))
 
     def _add(
         self, key: tuple[int, ...], below: tuple[Frame, ...], node: StackNode
@@ -446,6 +505,7 @@ class FrameFormatter:
                 # their code objects alive.
                 self._stacks.clear()
                 self._frames.clear()
+                self._tops.clear()
                 self._codes.clear()
             codes = [node.code, *node.rest[0::2]]
             offsets = [node.lasti, *node.rest[1::2]]

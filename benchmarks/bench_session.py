@@ -1,0 +1,202 @@
+"""What one profiled request costs: greenprof as it was before sessions
+shared one pipeline ("today"), against greenprof now ("new").
+
+A "request" runs in a greenlet 25 frames deep and switches out and back 10
+times. Today's greenprof is the source of commit ``BASELINE`` (taken with
+``git archive`` from this repository), profiling each request with a
+``Profiler()`` of its own, as its decorator and middleware did. The new one
+is this checkout's, profiling each request with a session of one
+``greenprof.profile()`` scope, as its decorator and middleware do. Each
+round measures both, each in a process of its own, one after the other;
+medians of the rounds are compared (this machine is shared: single rounds
+move by several percent).
+
+Each is measured with the session dropped (``min_duration`` longer than the
+request: nothing is built) and kept, its snapshots read (built and
+formatted). Printed: microseconds added to a request, and new / today.
+
+Run: ``python benchmarks/bench_session.py [--quick] [--baseline REV]``.
+Without git or the baseline commit, the new greenprof is compared with a
+``Profiler()`` made per request in the new greenprof.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import greenlet
+
+#: The last commit before sessions shared a pipeline.
+BASELINE = "b153dae"
+DEPTH = 25
+SWITCHES = 10
+NEVER = 3600.0
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+
+_worker: greenlet.greenlet | None = None
+
+
+def _partner() -> None:
+    while True:
+        _worker.switch()  # type: ignore[union-attr]
+
+
+_PARTNER = greenlet.greenlet(_partner)
+
+
+def handler(depth: int) -> None:
+    """A request: ``depth`` frames deep, then ``SWITCHES`` waits."""
+    if depth:
+        handler(depth - 1)
+        return
+    for _ in range(SWITCHES):
+        _PARTNER.switch()
+
+
+def per_request(body: Callable[[], None], requests: int) -> float:
+    """Microseconds per call of ``body``, run in a worker greenlet."""
+    global _worker
+    spent: list[float] = []
+
+    def work() -> None:
+        start = time.perf_counter()
+        for _ in range(requests):
+            body()
+        spent.append((time.perf_counter() - start) / requests * 1e6)
+
+    _worker = greenlet.greenlet(work)
+    _worker.switch()
+    return spent[0]
+
+
+def measure(way: str, requests: int) -> dict[str, float]:
+    """In a child process: microseconds ``way`` adds to a request."""
+    import greenprof
+
+    def unprofiled() -> None:
+        handler(DEPTH)
+
+    def profiler_each(read: bool, **options: float) -> Callable[[], None]:
+        def body() -> None:
+            profiler = greenprof.Profiler(**options)  # type: ignore[arg-type]
+            profiler.start()
+            handler(DEPTH)
+            profiler.stop()
+            if read:
+                profiler.snapshots  # noqa: B018 - built when read
+
+        return body
+
+    def scope(read: bool, **options: float) -> Callable[[], None]:
+        shared = greenprof.profile(**options)  # type: ignore[arg-type]
+
+        def body() -> None:
+            with shared as profiler:
+                handler(DEPTH)
+            if read:
+                profiler.snapshots  # noqa: B018 - built when read
+
+        return body
+
+    make = profiler_each if way == "today" else scope
+    bodies = {"dropped": make(False, min_duration=NEVER), "kept, read": make(True)}
+    # Keep greenprof's tracer installed throughout, as in a service where
+    # some request is always being profiled: each way pays for its session,
+    # not for installing and removing the tracer.
+    idle = greenprof.Profiler()
+    idle.start(greenlet.greenlet(_nothing))
+    try:
+        per_request(unprofiled, requests)  # warm up
+        base = per_request(unprofiled, requests)
+        return {kind: per_request(body, requests) - base for kind, body in bodies.items()}
+    finally:
+        idle.stop()
+
+
+def baseline_source(rev: str, into: Path) -> Path | None:
+    """``src/`` of commit ``rev`` unpacked under ``into``, or None."""
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(HERE.parent), "archive", "--format=tar", rev, "src"],
+            capture_output=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = into / "archive.tar"
+    path.write_bytes(archive)
+    with tarfile.open(path) as tar:
+        tar.extractall(into, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(into)  # noqa: S202
+    return into / "src"
+
+
+def run_child(src: Path, way: str, requests: int) -> dict[str, float]:
+    result = subprocess.run(
+        [sys.executable, __file__, "--measure", way, f"--requests={requests}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(src)},
+    )
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run (tox -e bench)")
+    parser.add_argument("--check", action="store_true", help="exit 1 unless new costs less")
+    parser.add_argument("--baseline", default=BASELINE, help="today's commit")
+    parser.add_argument("--measure", choices=("today", "new"), help=argparse.SUPPRESS)
+    parser.add_argument("--requests", type=int, default=3000, help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.measure:
+        print(json.dumps(measure(options.measure, options.requests)))
+        return 0
+    requests, rounds = (1000, 5) if options.quick else (3000, 11)
+    with tempfile.TemporaryDirectory() as tmp:
+        old_src = baseline_source(options.baseline, Path(tmp))
+        today_label = f"today ({options.baseline})" if old_src else "Profiler() each"
+        added: dict[str, list[dict[str, float]]] = {"today": [], "new": []}
+        for _ in range(rounds):
+            added["today"].append(run_child(old_src or SRC, "today", requests))
+            added["new"].append(run_child(SRC, "new", requests))
+    print(
+        f"Python {sys.version.split()[0]}; a request {DEPTH} frames deep, {SWITCHES} switches "
+        f"out and in; medians of {rounds} interleaved rounds of {requests} requests"
+    )
+    print(f"{'session':<12} {today_label:>18} {'new':>18} {'new / today':>12}")
+    met = True
+    for kind in ("dropped", "kept, read"):
+        old, now = ([round_[kind] for round_ in added[way]] for way in ("today", "new"))
+        ratio = statistics.median(now) / statistics.median(old)
+        print(
+            f"{kind:<12} {statistics.median(old):>9.1f} us ±{_spread(old):>4.1f} "
+            f"{statistics.median(now):>9.1f} us ±{_spread(now):>4.1f} {ratio:>12.2f}"
+        )
+        met = met and ratio < 1
+    print("(microseconds added to a request: median ± half the interquartile range)")
+    return 0 if met or not options.check else 1
+
+
+def _spread(values: list[float]) -> float:
+    quartiles = statistics.quantiles(values, n=4)
+    return (quartiles[2] - quartiles[0]) / 2
+
+
+def _nothing() -> None:
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

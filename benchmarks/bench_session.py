@@ -137,7 +137,10 @@ def baseline_source(rev: str, into: Path) -> Path | None:
     path = into / "archive.tar"
     path.write_bytes(archive)
     with tarfile.open(path) as tar:
-        tar.extractall(into, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(into)  # noqa: S202
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(into, filter="data")
+        else:
+            tar.extractall(into)
     return into / "src"
 
 

@@ -11,7 +11,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["bench_switch.py", "bench_modes.py", "bench_web_cost.py", "bench_peers.py"]
+BENCHMARKS = [
+    "bench_switch.py",
+    "bench_modes.py",
+    "bench_session.py",
+    "bench_web_cost.py",
+    "bench_peers.py",
+]
 
 
 def main() -> int:

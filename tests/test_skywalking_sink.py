@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import subprocess
@@ -284,3 +285,84 @@ def test_close_keeps_retrying_until_its_timeout() -> None:
     finally:
         oap.stop()
     assert sink.lost == 0
+
+
+# -- fork --------------------------------------------------------------------------------
+
+FORKING_SERVICE = """
+    import json, os, sys
+    if {gevent_mode}:
+        from gevent import monkey
+        monkey.patch_all()
+        import grpc.experimental.gevent
+        grpc.experimental.gevent.init_gevent()
+    import greenlet
+    import greenprof
+    from greenprof.sinks import SkyWalkingSink
+
+    sink = SkyWalkingSink({address!r}, timeout=5)
+
+    def work():
+        for _ in range(3):
+            greenlet.getcurrent().parent.switch()
+
+    def request(segment):
+        g = greenlet.greenlet(work)
+        with greenprof.profile(g, sinks=[sink]) as profiler:
+            sink.bind(profiler.session_id, task_id="task", segment_id=segment)
+            while not g.dead:
+                g.switch()
+        return len(profiler.snapshots)
+
+    per_request = request("parent-0")
+    assert sink.flush(30)
+    # The collector takes 20 ms a message: at the fork, the parent's sender
+    # is in the middle of a call and has more queued.
+    for n in range(1, 4):
+        request(f"parent-{{n}}")
+    pid = os.fork()
+    if pid == 0:
+        request("child")
+        ok = sink.flush(30)
+        os.write(1, json.dumps({{"ok": ok, "sent": sink.sent}}).encode() + b"\\n")
+        os._exit(0 if ok else 3)
+    parent_ok = sink.flush(60)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({{"parent_ok": parent_ok, "status": status, "per_request": per_request}}))
+"""
+
+
+@pytest.mark.parametrize("gevent_mode", [False, True], ids=["thread-sender", "gevent-grpc"])
+def test_a_forked_childs_sink_sends_its_own_snapshots(gevent_mode: bool) -> None:
+    with FakeOAP(delay=0.02) as oap:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(FORKING_SERVICE).format(
+                    address=oap.address, gevent_mode=gevent_mode
+                ),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        child_line, parent_line = result.stdout.strip().splitlines()[-2:]
+        child, parent = json.loads(child_line), json.loads(parent_line)
+        received = list(oap.snapshots)
+    per_request = parent["per_request"]
+    assert per_request >= 4  # start, switches, stop
+    assert parent["parent_ok"]
+    assert parent["status"] == 0
+    # The child sent its own request, and nothing its parent had queued.
+    assert child == {"ok": True, "sent": per_request}
+    by_segment: dict[str, list[int]] = {}
+    for message in received:
+        by_segment.setdefault(message.segment_id, []).append(message.sequence)
+    assert sorted(by_segment["child"]) == list(range(per_request))
+    # Each of the parent's requests arrived once, from the parent alone.
+    for n in range(4):
+        assert sorted(by_segment[f"parent-{n}"]) == list(range(per_request))
+    assert set(by_segment) == {"child", *(f"parent-{n}" for n in range(4))}

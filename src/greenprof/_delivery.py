@@ -191,6 +191,12 @@ class Delivery:
                     state.sending = False
                 _report_sink_failure(sink, action, exc)
                 return False
+            except BaseException:
+                # GreenletExit, KeyboardInterrupt: not the sink's failure, the
+                # caller's to see. What was taken is sent again next time.
+                with self._lock:
+                    state.sending = False
+                raise
             with self._lock:
                 self._take(state, len(taken))
 

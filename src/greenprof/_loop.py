@@ -31,9 +31,18 @@ class BackgroundLoop:
     exception from it is logged once per loop and the loop goes on.
     """
 
-    def __init__(self, step: Callable[[], float | None], *, name: str) -> None:
+    def __init__(
+        self,
+        step: Callable[[], float | None],
+        *,
+        name: str,
+        after_fork: Callable[[], None] | None = None,
+    ) -> None:
         self.step = step
         self.name = name
+        #: Called in a forked child before the loop runs again there: to drop
+        #: what the parent goes on doing (its queue, its calls in flight).
+        self.after_fork = after_fork
         self._lock = allocate_real_lock()
         self._wake = Waker()
         # Held while a thread runs; released by the thread as it ends.
@@ -125,6 +134,11 @@ class BackgroundLoop:
         self._alive = False
         self._stopping = False
         self.thread_id = None
+        if self.after_fork is not None:
+            try:
+                self.after_fork()
+            except Exception:
+                _logger.exception("greenprof: %s could not reset after fork", self.name)
         if was_running:
             self.start()
 

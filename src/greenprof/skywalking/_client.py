@@ -7,6 +7,7 @@ when a client is made, and its absence is a clear error then.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -82,18 +83,36 @@ class SkyWalkingClient:
         #: What a failed call raises.
         self.RpcError: type[Exception] = grpc.RpcError
         self._metadata = (("authentication", authentication),) if authentication else ()
+        self._secure = secure
+        self._pid = -1
+        # Channels a forked child inherited: kept, never closed or used, so
+        # the child does not tear down what its parent still uses.
+        self._inherited: list[Any] = []
+        self._open()
+
+    def _open(self) -> None:
+        grpc = _import_grpc()
+        self._pid = os.getpid()
         self._channel = (
-            grpc.secure_channel(address, grpc.ssl_channel_credentials())
-            if secure
-            else grpc.insecure_channel(address)
+            grpc.secure_channel(self.address, grpc.ssl_channel_credentials())
+            if self._secure
+            else grpc.insecure_channel(self.address)
         )
         calls = {"request_serializer": _identity, "response_deserializer": _identity}
         self._collect = self._channel.stream_unary(wire.COLLECT_SNAPSHOT, **calls)
         self._query = self._channel.unary_unary(wire.GET_PROFILE_TASK_COMMANDS, **calls)
         self._finish = self._channel.unary_unary(wire.REPORT_TASK_FINISH, **calls)
 
+    def _in_this_process(self) -> None:
+        """A forked child opens a channel of its own: one made before the
+        fork belongs to the parent's gRPC threads, which the child lacks."""
+        if self._pid != os.getpid():
+            self._inherited.append(self._channel)
+            self._open()
+
     def collect(self, messages: Iterable[bytes]) -> None:
         """``collectSnapshot``: encoded ``ThreadSnapshot`` messages."""
+        self._in_this_process()
         # A list, not a generator: grpc consumes it at once.
         self._collect(iter(list(messages)), timeout=self.timeout, metadata=self._metadata)
 
@@ -102,13 +121,16 @@ class SkyWalkingClient:
         query = wire.encode_command_query(
             service=service, instance=instance, last_command_time=last_command_time
         )
+        self._in_this_process()
         answer: bytes = self._query(query, timeout=self.timeout, metadata=self._metadata)
         return answer
 
     def report_finish(self, *, service: str, instance: str, task_id: str) -> None:
         """``reportTaskFinish``."""
         report = wire.encode_finish_report(service=service, instance=instance, task_id=task_id)
+        self._in_this_process()
         self._finish(report, timeout=self.timeout, metadata=self._metadata)
 
     def close(self) -> None:
-        self._channel.close()
+        if self._pid == os.getpid():
+            self._channel.close()

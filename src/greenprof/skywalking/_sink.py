@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
@@ -113,8 +114,11 @@ class SkyWalkingSink:
 
             self._nudged = False
             self._sender = gevent.spawn(self._run_greenlet)
+            _greenlet_senders.add(self)
         else:
-            self._loop = BackgroundLoop(self._step, name=f"{self!r}'s sender")
+            self._loop = BackgroundLoop(
+                self._step, name=f"{self!r}'s sender", after_fork=self._after_fork_in_child
+            )
         #: Messages the collector acknowledged.
         self.sent = 0
         #: Messages dropped because the queue was full.
@@ -182,15 +186,14 @@ class SkyWalkingSink:
             self._closing = True  # from now on a failed send is given up
             self.lost += len(self._queue)
             self._queue.clear()
-        # A call still in flight ends within ``timeout``; if it fails, the
-        # sender counts its messages in ``lost``.
-        patience = max(self.timeout, 1.0) + 1.0
+        # Closing the channel ends a call still in flight: the sender counts
+        # its messages in ``lost``.
+        self.client.close()
         if self._sender is not None:
             self._nudge()
-            self._sender.join(patience)
+            self._sender.join(1.0)
         elif self._loop is not None:
-            self._loop.stop(patience)
-        self.client.close()
+            self._loop.stop(1.0)
         lost = self.lost
         if lost:
             _logger.warning(
@@ -267,6 +270,17 @@ class SkyWalkingSink:
         self._backoff = _BACKOFF_MIN
         return 0.0
 
+    def _after_fork_in_child(self) -> None:
+        # The parent sends what it had queued and in flight; the child sends
+        # only its own (its sender comes back with the BackgroundLoop, its
+        # channel with the client). The lock may have been held by the
+        # parent's sender, which did not survive the fork.
+        self._lock = allocate_real_lock()
+        self._queue.clear()
+        self._in_flight = 0
+        self._backoff = _BACKOFF_MIN
+        self.sent = self.dropped = self.unbound = self.failures = self.lost = 0
+
     def _run_greenlet(self) -> None:
         # The sender as a greenlet (grpc in gevent mode): an export from another
         # OS thread cannot wake it, so it looks every 20 ms while idle.
@@ -281,6 +295,19 @@ class SkyWalkingSink:
             while not self._nudged and time.monotonic() < deadline:
                 gevent.sleep(0.02)
             self._nudged = False
+
+
+# Sinks whose sender is a greenlet (it cannot run before the forked child's
+# hub does, so it needs no loop to reset it first).
+_greenlet_senders: weakref.WeakSet[SkyWalkingSink] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for sink in list(_greenlet_senders):
+        sink._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _pause(seconds: float) -> None:

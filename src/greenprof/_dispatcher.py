@@ -245,6 +245,21 @@ class SwitchDispatcher:
         with _registry_lock:
             if _registry.get(self.thread_id) is self:
                 del _registry[self.thread_id]
+                # Kept aside for this thread's next session: building one
+                # (its tracers and their state) costs more than the session.
+                if len(_spares) >= 64:
+                    _spares.clear()  # threads come and go: keep it bounded
+                _spares[self.thread_id] = self
+
+    def reset(self) -> None:
+        """Start afresh, as a new dispatcher would (a retired spare, reused)."""
+        self.previous = None
+        self.installed = self.detach_requested = False
+        self.errors = self.previous_errors = self.reinstalls = 0
+        self.tracking = self.following = self.switches = 0
+        self.current = None
+        self.set_running(None)
+        self._update_attention()
 
     def uninstall(self) -> None:
         # Also called from the tracer itself: no lock, nothing that switches.
@@ -465,6 +480,9 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
 # -- the per-thread registry ---------------------------------------------------
 
 _registry: dict[int, SwitchDispatcher] = {}
+#: Per thread, the dispatcher its last session left when it stopped (not
+#: installed, watching nothing), for the next session there to reuse.
+_spares: dict[int, SwitchDispatcher] = {}
 _registry_lock = allocate_real_lock()
 
 
@@ -476,7 +494,12 @@ def dispatcher_for_current_thread() -> SwitchDispatcher:
         with _registry_lock:
             if len(_registry) >= 64:
                 _forget_dead_threads()
-            dispatcher = _registry[ident] = SwitchDispatcher(ident)
+            dispatcher = _spares.pop(ident, None)
+            if dispatcher is None or dispatcher.watches:
+                dispatcher = SwitchDispatcher(ident)
+            else:
+                dispatcher.reset()
+            _registry[ident] = dispatcher
     dispatcher.ensure_installed()
     return dispatcher
 
@@ -490,6 +513,8 @@ def _forget_dead_threads() -> None:
     alive = sys._current_frames()
     for ident in [i for i in _registry if i not in alive]:
         del _registry[ident]
+    for ident in [i for i in _spares if i not in alive]:
+        del _spares[ident]
 
 
 def _after_fork_in_child() -> None:
@@ -498,6 +523,7 @@ def _after_fork_in_child() -> None:
     ident = thread_ident()
     for other in [i for i in _registry if i != ident]:
         del _registry[other]
+    _spares.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

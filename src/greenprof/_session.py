@@ -260,16 +260,18 @@ class Run:
 
     def _register(self, record: _Target, started: int, *, running: bool = False) -> None:
         # Under self.lock.
+        pipeline = self.pipeline
+        wall = pipeline.offset_ns + started  # pipeline.wall_ns(started), inlined
         if not self.start_ns:
-            self.start_ns = self.pipeline.wall_ns(started)
+            self.start_ns = wall
         self.targets[record.key] = record
         self.buffers.append(record.buffer)
-        if self.pipeline.options.mode != "thread":
+        if pipeline.options.mode != "thread":
             # Thread mode samples whatever runs: bounds and who was running
             # at the start say nothing about what its samples show.
             if running:
                 self.running_at_start.add(record.key)
-            self.bounds[record.buffer.greenlet_id] = (self.pipeline.wall_ns(started), 0)
+            self.bounds[record.buffer.greenlet_id] = (wall, 0)
 
     def _check_not_running(self, key: int, thing: object) -> None:
         existing = self.targets.get(key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
 _originals: dict[str, Any] = {}
@@ -32,16 +33,12 @@ def original(name: str) -> Any:
     return found
 
 
-def thread_ident() -> int:
-    """The calling OS thread's identifier, as ``sys._current_frames()`` keys it."""
-    ident: int = original("get_ident")()
-    return ident
+#: The calling OS thread's identifier, as ``sys._current_frames()`` keys it.
+#: Bound once: the original is the same object before and after patching.
+thread_ident: Callable[[], int] = original("get_ident")
 
-
-def allocate_real_lock() -> _thread.LockType:
-    """A lock that blocks the OS thread; never held across a greenlet switch."""
-    lock: _thread.LockType = original("allocate_lock")()
-    return lock
+#: A lock that blocks the OS thread; never held across a greenlet switch.
+allocate_real_lock: Callable[[], _thread.LockType] = original("allocate_lock")
 
 
 def real_sleep(seconds: float) -> None:

@@ -383,6 +383,22 @@ def test_no_tracer_and_no_dispatcher_once_every_session_stopped() -> None:
     assert installed_dispatcher(thread_ident()) is None
 
 
+def test_a_threads_next_session_starts_afresh_on_its_reused_dispatcher() -> None:
+    with greenprof.profile() as first:
+        dispatcher = installed_dispatcher(thread_ident())
+        assert dispatcher is not None
+        dispatcher.errors = 3  # as if its tracer had swallowed errors
+        dispatcher.reinstalls = 2
+    assert installed_dispatcher(thread_ident()) is None
+    assert first.stats.tracer_errors == 3
+    with greenprof.profile() as second:
+        assert installed_dispatcher(thread_ident()) is dispatcher  # reused, not rebuilt
+        gevent.sleep(0)
+    assert greenlet.gettrace() is None
+    assert (second.stats.tracer_errors, second.stats.tracer_reinstalls) == (0, 0)
+    assert events(second.snapshots) == Counter(start=1, switch_out=1, switch_in=1, stop=1)
+
+
 # -- living with other tracers --------------------------------------------------------
 
 

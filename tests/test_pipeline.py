@@ -3,6 +3,7 @@ concurrent requests hand over arrives once each, even when a sink fails."""
 
 from __future__ import annotations
 
+import gc
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ import greenlet
 import pytest
 
 import greenprof
+from greenprof import _naming
 from greenprof.sinks import JSONSink, MemorySink, SkyWalkingSink
 
 # -- stop() never waits for the network -----------------------------------------------------
@@ -172,3 +174,128 @@ def test_a_sink_interrupted_by_greenlet_exit_still_receives_later_batches() -> N
         (s.session_id, s.sequence) for s in first.snapshots + second.snapshots
     )
     assert set(sent.values()) == {1}
+
+
+# -- a session made cheap: what it makes only when asked --------------------------------
+
+
+def test_a_session_id_read_before_start_is_the_first_sessions_and_later_ones_are_new() -> None:
+    scope = greenprof.profile()
+    profiler = scope.start()
+    gevent.sleep(0)
+    running_id = profiler.session_id  # first read while it runs
+    profiler.stop()
+    assert profiler.session_id == running_id
+    assert {s.session_id for s in profiler.snapshots} == {running_id}
+    assert [s.session_id for s in profiler.sessions] == [running_id]
+
+    told = greenprof.Profiler()
+    early = told.session_id  # e.g. bound to a SkyWalking task before it starts
+    with told:
+        gevent.sleep(0)
+    told.start()
+    gevent.sleep(0)
+    told.stop()
+    first, second = told.sessions
+    assert first.session_id == early != second.session_id
+    assert told.session_id == second.session_id
+    assert {s.session_id for s in told.snapshots} == {early, second.session_id}
+
+
+def test_a_session_id_read_from_two_threads_at_once_is_one_id() -> None:
+    # The id is made when first read: two threads asking at the same time
+    # (a sink building snapshots, the program reading it) agree.
+    scope = greenprof.profile()
+    for _ in range(50):
+        profiler = scope.start()
+        seen: list[str] = []
+        barrier = threading.Barrier(2)
+
+        def read(
+            profiler: greenprof.Profiler = profiler,
+            barrier: threading.Barrier = barrier,
+            seen: list[str] = seen,
+        ) -> None:
+            barrier.wait()
+            seen.append(profiler.session_id)
+
+        other = threading.Thread(target=read)
+        other.start()
+        read()
+        other.join()
+        profiler.stop()
+        assert seen[0] == seen[1] == profiler.sessions[0].session_id
+
+
+def test_tags_read_or_set_only_at_stop_and_defaults_reach_the_session() -> None:
+    scope = greenprof.profile(tags={"service": "shop"})
+    untouched = scope.start()
+    untouched.stop()
+    assert untouched.sessions[0].tags == {"service": "shop"}
+
+    changed = scope.start()
+    assert changed.sessions[0].tags == {"service": "shop"}  # its record while it runs
+    changed.tags["path"] = "/cart"
+    assert changed.sessions[0].tags == {"service": "shop", "path": "/cart"}
+    changed.stop()
+    assert changed.sessions[0].tags == {"service": "shop", "path": "/cart"}
+
+    replaced = scope.start()
+    replaced.tags = {"path": "/pay"}
+    replaced.stop()
+    assert replaced.sessions[0].tags == {"path": "/pay"}
+    with pytest.raises(greenprof.exceptions.ConfigurationError):
+        replaced.tags = {"path": 5}  # type: ignore[dict-item]
+
+
+def test_a_kept_sessions_greenlet_has_its_name_and_a_dropped_one_never_names_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from greenprof import _session
+
+    named: list[greenlet.greenlet] = []
+
+    def counting_name(glet: greenlet.greenlet) -> str:
+        named.append(glet)
+        return _naming.greenlet_name(glet)
+
+    monkeypatch.setattr(_session, "greenlet_name", counting_name)
+    kept: list[greenprof.Profiler] = []
+
+    def request(into: greenprof.ProfileScope) -> None:
+        profiler = into.start()
+        gevent.sleep(0)
+        profiler.stop()
+        kept.append(profiler)
+
+    dropped = gevent.spawn(request, greenprof.profile(min_duration=3600))
+    dropped.join()
+    assert kept[0].discarded
+    assert named == []  # naming a greenlet costs more than a dropped session
+
+    worker = gevent.Greenlet(request, greenprof.profile())
+    worker.name = "checkout-worker"
+    worker.start()
+    worker.join()
+    assert named == [worker]
+    del worker, named[:]
+    gc.collect()
+    assert {s.greenlet_name for s in kept[1].snapshots} == {"checkout-worker"}
+
+
+def test_a_session_read_while_it_runs_names_its_greenlet() -> None:
+    scope = greenprof.profile()
+    profiler: list[greenprof.Profiler] = []
+
+    def body() -> None:
+        profiler.append(scope.start())
+        gevent.sleep(0.02)
+        profiler[0].stop()
+
+    runner = gevent.Greenlet(body)
+    runner.name = "runner"
+    runner.start()
+    gevent.sleep(0.005)
+    assert {s.greenlet_name for s in profiler[0].snapshots} == {"runner"}  # mid-run
+    runner.join()
+    assert {s.greenlet_name for s in profiler[0].snapshots} == {"runner"}

@@ -57,7 +57,7 @@ class GreenletBuffer:
         limit: int,
         depth: int,
         greenlet_id: int,
-        greenlet_name: str,
+        greenlet_name: str | None,
         thread_id: int,
     ) -> None:
         self.records: deque[Record] = deque()
@@ -66,6 +66,7 @@ class GreenletBuffer:
         self.count = 0
         self.dropped = 0
         self.greenlet_id = greenlet_id
+        #: None until its session names it (see ``Run._name_targets``).
         self.greenlet_name = greenlet_name
         self.thread_id = thread_id
         #: ``greenlet_id`` of the greenlet that spawned this one, when it was

@@ -70,7 +70,8 @@ def build(
     for record, buffer in pending:
         if buffer is not current:  # hoisted: usually one buffer throughout
             current = buffer
-            depth, gid, name = buffer.depth, buffer.greenlet_id, buffer.greenlet_name
+            depth, gid = buffer.depth, buffer.greenlet_id
+            name = buffer.greenlet_name or ""  # named by its session before building
             thread, parent = buffer.thread_id, buffer.parent_id
         raw = record[2]
         done = raw.frames if raw is not None and raw.height <= depth else None

@@ -299,8 +299,10 @@ class SwitchDispatcher:
         watch.buffers = remaining
         if watch.root_owner is buffer:
             watch.root = watch.root_below = watch.root_owner = None
-        if not remaining and self.watches.get(watch) is watch:
-            del self.watches[watch]
+        if not remaining:
+            found = self.watches.pop(watch, None)
+            if found is not None and found is not watch:
+                self.watches[found] = found  # another watch of an equal greenlet: not ours
 
     def _forget(self, watch: GreenletWatch) -> None:
         # Runs when the greenlet is freed: it will never switch again.

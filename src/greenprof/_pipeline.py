@@ -29,10 +29,15 @@ EXIT_FLUSH_SECONDS: Final = 5.0
 class Pipeline:
     """Options, sinks, clock: shared by every session a profiler starts."""
 
-    __slots__ = ("__weakref__", "delivery", "offset_ns", "options")
+    __slots__ = ("__weakref__", "delivery", "offset_ns", "options", "plain")
 
     def __init__(self, options: Options, sinks: Iterable[Sink] = ()) -> None:
         self.options = options
+        #: Sessions record only the greenlets they are started on, in
+        #: greenlet mode: a request's session takes the shortest path.
+        self.plain = (
+            options.mode == "greenlet" and not options.follow_spawned and options.only is None
+        )
         self.delivery = Delivery(sinks)
         #: Turns ``perf_counter_ns()`` into wall-clock ns: one monotonic
         #: clock, anchored once, for every session of the pipeline.

@@ -8,12 +8,9 @@ a pipeline (``_pipeline``), each ``start()``..``stop()`` is a session
 
 from __future__ import annotations
 
-import itertools
-import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Final
 
 import greenlet
 
@@ -27,7 +24,7 @@ from ._options import (
 )
 from ._pipeline import Pipeline
 from ._report import Report
-from ._session import Run, recheck_tracer
+from ._session import Run, new_session_id, recheck_tracer
 from ._stats import ProfilerStats, stats_of
 from ._validate import Tags
 from .exceptions import NotRunningError
@@ -41,30 +38,6 @@ __all__ = [
     "Profiler",
     "ProfilerStats",
 ]
-
-
-class _SessionIds:
-    """Session ids: 32 hex digits, a random per-process half and a counter.
-
-    Unique across processes like ``uuid4().hex``, without reading the OS's
-    random source for each session (a request-scoped profiler makes one per
-    request, and that read alone cost several microseconds here).
-    """
-
-    def __init__(self) -> None:
-        self.reseed()
-
-    def reseed(self) -> None:
-        # Also in a forked child, which must not repeat its parent's ids.
-        self._prefix = os.urandom(8).hex()
-        self._counter = itertools.count()
-
-    def __call__(self) -> str:
-        return f"{self._prefix}{next(self._counter):016x}"
-
-
-_new_session_id: Final = _SessionIds()
-os.register_at_fork(after_in_child=_new_session_id.reseed)
 
 
 class Profiler:
@@ -114,20 +87,50 @@ class Profiler:
 
     def _setup(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
-        #: Identifies this session in every snapshot it records (a new one
-        #: for each start..stop after the first).
-        self.session_id = _new_session_id()
-        #: What the session is about (``{"path": "/checkout"}``): kept in
-        #: its :class:`~greenprof.Session`. May be changed until ``stop()``.
-        self.tags: dict[str, str] = Tags.of_checked(pipeline.options.tags)
+        # Made when first read (a dropped request never needs them).
+        self._session_id: str | None = None
+        self._tags: Tags | None = None
         #: True when the last session was shorter than ``min_duration`` and
         #: its snapshots were discarded instead of handed over.
         self.discarded = False
         self._run: Run | None = None
+        # The last session started (running, kept or discarded).
+        self._last: Run | None = None
         self._kept: list[Run] = []
         # Called with the session's duration in ns as it stops, before its
         # Session is made (the WSGI middleware's ``duration_ms`` tag).
         self._on_stop: Callable[[Profiler, int], None] | None = None
+
+    @property
+    def session_id(self) -> str:
+        """Identifies the current session (else the last, else the next) in
+        every snapshot it records: a new one for each start..stop after the
+        first, which keeps an id read before it started."""
+        run = self._last
+        if run is not None:
+            return run.id()
+        session_id = self._session_id
+        if session_id is None:
+            session_id = self._session_id = new_session_id()
+        return session_id
+
+    @property
+    def tags(self) -> Tags:
+        """What the session is about (``{"path": "/checkout"}``): kept in its
+        :class:`~greenprof.Session`. May be changed until ``stop()``."""
+        tags = self._tags
+        if tags is None:
+            tags = self._tags = Tags.of_checked(self._pipeline.options.tags)
+            run = self._run
+            if run is not None:
+                run.tags = tags  # its record, while it runs, shows them
+        return tags
+
+    @tags.setter
+    def tags(self, tags: Mapping[str, str]) -> None:
+        self._tags = Tags(tags)
+        if self._run is not None:
+            self._run.tags = self._tags
 
     # -- options ----------------------------------------------------------------
 
@@ -171,11 +174,10 @@ class Profiler:
         """
         run = self._run
         if run is None:
-            if self._kept or self.discarded:
-                # A new start..stop: a new session. (The first keeps the id
-                # made with the profiler, which sinks may have been told.)
-                self.session_id = _new_session_id()
-            run = Run(self._pipeline, self.session_id, self.tags)
+            # A new start..stop: a new session. (The first keeps an id read
+            # before it, which sinks may have been told.)
+            session_id = self._session_id if self._last is None else None
+            run = Run(self._pipeline, session_id, self._tags)
             self.discarded = False
             try:
                 run.start(target, sys._getframe(1))
@@ -183,7 +185,7 @@ class Profiler:
                 if run.running:  # an error after its first target: take it down
                     run.stop(None)
                 raise
-            self._run = run
+            self._run = self._last = run
             return
         run.start(target, sys._getframe(1))
 
@@ -195,7 +197,7 @@ class Profiler:
         keeps nothing (``discarded`` tells).
         """
         run = self._run
-        if run is None or not run.running:
+        if run is None or not run.targets:
             msg = (
                 "This profiler is not running: call start() before stop(), "
                 "and stop() only once per start()."
@@ -208,7 +210,8 @@ class Profiler:
             return
         if self._on_stop is not None:
             self._on_stop(self, run.stop_ns - run.start_ns)
-        run.tags = dict(self.tags)  # as they were at stop(): the next session may change them
+        if self._tags is not None:  # as they were at stop(): the next session may change them
+            run.tags = dict(self._tags)
         self._kept.append(run)
         if self._pipeline.delivery:
             self._hand_over(run)

@@ -52,15 +52,12 @@ class ProfileScope:
         """A profiler of this scope, started on ``target`` (default: the
         scope's, else the calling greenlet): for code that cannot use a
         ``with`` block or a decorator. Stop it with its ``stop()``."""
-        profiler = self._new_profiler()
+        profiler = Profiler._of(self._pipeline)
         profiler.start(target if target is not None else self.target)
         return profiler
 
-    def _new_profiler(self) -> Profiler:
-        return Profiler._of(self._pipeline)
-
     def __enter__(self) -> Profiler:
-        profiler = self._new_profiler()
+        profiler = Profiler._of(self._pipeline)
         profiler.start(self.target)
         self._open.setdefault(id(greenlet.getcurrent()), []).append(profiler)
         return profiler
@@ -97,7 +94,7 @@ class ProfileScope:
 
         @functools.wraps(func)
         def profiled(*args: Any, **kwargs: Any) -> Any:
-            profiler = self._new_profiler()
+            profiler = Profiler._of(self._pipeline)
             profiler.start()
             try:
                 return func(*args, **kwargs)

@@ -9,13 +9,14 @@ takes them down and keeps its raw records.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Final, TypeGuard
 
@@ -49,6 +50,38 @@ if TYPE_CHECKING:
 __all__ = ["Run"]
 
 _logger = logging.getLogger("greenprof")
+
+
+class _SessionIds:
+    """Session ids: 32 hex digits, a random per-process half and a counter.
+
+    Unique across processes like ``uuid4().hex``, without reading the OS's
+    random source for each session (a request-scoped profiler makes one per
+    request, and that read alone cost several microseconds here). A session
+    takes its number when it is made and its id when one is first needed:
+    the id of a number is the same whichever thread asks first.
+    """
+
+    def __init__(self) -> None:
+        self.numbers = itertools.count()
+        self.reseed()
+
+    def reseed(self) -> None:
+        # Also in a forked child, which must not repeat its parent's ids.
+        # (The numbers go on: a session the child inherited keeps its own.)
+        self.prefix = os.urandom(8).hex()
+
+    def id_of(self, number: int) -> str:
+        return f"{self.prefix}{number:016x}"
+
+    def __call__(self) -> str:
+        return self.id_of(next(self.numbers))
+
+
+#: A new session id.
+new_session_id: Final = _SessionIds()
+os.register_at_fork(after_in_child=new_session_id.reseed)
+_numbers: Final = new_session_id.numbers
 
 #: Frames under a session's start frame worth stopping walks at (before
 #: 3.12): with fewer, the check at each frame costs more than it saves.
@@ -105,6 +138,7 @@ class Run:
         "session",
         "session_handed",
         "session_id",
+        "session_number",
         "start_ns",
         "stop_ns",
         "stopping",
@@ -112,10 +146,15 @@ class Run:
         "targets",
     )
 
-    def __init__(self, pipeline: Pipeline, session_id: str, tags: dict[str, str]) -> None:
+    def __init__(
+        self, pipeline: Pipeline, session_id: str | None, tags: dict[str, str] | None
+    ) -> None:
         self.pipeline = pipeline
+        #: Made by ``id()`` when first needed, unless given.
         self.session_id = session_id
-        #: Copied into the session's record when it stops.
+        self.session_number = next(_numbers) if session_id is None else 0
+        #: Copied into the session's record when it stops; None: the
+        #: pipeline's (the profiler's were never read or changed).
         self.tags = tags
         self.lock = allocate_real_lock()
         self.targets: dict[int, _Target] = {}
@@ -148,6 +187,13 @@ class Run:
         self.root: FrameType | None = None
         self.root_below: RawStack = None
 
+    def id(self) -> str:
+        """The session's id, made now if need be (from any thread)."""
+        session_id = self.session_id
+        if session_id is None:
+            session_id = self.session_id = new_session_id.id_of(self.session_number)
+        return session_id
+
     @property
     def running(self) -> bool:
         return bool(self.targets)
@@ -160,9 +206,13 @@ class Run:
         """Profile ``target`` (default: the calling greenlet) from now on;
         ``caller``: the frame that called greenprof (or a greenprof frame
         above it)."""
-        options = self.pipeline.options
-        mode = options.mode
+        pipeline = self.pipeline
         current = greenlet.getcurrent()
+        if pipeline.plain and (target is None or target is current) and not self.targets:
+            self._start_here(current, caller)
+            return
+        options = pipeline.options
+        mode = options.mode
         if target is None or target is current:
             glet = current  # the request's own greenlet: nothing to check
         elif isinstance(target, threading.Thread) and mode == "thread":
@@ -211,6 +261,38 @@ class Run:
                 self.dispatchers.append(dispatcher)
         if record.taker is not None:
             SAMPLER.subscribe(record.taker)
+
+    def _start_here(self, glet: greenlet.greenlet, caller: FrameType | None) -> None:
+        """``start()`` in its commonest case, a request's: its first target,
+        the calling greenlet, in greenlet mode, following nothing. The same
+        steps as the general case, fewer of them (this runs per request).
+        No lock: the session is not visible to another thread yet."""
+        pipeline = self.pipeline
+        options = pipeline.options
+        dispatcher = dispatcher_for_current_thread()
+        key = id(glet)
+        buffer = GreenletBuffer(
+            limit=options.max_snapshots,
+            depth=options.max_depth,
+            greenlet_id=key,
+            greenlet_name=None,  # named if the session is kept: see _name_targets
+            thread_id=dispatcher.thread_id,
+        )
+        started = time.perf_counter_ns()
+        buffer.count = 1  # max_snapshots >= 1: the start record always fits
+        caller = _caller(caller)
+        stack = capture(caller, buffer.depth) if MARKS else self._start_stack(caller, buffer.depth)
+        buffer.records.append((START, started, stack))
+        record = _Target(key, buffer, dispatcher)
+        watch = record.watch = record.ref = dispatcher.watch(glet, buffer)
+        if self.root is not None and self.root_below is not None:
+            watch.set_root(self.root, self.root_below, buffer)
+        self.start_ns = wall = pipeline.offset_ns + started
+        self.targets[key] = record
+        self.buffers.append(buffer)
+        self.running_at_start.add(key)
+        self.bounds[key] = (wall, 0)
+        self.dispatchers.append(dispatcher)
 
     def _start_stack(self, caller: FrameType | None, depth: int) -> RawStack:
         """The stack of the caller of greenprof, now.
@@ -339,7 +421,7 @@ class Run:
                 SAMPLER.unsubscribe(target.taker)
         recheck_tracer(targets)  # counts a tracer other code removed
         stopped_perf = time.perf_counter_ns()
-        stopped = self.stop_ns = self.pipeline.wall_ns(stopped_perf)
+        stopped = self.stop_ns = self.pipeline.offset_ns + stopped_perf  # wall_ns(), inlined
         self.stopping = True  # no more adoptions (the tracer may be in another thread)
         options = self.pipeline.options
         current = greenlet.getcurrent()
@@ -350,7 +432,12 @@ class Run:
             if watch is not None and dispatcher is not None:  # greenlet and hybrid modes
                 if buffer.limit and watch() is current:
                     # Where the session stops, in the greenlet it ran in.
-                    stack = self._stop_stack(_caller(caller), buffer.depth)
+                    caller = _caller(caller)
+                    stack = (
+                        capture(caller, buffer.depth)
+                        if MARKS
+                        else self._stop_stack(caller, buffer.depth)
+                    )
                     buffer.add((STOP, stopped_perf, stack))
                 if options.follow_spawned:
                     dispatcher.stop_following()
@@ -367,7 +454,9 @@ class Run:
         self.anchor = self.root = None  # the only frames a session holds, while it runs
         if stopped - self.start_ns < options.min_duration_ns:
             self.discard()
-        elif any(target.buffer.dropped for target in targets):
+            return
+        _name_targets(targets)
+        if any(target.buffer.dropped for target in targets):
             self._report_drops([t.buffer for t in targets])
 
     def _stop_stack(self, caller: FrameType | None, depth: int) -> RawStack:
@@ -427,7 +516,7 @@ class Run:
             build(
                 in_time_order(drained),
                 self.built,
-                session_id=self.session_id,
+                session_id=self.id(),
                 first_sequence=len(self.built),
                 offset_ns=self.pipeline.offset_ns,
             )
@@ -438,6 +527,7 @@ class Run:
         self._take_adopted()
         if not self.buffers:
             return []
+        _name_targets(self.targets.values())
         live = {id(t.buffer) for t in self.targets.values()}
         if not self.stop_ns:
             live.update(id(child[1]) for child in self.children)
@@ -503,7 +593,7 @@ class Run:
             return self.session
         options = self.pipeline.options
         session = _new_session(
-            self.session_id,
+            self.id(),
             self.start_ns,
             self.stop_ns,
             options.mode,
@@ -513,7 +603,7 @@ class Run:
             sum(self._dropped().values()),
             frozenset(self.running_at_start),
             dict(self.bounds),
-            dict(self.tags),
+            dict(self.tags if self.tags is not None else options.tags),
         )
         if self.stop_ns:
             self.session = session
@@ -530,6 +620,21 @@ class Run:
 
 def _gone() -> None:
     return None
+
+
+def _name_targets(targets: Iterable[_Target]) -> None:
+    """Name the buffers of targets the fast start left unnamed: reading a
+    greenlet's name costs more than many a request's session, and a dropped
+    session never needs it. (A greenlet already freed gets its address.)"""
+    for target in targets:
+        buffer = target.buffer
+        if buffer.greenlet_name is None:
+            glet = target.ref()
+            buffer.greenlet_name = (
+                greenlet_name(glet)
+                if isinstance(glet, greenlet.greenlet)
+                else f"greenlet-{buffer.greenlet_id:#x}"
+            )
 
 
 #: The ``adopted`` of every session that follows nothing: always empty.

@@ -290,7 +290,7 @@ def _run(options: argparse.Namespace) -> int:
         monkey.patch_all()
     profiler = Profiler(
         mode=options.mode,
-        follow_spawned=options.mode != "thread",
+        follow_all=options.mode != "thread",
         max_snapshots=1_000_000,
         only=_matcher(options.only) if options.only else None,
     )

@@ -126,6 +126,10 @@ class SwitchDispatcher:
         self.tracking = 0
         #: Sessions that follow the greenlets their greenlets spawn.
         self.following = 0
+        #: The target buffers of sessions that follow every greenlet of this
+        #: thread (``follow_all``): a greenlet no watched one spawned is
+        #: picked up by these. Replaced whole, so the tracer reads it as is.
+        self.everything: tuple[GreenletBuffer, ...] = ()
         #: The greenlet running now, kept only while ``tracking``.
         self.current: greenlet.greenlet | None = None
         #: Switches seen while ``tracking``: a sampler reads it before and
@@ -195,6 +199,14 @@ class SwitchDispatcher:
         self.following -= 1
         self._update_attention()
 
+    def follow_all(self, buffer: GreenletBuffer) -> None:
+        """Pick every greenlet of this thread up for ``buffer``'s session
+        (with ``start_following``)."""
+        self.everything = (*self.everything, buffer)
+
+    def unfollow_all(self, buffer: GreenletBuffer) -> None:
+        self.everything = tuple(b for b in self.everything if b is not buffer)
+
     def _receives_switches(self, current: TraceFunction | None) -> bool:
         """Whether our tracer still runs, chained under ``current``."""
         tracer: Any = current
@@ -257,6 +269,7 @@ class SwitchDispatcher:
         self.installed = self.detach_requested = False
         self.errors = self.previous_errors = self.reinstalls = 0
         self.tracking = self.following = self.switches = 0
+        self.everything = ()
         self.current = None
         self.set_running(None)
         self._update_attention()
@@ -442,26 +455,44 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
     def adopt(target: greenlet.greenlet) -> None:
         # ``target`` is not watched; watch it if a followed greenlet spawned
         # it (gevent records the spawner when config.track_greenlet_tree is
-        # on, its default), and record this, its first switch-in.
+        # on, its default), or if a session follows every greenlet here, and
+        # record this, its first switch-in.
         nonlocal running
         hub_module = sys.modules.get("gevent.hub")
-        if hub_module is not None and isinstance(target, hub_module.Hub):
+        hub_class = hub_module.Hub if hub_module is not None else None
+        if hub_class is not None and isinstance(target, hub_class):
             return  # the hub belongs to everyone
         spawner_ref = getattr(target, "spawning_greenlet", None)
         spawner = spawner_ref() if spawner_ref is not None else None
         parent = get(spawner) if spawner is not None else None
-        if parent is None:
-            return
-        followers = [b for b in parent.buffers if b.follow is not None]
-        if not followers:
-            return
+        followers = [b for b in parent.buffers if b.follow is not None] if parent else []
+        adopted_by_all = not followers
+        if adopted_by_all:
+            followers = [b for b in dispatcher.everything if b.follow is not None]
+            if not followers:
+                return
+            # Its parent where known: the greenlet that spawned it (not the hub,
+            # which spawns for everyone: a server's request greenlets).
+            if spawner is None or (hub_class is not None and isinstance(spawner, hub_class)):
+                spawner_id = None
+            else:
+                spawner_id = id(spawner)
         watch = None
         for buffer in followers:
             child = buffer.follow(target, buffer)  # type: ignore[misc]
             if child is not None:  # None: that session is stopping
+                if adopted_by_all:
+                    child.parent_id = spawner_id
                 watch = dispatcher.watch(target, child)
         if watch is not None:
             running = watch
+            # It resumes where it was suspended (before anyone watched it):
+            # the frame under greenprof's own here. (None: it starts now.)
+            frame: FrameType | None = sys._getframe(1)
+            while frame is not None and frame.f_code in own_code:
+                frame = frame.f_back
+            if frame is not None:
+                watch.last_stack = capture(frame, watch.depth)
             record = (SWITCH_IN, now(), watch.last_stack)
             for buffer in watch.buffers:
                 buffer.add(record)
@@ -476,6 +507,7 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                 dispatcher.previous_errors += 1
                 redeliver(exc)
 
+    own_code = frozenset(f.__code__ for f in (trace, chained, attend, adopt))
     return trace, chained
 
 

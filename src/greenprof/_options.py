@@ -46,6 +46,8 @@ class Options:
     dump_period: float = DEFAULT_DUMP_PERIOD
     min_duration: float = 0.0
     follow_spawned: bool = False
+    #: Every greenlet of the session's threads, not only those it spawned.
+    follow_all: bool = False
     only: Callable[[greenlet.greenlet], bool] | None = None
     #: Every session starts with these tags.
     tags: dict[str, str] = attrs.field(factory=dict)
@@ -76,12 +78,13 @@ class Options:
         if timeout is not None and (not is_number(timeout) or not timeout >= 0):
             msg = f"flush_timeout must be a number of seconds >= 0 or None, not {timeout!r}."
             raise ConfigurationError(msg)
-        if self.follow_spawned and mode == "thread":
-            msg = (
-                "follow_spawned needs switch snapshots: use mode='greenlet' or "
-                "'hybrid' with it (thread mode samples every greenlet anyway)."
-            )
-            raise ConfigurationError(msg)
+        for name in ("follow_spawned", "follow_all"):
+            if getattr(self, name) and mode == "thread":
+                msg = (
+                    f"{name} needs switch snapshots: use mode='greenlet' or "
+                    "'hybrid' with it (thread mode samples every greenlet anyway)."
+                )
+                raise ConfigurationError(msg)
         if only is not None and not callable(only):
             msg = (
                 "only must be a function that takes a greenlet and returns whether "
@@ -94,7 +97,9 @@ class Options:
                 "'hybrid' with it (thread mode samples whichever greenlet runs)."
             )
             raise ConfigurationError(msg)
-        object.__setattr__(self, "follow_spawned", bool(self.follow_spawned))
+        object.__setattr__(self, "follow_all", bool(self.follow_all))
+        # Following every greenlet follows what they spawn, with its parent.
+        object.__setattr__(self, "follow_spawned", bool(self.follow_spawned or self.follow_all))
         object.__setattr__(self, "tags", check_tags(self.tags))
         object.__setattr__(self, "period_ns", round(self.dump_period * 1e9))
         min_ns = 2**63 if self.min_duration == float("inf") else round(self.min_duration * 1e9)

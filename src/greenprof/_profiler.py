@@ -61,6 +61,7 @@ class Profiler:
         dump_period: float = DEFAULT_DUMP_PERIOD,
         min_duration: float = 0.0,
         follow_spawned: bool = False,
+        follow_all: bool = False,
         only: Callable[[greenlet.greenlet], bool] | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> None:
@@ -72,6 +73,7 @@ class Profiler:
             dump_period=dump_period,
             min_duration=min_duration,
             follow_spawned=follow_spawned,
+            follow_all=follow_all,
             only=only,
             tags=dict(tags) if tags is not None else {},
         )
@@ -145,6 +147,7 @@ class Profiler:
     dump_period = property(lambda self: self._pipeline.options.dump_period)
     min_duration = property(lambda self: self._pipeline.options.min_duration)
     follow_spawned = property(lambda self: self._pipeline.options.follow_spawned)
+    follow_all = property(lambda self: self._pipeline.options.follow_all)
     only = property(lambda self: self._pipeline.options.only)
 
     # -- sinks --------------------------------------------------------------------

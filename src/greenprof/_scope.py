@@ -121,7 +121,7 @@ def profile(target: Any = None, /, *, sinks: Iterable[Sink] = (), **options: Any
 
     ``options`` are :class:`Profiler`'s: ``max_snapshots``, ``max_depth``,
     ``flush_timeout``, ``mode``, ``dump_period``, ``min_duration``,
-    ``follow_spawned``, ``only`` and ``tags``.
+    ``follow_spawned``, ``follow_all``, ``only`` and ``tags``.
     """
     if target is None or isinstance(target, greenlet.greenlet):
         return ProfileScope(target, sinks=sinks, options=options)

@@ -250,6 +250,8 @@ class Run:
                         self.adopted = deque()
                     buffer.follow = self._adopt
                     dispatcher.start_following()
+                    if options.follow_all:
+                        dispatcher.follow_all(buffer)
                 if mode == "hybrid":
                     record.taker = HybridTaker(dispatcher=dispatcher, period_ns=options.period_ns)
                     buffer.sampler = record.taker
@@ -441,6 +443,8 @@ class Run:
                     buffer.add((STOP, stopped_perf, stack))
                 if options.follow_spawned:
                     dispatcher.stop_following()
+                    if options.follow_all:
+                        dispatcher.unfollow_all(buffer)
                 dispatcher.unwatch(watch, buffer)
                 bounds[buffer.greenlet_id] = (bounds[buffer.greenlet_id][0], stopped)
             elif target.tracking and dispatcher is not None:
@@ -530,6 +534,9 @@ class Run:
         _name_targets(self.targets.values())
         live = {id(t.buffer) for t in self.targets.values()}
         if not self.stop_ns:
+            # A picked-up greenlet that ended records nothing more: let it go
+            # (a server's session picks up a greenlet per request).
+            self.children = [child for child in self.children if _alive(child[0]())]
             live.update(id(child[1]) for child in self.children)
         drained: list[tuple[list[Record], GreenletBuffer]] = []
         keep: list[GreenletBuffer] = []
@@ -620,6 +627,10 @@ class Run:
 
 def _gone() -> None:
     return None
+
+
+def _alive(glet: greenlet.greenlet | None) -> bool:
+    return glet is not None and not glet.dead
 
 
 def _name_targets(targets: Iterable[_Target]) -> None:

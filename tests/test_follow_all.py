@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import gevent
 import gevent.event
@@ -17,6 +18,7 @@ import pytest
 from gevent import pywsgi
 
 import greenprof
+from greenprof.sinks import JSONSink
 
 from .conftest import function_name
 
@@ -143,3 +145,25 @@ def test_ended_greenlets_are_let_go_while_the_session_runs() -> None:
 def test_follow_all_needs_switch_snapshots() -> None:
     with pytest.raises(greenprof.exceptions.ConfigurationError, match="follow_all needs switch"):
         greenprof.Profiler(mode="thread", follow_all=True)
+
+
+def test_without_keep_snapshots_a_long_session_streams_to_its_sink(tmp_path: Path) -> None:
+    path = tmp_path / "long.jsonl"
+    profiler = greenprof.Profiler(follow_all=True, keep_snapshots=False, sinks=[JSONSink(path)])
+    profiler.start()
+    held = []
+    for _ in range(20):
+        gevent.joinall([gevent.spawn(gevent.sleep, 0) for _ in range(50)])
+        profiler.flush(5)  # what greenprof run does every few seconds
+        run = profiler._run
+        assert run is not None
+        held.append(len(run.built) + sum(len(b.records) for b in run.buffers))
+    profiler.stop()
+    assert max(held) == 0  # everything went to the file at each flush
+    assert profiler.snapshots == []  # handed over, not kept
+    written = greenprof.load(path)
+    assert len(written) == profiler.stats.snapshots >= 20 * 50 * 3
+    assert [s.sequence for s in written] == list(range(len(written)))  # no gap, no repeat
+    report = greenprof.Report.from_file(path)
+    assert [s.session_id for s in report.sessions] == [profiler.session_id]
+    assert sum(s.event == "exit" for s in written) == 20 * 50

@@ -49,6 +49,8 @@ class Options:
     #: Every greenlet of the session's threads, not only those it spawned.
     follow_all: bool = False
     only: Callable[[greenlet.greenlet], bool] | None = None
+    #: False: snapshots handed to the sinks are not kept (long runs).
+    keep_snapshots: bool = True
     #: Every session starts with these tags.
     tags: dict[str, str] = attrs.field(factory=dict)
     #: The dump period and ``min_duration`` in nanoseconds.
@@ -98,6 +100,7 @@ class Options:
             )
             raise ConfigurationError(msg)
         object.__setattr__(self, "follow_all", bool(self.follow_all))
+        object.__setattr__(self, "keep_snapshots", bool(self.keep_snapshots))
         # Following every greenlet follows what they spawn, with its parent.
         object.__setattr__(self, "follow_spawned", bool(self.follow_spawned or self.follow_all))
         object.__setattr__(self, "tags", check_tags(self.tags))

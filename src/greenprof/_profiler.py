@@ -63,6 +63,7 @@ class Profiler:
         follow_spawned: bool = False,
         follow_all: bool = False,
         only: Callable[[greenlet.greenlet], bool] | None = None,
+        keep_snapshots: bool = True,
         tags: Mapping[str, str] | None = None,
     ) -> None:
         options = Options(
@@ -75,6 +76,7 @@ class Profiler:
             follow_spawned=follow_spawned,
             follow_all=follow_all,
             only=only,
+            keep_snapshots=keep_snapshots,
             tags=dict(tags) if tags is not None else {},
         )
         self._setup(Pipeline(options, sinks))
@@ -149,6 +151,7 @@ class Profiler:
     follow_spawned = property(lambda self: self._pipeline.options.follow_spawned)
     follow_all = property(lambda self: self._pipeline.options.follow_all)
     only = property(lambda self: self._pipeline.options.only)
+    keep_snapshots = property(lambda self: self._pipeline.options.keep_snapshots)
 
     # -- sinks --------------------------------------------------------------------
 

@@ -135,6 +135,7 @@ class Run:
         "root",
         "root_below",
         "running_at_start",
+        "sequence",
         "session",
         "session_handed",
         "session_id",
@@ -174,9 +175,12 @@ class Run:
         self.stop_ns = 0
         self.stopping = False
         self.discarded = False
-        #: Snapshots built so far, in order; ``handed`` of them went to the sinks.
+        #: Snapshots built so far, in order; ``handed`` of them went to the
+        #: sinks. (Without ``keep_snapshots``: those not handed over yet.)
         self.built: list[Snapshot] = []
         self.handed = 0
+        #: Snapshots built in all: the next one's sequence number.
+        self.sequence = 0
         #: What was handed to the sinks, to call back if the session is discarded.
         self.batches: list[Batch] = []
         self.session: Session | None = None
@@ -489,7 +493,7 @@ class Run:
                 buffer.records.clear()
             self.buffers = []
             self.built = []
-            self.handed = 0
+            self.handed = self.sequence = 0
             self.discarded = True
             for batch in self.batches:
                 batch.cancelled = True
@@ -517,13 +521,15 @@ class Run:
         # Under self.lock.
         drained = self._take_records()
         if drained:
+            before = len(self.built)
             build(
                 in_time_order(drained),
                 self.built,
                 session_id=self.id(),
-                first_sequence=len(self.built),
+                first_sequence=self.sequence,
                 offset_ns=self.pipeline.offset_ns,
             )
+            self.sequence += len(self.built) - before
 
     def _take_records(self) -> list[tuple[list[Record], GreenletBuffer]]:
         """Every buffer's records not taken yet (under self.lock); buffers of
@@ -536,7 +542,7 @@ class Run:
         if not self.stop_ns:
             # A picked-up greenlet that ended records nothing more: let it go
             # (a server's session picks up a greenlet per request).
-            self.children = [child for child in self.children if _alive(child[0]())]
+            self._let_ended_children_go()
             live.update(id(child[1]) for child in self.children)
         drained: list[tuple[list[Record], GreenletBuffer]] = []
         keep: list[GreenletBuffer] = []
@@ -553,6 +559,20 @@ class Run:
         self.buffers = keep
         return drained
 
+    def _let_ended_children_go(self) -> None:
+        # Under self.lock, while the session runs.
+        alive: list[Child] = []
+        for child in self.children:
+            glet = child[0]()
+            if glet is not None and not glet.dead:
+                alive.append(child)
+                continue
+            _, buffer, dispatcher = child
+            watch = dispatcher.watches.get(glet) if glet is not None else None
+            if watch is not None:  # ended, not freed yet: it never switches again
+                dispatcher.unwatch(watch, buffer)
+        self.children = alive
+
     def to_hand_over(self) -> Batch | None:
         """What the sinks have not received yet, as a batch (and, once the
         session stopped, its Session), or None."""
@@ -564,10 +584,14 @@ class Run:
             sessions = [self._record()] if self.stop_ns and not self.session_handed else []
             if not snapshots and not sessions:
                 return None
-            self.handed = len(self.built)
             self.session_handed = bool(sessions) or self.session_handed
             batch = Batch(snapshots, sessions)
-            self.batches.append(batch)
+            if self.pipeline.options.keep_snapshots:
+                self.handed = len(self.built)
+                self.batches.append(batch)
+            else:  # the sinks have them: memory stays flat over a long run
+                self.built = []
+                self.handed = 0
             return batch
 
     def handed_over(self) -> list[Batch]:
@@ -622,15 +646,11 @@ class Run:
             greenlets = len(self.targets) + len(self.children) + len(self.adopted)
             pending = sum(len(buffer.records) for buffer in self.buffers)
             pending += sum(len(child[1].records) for child in list(self.adopted))
-            return greenlets, len(self.built) + pending
+            return greenlets, self.sequence + pending
 
 
 def _gone() -> None:
     return None
-
-
-def _alive(glet: greenlet.greenlet | None) -> bool:
-    return glet is not None and not glet.dead
 
 
 def _name_targets(targets: Iterable[_Target]) -> None:

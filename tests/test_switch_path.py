@@ -452,23 +452,22 @@ def test_a_tracer_on_top_that_chains_ours_is_not_doubled() -> None:
     profiler = greenprof.Profiler()
     profiler.start(beta)
     ours = greenlet.gettrace()
+    seen: list[str] = []
 
-    def on_top(event: str, args: Any) -> None:
+    def on_top(event: str, args: Any) -> None:  # no previous_trace_function
+        seen.append(event)
         ours(event, args)
 
     greenlet.settrace(on_top)
-    assert profiler.flush() is True  # probes: our tracer still hears switches
-    assert greenlet.gettrace() is on_top
+    assert profiler.flush() is True  # greenprof cannot tell it chains ours: back on top
+    assert greenlet.gettrace() is not on_top
     beta.join()
     profiler.stop()
-    # ours could not be taken out from under on_top: it stays, passing through
-    assert greenlet.gettrace() is on_top
-    greenlet.settrace(ours)
-    profiler2 = greenprof.Profiler()
-    profiler2.start(greenlet.greenlet(lambda: None))
-    profiler2.stop()  # reuses the dispatcher and now removes it cleanly
-    assert greenlet.gettrace() is None
-    assert profiler.stats.tracer_reinstalls == 0
+    assert greenlet.gettrace() is on_top  # what the program had is put back
+    greenlet.settrace(None)
+    assert seen  # on_top still saw every switch, through greenprof's tracer
+    assert profiler.stats.tracer_reinstalls == 1
+    # on_top called greenprof's old tracer too: that call was ignored
     assert events(profiler.snapshots) == Counter(switch_in=6, switch_out=5, exit=1)
 
 
@@ -539,30 +538,34 @@ def test_greenprof_does_not_import_gevent() -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_probing_for_our_tracer_records_nothing_for_the_profiled_caller() -> None:
+def test_an_unknown_tracer_on_top_is_never_probed_with_a_switch() -> None:
     main = greenlet.getcurrent()
     partner = greenlet.greenlet(lambda: [main.switch() for _ in range(3)])
     profiler = greenprof.Profiler()
     profiler.start()  # the calling greenlet itself
     ours = greenlet.gettrace()
+    targets: list[greenlet.greenlet] = []
 
     def on_top(event: str, args: Any) -> None:
+        targets.append(args[1])
         ours(event, args)
 
     greenlet.settrace(on_top)
     try:
         partner.switch()
-        profiler.flush()  # an unknown tracer on top: greenprof probes with a switch
+        profiler.flush()  # an unknown tracer on top: greenprof switches nowhere to find out
         partner.switch()
     finally:
-        greenlet.settrace(ours)
         profiler.stop()
+        greenlet.settrace(None)
+    # Only greenlets the program switched into: none of greenprof's making.
+    assert set(targets) <= {partner, main}
     snapshots = profiler.snapshots
     assert [s.event for s in snapshots] == ["start", *["switch_out", "switch_in"] * 2, "stop"]
     for snapshot in snapshots:
         assert not any(f.filename.startswith(GREENPROF_DIR) for f in snapshot.stack)
         assert snapshot.stack[-1].function == function_name(
-            test_probing_for_our_tracer_records_nothing_for_the_profiled_caller
+            test_an_unknown_tracer_on_top_is_never_probed_with_a_switch
         )
 
 

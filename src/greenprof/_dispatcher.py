@@ -208,32 +208,22 @@ class SwitchDispatcher:
         self.everything = tuple(b for b in self.everything if b is not buffer)
 
     def _receives_switches(self, current: TraceFunction | None) -> bool:
-        """Whether our tracer still runs, chained under ``current``."""
+        """Whether our tracer still runs, chained under ``current``, as far as
+        the tracers' ``previous_trace_function`` links tell (gevent's do).
+
+        An unknown tracer on top may or may not call ours: greenprof never
+        switches greenlets to find out. It goes back on top, chaining that
+        one; if that one calls ours too, the tracer ignores the nested call
+        (see ``_make_tracers``), so no switch is recorded twice or missed.
+        """
         tracer: Any = current
         for _ in range(_MAX_CHAIN):
             if tracer is None:
-                break
+                return False
             if self.is_ours(tracer):
                 return True
             tracer = getattr(tracer, "previous_trace_function", None)
-        if current is None:
-            return False
-        # An unknown tracer on top: switch into a throwaway greenlet and see
-        # whether our tracer hears of it.
-        probe = greenlet.greenlet(_return_none)
-        buffer = GreenletBuffer(limit=4, depth=1, greenlet_id=0, greenlet_name="probe", thread_id=0)
-        # The probe's switches must not show up in the caller's own profile.
-        caller_watch = self.watches.pop(greenlet.getcurrent(), None)
-        watch = self.watch(probe, buffer)
-        self.set_running(None)
-        try:
-            probe.switch()
-        finally:
-            self.unwatch(watch, buffer)
-            if caller_watch is not None:
-                self.watches[caller_watch] = caller_watch
-            self.set_running(caller_watch)
-        return buffer.count > 0
+        return False
 
     def release(self) -> None:
         """Uninstall once nothing is watched, restoring the previous tracer.
@@ -323,10 +313,6 @@ class SwitchDispatcher:
             del self.watches[watch]
 
 
-def _return_none() -> None:
-    return None
-
-
 def redeliver(exc: BaseException) -> None:
     """Swallow ``exc``, except that a Ctrl-C still reaches the program."""
     # A Ctrl-C that lands inside our tracer belongs to the program: raising it
@@ -367,8 +353,15 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
     dispatcher.get_running = get_running
     dispatcher.set_attention = set_attention
 
+    # True while ``chained`` calls the previous tracer: a tracer that was on
+    # top of ours and chains it, now under ours, calls ours again for the
+    # same switch; that nested call is ignored.
+    nested = False
+
     def trace(event: str, args: Any) -> None:
         nonlocal running
+        if nested:
+            return
         if event == "switch" or event == "throw":
             try:
                 origin, target = args
@@ -498,14 +491,20 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                 buffer.add(record)
 
     def chained(event: str, args: Any) -> None:
+        nonlocal nested
+        if nested:
+            return
         previous = dispatcher.previous  # read first: trace() may uninstall us
         trace(event, args)
         if previous is not None:
+            nested = True
             try:
                 previous(event, args)
             except BaseException as exc:
                 dispatcher.previous_errors += 1
                 redeliver(exc)
+            finally:
+                nested = False
 
     own_code = frozenset(f.__code__ for f in (trace, chained, attend, adopt))
     return trace, chained

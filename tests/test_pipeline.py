@@ -4,6 +4,8 @@ concurrent requests hand over arrives once each, even when a sink fails."""
 from __future__ import annotations
 
 import gc
+import os
+import signal
 import socket
 import threading
 import time
@@ -299,3 +301,57 @@ def test_a_session_read_while_it_runs_names_its_greenlet() -> None:
     assert {s.greenlet_name for s in profiler[0].snapshots} == {"runner"}  # mid-run
     runner.join()
     assert {s.greenlet_name for s in profiler[0].snapshots} == {"runner"}
+
+
+# -- fork -----------------------------------------------------------------------------------
+
+
+def test_a_forked_child_goes_on_with_sessions_whose_locks_a_parent_thread_held() -> None:
+    from greenprof._build import FORMATTER
+
+    sink = MemorySink()
+    profiler = greenprof.Profiler(sinks=[sink])
+    partner = greenlet.greenlet(lambda: main.switch())
+    main = greenlet.getcurrent()
+    profiler.start()
+    partner.switch()
+    run = profiler._run
+    assert run is not None
+    # A thread of the parent holds every lock the child will need (reading
+    # snapshots, flushing, stats), as a progress thread or a sink might.
+    held = [run.lock, FORMATTER._lock, profiler._pipeline.delivery._lock]
+    acquired, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        for lock in held:
+            lock.acquire()
+        acquired.set()
+        release.wait()
+        for lock in held:
+            lock.release()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert acquired.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child goes on with the session it inherited
+        code = 1
+        try:
+            profiler.stop()
+            recorded = [s.event for s in profiler.snapshots]
+            flushed = profiler.flush(5)
+            code = 0 if recorded == ["start", "switch_out", "switch_in", "stop"] and flushed else 2
+        finally:
+            os._exit(code)
+    release.set()
+    thread.join()
+    profiler.stop()
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on a lock its parent's thread held")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    assert [s.event for s in sink.snapshots] == ["start", "switch_out", "switch_in", "stop"]

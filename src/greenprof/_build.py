@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import os
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -16,6 +17,7 @@ __all__ = ["FORMATTER", "build", "in_time_order"]
 
 #: Formats raw stacks for every profiler: paths come back again and again.
 FORMATTER: Final = FrameFormatter()
+os.register_at_fork(after_in_child=FORMATTER.after_fork_in_child)
 
 #: Sort keys: a record's time, and that of a (record, buffer) pair.
 _by_time: Final = operator.itemgetter(1)

@@ -70,6 +70,10 @@ class Delivery:
         for sink in sinks:
             self.add(sink)
 
+    def after_fork_in_child(self) -> None:
+        """A new lock: a thread of the parent may have held this one at the fork."""
+        self._lock = allocate_real_lock()
+
     # -- sinks --------------------------------------------------------------------
 
     def add(self, sink: Sink, *, past: Iterable[Batch] = ()) -> None:

@@ -8,6 +8,7 @@ takes them down and keeps its raw records.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import itertools
 import logging
@@ -83,6 +84,20 @@ new_session_id: Final = _SessionIds()
 os.register_at_fork(after_in_child=new_session_id.reseed)
 _numbers: Final = new_session_id.numbers
 
+#: Locks the sessions share, a session's picked by its number: one lock
+#: per session would be one more object per request, and these few can be
+#: made anew in a forked child, where a lock some thread of the parent held
+#: at the fork would stay held for ever. (No code holds two at once.)
+_STRIPES: Final = 64
+_locks: list[_thread.LockType] = [allocate_real_lock() for _ in range(_STRIPES)]
+
+
+def _remake_locks() -> None:
+    _locks[:] = [allocate_real_lock() for _ in range(_STRIPES)]
+
+
+os.register_at_fork(after_in_child=_remake_locks)
+
 #: Frames under a session's start frame worth stopping walks at (before
 #: 3.12): with fewer, the check at each frame costs more than it saves.
 _WORTH_A_ROOT: Final = 4
@@ -130,7 +145,6 @@ class Run:
         "dispatchers",
         "dropped_done",
         "handed",
-        "lock",
         "pipeline",
         "root",
         "root_below",
@@ -153,11 +167,10 @@ class Run:
         self.pipeline = pipeline
         #: Made by ``id()`` when first needed, unless given.
         self.session_id = session_id
-        self.session_number = next(_numbers) if session_id is None else 0
+        self.session_number = next(_numbers)
         #: Copied into the session's record when it stops; None: the
         #: pipeline's (the profiler's were never read or changed).
         self.tags = tags
-        self.lock = allocate_real_lock()
         self.targets: dict[int, _Target] = {}
         #: Buffers whose records are not all taken yet.
         self.buffers: list[GreenletBuffer] = []
@@ -190,6 +203,11 @@ class Run:
         self.anchor: FrameType | None = None
         self.root: FrameType | None = None
         self.root_below: RawStack = None
+
+    @property
+    def lock(self) -> _thread.LockType:
+        """This session's lock (one of a few shared ones, made anew after fork)."""
+        return _locks[self.session_number % _STRIPES]
 
     def id(self) -> str:
         """The session's id, made now if need be (from any thread)."""

@@ -410,6 +410,10 @@ class FrameFormatter:
             tuple[int, ...], list[tuple[CodeType, tuple[CodeType | int, ...], tuple[Frame, ...]]]
         ] = {}
 
+    def after_fork_in_child(self) -> None:
+        """A new lock: a thread of the parent may have held this one at the fork."""
+        self._lock = allocate_real_lock()
+
     def _frame(self, code: CodeType, offset: int) -> Frame:
         # Under self._lock.
         key = (id(code), offset)

@@ -20,6 +20,7 @@ from greenprof.exceptions import (
     NotAGreenletError,
     NotRunningError,
     UnknownSinkError,
+    WireFormatError,
     WrongThreadError,
 )
 from greenprof.sinks import MemorySink
@@ -54,6 +55,7 @@ def run(glet: greenlet.greenlet) -> None:
         (InvalidSinkError, TypeError),
         (UnknownSinkError, ValueError),
         (ConfigurationError, ValueError),
+        (WireFormatError, ValueError),
     ],
 )
 def test_every_error_is_a_greenprof_error_and_its_builtin(

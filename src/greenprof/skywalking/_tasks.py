@@ -19,10 +19,9 @@ from .._loop import BackgroundLoop
 from .._options import Options
 from .._pipeline import Pipeline
 from .._profiler import Profiler
-from .._protowire import WireError
 from .._threads import allocate_real_lock
 from .._validate import check_positive_int
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, WireFormatError
 from . import _wire as wire
 from ._sink import SkyWalkingSink
 
@@ -153,7 +152,7 @@ class ProfileTaskPoller:
                 last_command_time=self._last_command_time,
             )
             commands = wire.decode_commands(answer)
-        except (self._client.RpcError, WireError):
+        except (self._client.RpcError, WireFormatError):
             self.failures += 1
         else:
             for command in commands:

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import attrs
 
 from .._protowire import (
-    WireError,
     bytes_field,
     fields,
     int_field,
@@ -23,6 +22,7 @@ from .._protowire import (
     signed64,
     str_field,
 )
+from ..exceptions import WireFormatError
 from ..snapshot import Frame
 
 SERVICE = "/skywalking.v3.ProfileTask/"
@@ -140,7 +140,7 @@ def decode_thread_snapshot(data: bytes) -> ThreadSnapshotMessage:
         and isinstance(sequence, int)
     ):
         msg = "not a ThreadSnapshot"
-        raise WireError(msg)
+        raise WireFormatError(msg)
     return ThreadSnapshotMessage(
         task.decode(), segment.decode(), signed64(time_ms), signed64(sequence), tuple(signatures)
     )
@@ -152,7 +152,7 @@ def decode_command_query(data: bytes) -> tuple[str, str, int]:
     service, instance, last = values.get(1, b""), values.get(2, b""), values.get(3, 0)
     if not (isinstance(service, bytes) and isinstance(instance, bytes) and isinstance(last, int)):
         msg = "not a ProfileTaskCommandQuery"
-        raise WireError(msg)
+        raise WireFormatError(msg)
     return service.decode(), instance.decode(), signed64(last)
 
 
@@ -162,5 +162,5 @@ def decode_finish_report(data: bytes) -> tuple[str, str, str]:
     parts = [values.get(n, b"") for n in (1, 2, 3)]
     if not all(isinstance(part, bytes) for part in parts):
         msg = "not a ProfileTaskFinishReport"
-        raise WireError(msg)
+        raise WireFormatError(msg)
     return tuple(part.decode() for part in parts)  # type: ignore[union-attr,return-value]

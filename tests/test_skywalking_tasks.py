@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import gevent
 import gevent.socket
+import pytest
 from gevent import pywsgi
 
+from greenprof.exceptions import ConfigurationError
 from greenprof.integrations.skywalking import ProfileTask, ProfileTaskPoller
 from greenprof.sinks import SkyWalkingSink
 from greenprof.skywalking import _wire as wire
@@ -190,3 +193,34 @@ def test_install_refuses_an_agent_without_its_protocol_modules() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "install apache-skywalking==1.2.0" in out.stdout
     assert "1.3.0" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"interval": math.nan},
+            "interval is the seconds between two polls, a number > 0, not nan.",
+        ),
+        ({"interval": 0}, "a number > 0, not 0."),
+        ({"interval": -1}, "a number > 0, not -1."),
+        ({"interval": math.inf}, "a number > 0, not inf."),
+        ({"interval": True}, "a number > 0, not True."),
+        ({"interval": "20"}, "a number > 0, not '20'."),
+        (
+            {"mode": "sampling"},
+            "mode must be one of 'greenlet', 'hybrid', 'thread', not 'sampling'.",
+        ),
+        ({"max_depth": 0}, "max_depth must be a whole number >= 1, not 0."),
+    ],
+)
+def test_poller_options_are_checked_when_it_is_made_not_at_the_first_task(
+    options: dict[str, object], message: str
+) -> None:
+    sink = SkyWalkingSink("127.0.0.1:1", service="svc", instance="i")
+    try:
+        with pytest.raises(ConfigurationError) as info:
+            ProfileTaskPoller(sink, **options)  # type: ignore[arg-type]
+        assert message in str(info.value)
+    finally:
+        sink.close()

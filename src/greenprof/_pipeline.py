@@ -17,6 +17,7 @@ from typing import Final
 
 from ._delivery import Delivery
 from ._options import Options
+from ._validate import check_sinks
 from .typing import Sink
 
 __all__ = ["Pipeline"]
@@ -33,7 +34,7 @@ class Pipeline:
 
     def __init__(self, options: Options, sinks: Iterable[Sink] = ()) -> None:
         self.options = options
-        self.delivery = Delivery(sinks)
+        self.delivery = Delivery(check_sinks(sinks))
         #: Turns ``perf_counter_ns()`` into wall-clock ns: one monotonic
         #: clock, anchored once, for every session of the pipeline.
         self.offset_ns = time.time_ns() - time.perf_counter_ns()

@@ -91,7 +91,7 @@ class Profiler:
         only: Callable[[greenlet.greenlet], bool] | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> None:
-        options = Options(
+        options = Options.of(
             max_snapshots=max_snapshots,
             max_depth=max_depth,
             flush_timeout=flush_timeout,
@@ -100,7 +100,7 @@ class Profiler:
             min_duration=min_duration,
             follow_spawned=follow_spawned,
             only=only,
-            tags=dict(tags) if tags is not None else {},
+            tags=tags,
         )
         self._setup(Pipeline(options, sinks))
 

@@ -9,6 +9,7 @@ settings, sending snapshots through a :class:`~greenprof.sinks.SkyWalkingSink`.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,7 +21,7 @@ from .._options import Options
 from .._pipeline import Pipeline
 from .._profiler import Profiler
 from .._threads import allocate_real_lock
-from .._validate import check_positive_int
+from .._validate import check_positive_int, seconds
 from ..exceptions import ConfigurationError, WireFormatError
 from . import _wire as wire
 from ._sink import SkyWalkingSink
@@ -103,6 +104,12 @@ class ProfileTaskPoller:
             )
             raise ConfigurationError(msg)
         check_positive_int("max_parallel", max_parallel)
+        every = seconds(interval)
+        if every is None or not 0 < every < math.inf:
+            msg = f"interval is the seconds between two polls, a number > 0, not {interval!r}."
+            raise ConfigurationError(msg)
+        # Checked now: found at the first task, they would fail its requests.
+        Options(mode=mode, max_depth=max_depth)
         self.sink = sink
         self.service = service
         self.instance = instance

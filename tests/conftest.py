@@ -49,11 +49,24 @@ def line_of(func: object, marker: str) -> int:
     raise AssertionError(f"{marker!r} not in {func!r}")
 
 
-def greenprof_command(*args: str) -> subprocess.CompletedProcess[str]:
+def greenprof_command(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run ``python -m greenprof ARGS`` in a real subprocess (text output)."""
     return subprocess.run(
-        [sys.executable, "-m", "greenprof", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "greenprof", *args], capture_output=True, text=True, timeout=timeout
     )
+
+
+def write_jsonl(path: os.PathLike[str], *records: object) -> None:
+    """A snapshot file of ``records``, one a line: JSON objects, or lines as
+    they are (``str``: text, ``bytes``: raw), for files that are not right."""
+    lines = [
+        record
+        if isinstance(record, bytes)
+        else (record if isinstance(record, str) else json.dumps(record)).encode()
+        for record in records
+    ]
+    with open(path, "wb") as file:
+        file.write(b"".join(line + b"\n" for line in lines))
 
 
 def chromium() -> str:

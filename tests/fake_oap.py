@@ -26,6 +26,9 @@ class FakeOAP:
         #: Raw ``SegmentObject`` messages an agent reported.
         self.segments: list[bytes] = []
         self.delay = delay
+        #: Bytes getProfileTaskCommands answers with instead of ``commands``
+        #: (a collector that answers nonsense); None: the commands.
+        self.answer: bytes | None = None
         self._lock = threading.Lock()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         handlers = {
@@ -82,6 +85,8 @@ class FakeOAP:
     def _commands(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         with self._lock:
             self.queries.append(wire.decode_command_query(request))
+            if self.answer is not None:
+                return self.answer
             commands, self.commands = self.commands, []
         return wire.encode_commands(commands)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import greenlet
 import pytest
@@ -20,8 +22,10 @@ from greenprof.exceptions import (
     NotAGreenletError,
     NotRunningError,
     UnknownSinkError,
+    WireFormatError,
     WrongThreadError,
 )
+from greenprof.integrations.wsgi import ProfilerMiddleware
 from greenprof.sinks import MemorySink
 
 
@@ -54,6 +58,7 @@ def run(glet: greenlet.greenlet) -> None:
         (InvalidSinkError, TypeError),
         (UnknownSinkError, ValueError),
         (ConfigurationError, ValueError),
+        (WireFormatError, ValueError),
     ],
 )
 def test_every_error_is_a_greenprof_error_and_its_builtin(
@@ -260,6 +265,198 @@ def test_edge_values_of_options_are_accepted() -> None:
     profiler = greenprof.Profiler(max_snapshots=1, max_depth=1, flush_timeout=0)
     assert (profiler.max_snapshots, profiler.max_depth, profiler.flush_timeout) == (1, 1, 0)
     assert greenprof.Profiler(flush_timeout=None).flush_timeout is None
+
+
+def app(environ: dict[str, object], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [])
+    return [b"ok"]
+
+
+#: Every object that takes a profiler's options: each checks them when made.
+MAKERS: dict[str, Callable[..., object]] = {
+    "Profiler": greenprof.Profiler,
+    "profile": greenprof.profile,
+    "ProfilerMiddleware": functools.partial(ProfilerMiddleware, app),
+}
+
+
+@pytest.mark.parametrize("maker", MAKERS)
+@pytest.mark.parametrize(
+    ("sinks", "message"),
+    [
+        (
+            5,
+            "sinks must be a list of sinks, e.g. sinks=[JSONSink('profile.jsonl')] (or left "
+            "out for none), not int 5.",
+        ),
+        (
+            None,
+            "sinks must be a list of sinks, e.g. sinks=[JSONSink('profile.jsonl')] (or "
+            "left out for none), not NoneType None.",
+        ),
+        ("out.jsonl", "not str 'out.jsonl'."),
+        (b"out.jsonl", "not bytes b'out.jsonl'."),
+        (MemorySink(), "sinks is a list of sinks: pass sinks=[sink], not the MemorySink alone."),
+    ],
+)
+def test_sinks_that_are_no_list_of_sinks_raise_configuration_error_when_made(
+    maker: str, sinks: object, message: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        MAKERS[maker](sinks=sinks)
+    assert message in str(info.value)
+    assert greenlet.gettrace() is None
+
+
+@pytest.mark.parametrize("maker", MAKERS)
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"dump_period": math.inf},
+            "dump_period is in seconds; inf is longer than a program runs. Pass a period like 0.01",
+        ),
+        (
+            {"dump_period": 10**400},
+            "dump_period is in seconds; 100000000000000000...0000000000000000000 is longer",
+        ),
+        ({"dump_period": 1e30}, "1e+30 is longer than a program runs"),
+        (
+            {"dump_period": math.nan},
+            "dump_period is in seconds and must be at least 0.001 (1 ms), not nan.",
+        ),
+        ({"dump_period": True}, "must be at least 0.001 (1 ms), not True."),
+        ({"dump_period": "0.01"}, "must be at least 0.001 (1 ms), not '0.01'."),
+        (
+            {"min_duration": math.nan},
+            "min_duration is in seconds and must be >= 0 (float('inf') keeps no session), not nan.",
+        ),
+        ({"min_duration": -math.inf}, "must be >= 0 (float('inf') keeps no session), not -inf."),
+        ({"min_duration": -1}, "must be >= 0 (float('inf') keeps no session), not -1."),
+        ({"min_duration": -(10**400)}, "must be >= 0 (float('inf') keeps no session), not -100"),
+        ({"min_duration": False}, "must be >= 0 (float('inf') keeps no session), not False."),
+        (
+            {"flush_timeout": math.nan},
+            "flush_timeout must be a number of seconds >= 0 or None (as long as the sinks "
+            "take), not nan.",
+        ),
+        ({"flush_timeout": -math.inf}, "flush_timeout must be a number of seconds >= 0 or None"),
+        ({"max_snapshots": math.inf}, "max_snapshots must be a whole number >= 1, not inf."),
+        (
+            {"max_snapshots": 2**63},
+            "max_snapshots is 9223372036854775808, more than a snapshot file can hold: "
+            "pass a whole number below 2**63.",
+        ),
+        (
+            {"max_depth": 10**30},
+            "max_depth is 1000000000000000000000000000000, more than a snapshot file",
+        ),
+        ({"max_depth": 1.5}, "max_depth must be a whole number >= 1, not 1.5."),
+        (
+            {"tags": 5},
+            "tags must map strings to strings, e.g. {'path': '/checkout'}, not 5. "
+            "Convert numbers with str().",
+        ),
+        (
+            {"tags": "path=/"},
+            "tags must map strings to strings, e.g. {'path': '/checkout'}, not 'path=/'.",
+        ),
+        ({"tags": [("path", "/")]}, "tags must map strings to strings"),
+        ({"tags": {"status": 200}}, "tags must map strings to strings"),
+        (
+            {"follow_spawned": "no"},
+            "follow_spawned must be True or False, not 'no': any other value would be "
+            "taken as one of them.",
+        ),
+        ({"follow_spawned": 1}, "follow_spawned must be True or False, not 1"),
+        ({"mode": None}, "mode must be one of 'greenlet', 'hybrid', 'thread', not None."),
+        ({"only": "handle_*"}, "only must be a function that takes a greenlet"),
+    ],
+)
+def test_every_option_is_checked_when_the_object_taking_it_is_made(
+    maker: str, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        MAKERS[maker](**options)
+    assert message in str(info.value)
+    assert greenlet.gettrace() is None
+
+
+class WaitingSink(MemorySink):
+    """A sink whose flush waits on a lock for its timeout, as one waiting for
+    its own sender thread does: a lock refuses a wait past TIMEOUT_MAX."""
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return threading.Lock().acquire(True, -1 if timeout is None else timeout)
+
+
+@pytest.mark.parametrize("forever", [math.inf, 1e300, 10**400])
+def test_a_flush_timeout_too_long_for_a_lock_is_no_timeout(forever: float) -> None:
+    sink = WaitingSink()
+    profiler = greenprof.Profiler(sinks=[sink], flush_timeout=forever)
+    assert profiler.flush_timeout is None
+    glet = make_worker(1)
+    profiler.start(glet)
+    run(glet)
+    profiler.stop()
+    assert profiler.flush() is True
+    assert profiler.stats.sink_failures == 0
+    assert len(sink.snapshots) == 4
+
+
+@pytest.mark.parametrize("never", [math.inf, 1e300, 10**400, 2**63 / 1e9])
+def test_a_min_duration_longer_than_any_session_keeps_none(never: float) -> None:
+    sink = MemorySink()
+    profiler = greenprof.Profiler(sinks=[sink], min_duration=never)
+    assert profiler.min_duration == (math.inf if never == 10**400 else float(never))
+    assert profiler.options.min_duration_ns == 2**63
+    glet = make_worker(1)
+    profiler.start(glet)
+    run(glet)
+    profiler.stop()
+    assert profiler.discarded
+    assert sink.snapshots == []
+
+
+def test_whole_seconds_are_kept_as_floats_and_nanoseconds() -> None:
+    profiler = greenprof.Profiler(mode="hybrid", dump_period=2, min_duration=1, flush_timeout=3)
+    options = profiler.options
+    assert (options.dump_period, options.min_duration, options.flush_timeout) == (2.0, 1.0, 3.0)
+    assert type(options.dump_period) is float
+    assert (options.period_ns, options.min_duration_ns) == (2_000_000_000, 1_000_000_000)
+    assert greenprof.Profiler(max_snapshots=2**63 - 1).max_snapshots == 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    ("paths", "message"),
+    [
+        (
+            "/api",
+            "paths must be a list of path prefixes, e.g. paths=['/api'] (or None for "
+            "every path), not str '/api'.",
+        ),
+        (
+            5,
+            "paths must be a list of path prefixes, e.g. paths=['/api'] (or None for "
+            "every path), not int 5.",
+        ),
+        (
+            [b"/api"],
+            "paths must be strings that request paths start with, like '/api', not [b'/api'].",
+        ),
+    ],
+)
+def test_middleware_paths_that_are_no_list_of_prefixes_raise_configuration_error(
+    paths: object, message: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        ProfilerMiddleware(app, paths=paths)  # type: ignore[arg-type]
+    assert str(info.value) == message
+
+
+def test_middleware_on_profiled_that_is_no_function_raises_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="on_profiled must be a function that takes"):
+        ProfilerMiddleware(app, on_profiled="print")  # type: ignore[arg-type]
 
 
 # -- profile() -----------------------------------------------------------------------

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
@@ -351,6 +352,58 @@ def test_pprof_of_an_empty_report_is_a_valid_profile(profile_pb2: ModuleType) ->
     assert profile.string_table[0] == ""
     assert len(profile.sample_type) == 3
     assert profile.time_nanos == profile.duration_nanos == 0
+
+
+# -- numbers at and past 64 bits ---------------------------------------------------------
+
+
+def test_pprof_writes_negative_64_bit_numbers_as_protobuf_reads_them(
+    profile_pb2: ModuleType,
+) -> None:
+    lowest = -(2**63)
+    frame = Frame("/app/a.py", "handler", -7)
+    report = greenprof.Report(
+        [
+            snapshot(lowest, "web", "switch_in", 1_000),
+            snapshot(lowest, "web", "switch_out", 3_000, frame),
+        ]
+    )
+    decoded = decode(profile_pb2, pprof(report))
+    assert decoded.labels[lowest]["greenlet_id"] == lowest
+    assert decoded.values[(lowest, (frame,))] == [2_000, 0, 1]
+
+
+OUT_OF_RANGE_PPROF = """
+from greenprof import Frame, Report, Snapshot
+from greenprof.exceptions import WireFormatError
+from greenprof.exporters import pprof
+
+values = dict(greenlet_id=7, timestamp_ns=1_000, lineno=10)
+values[{field!r}] = {value}
+report = Report([
+    Snapshot(values["greenlet_id"], "web", 1, "switch_out", 0, values["timestamp_ns"],
+             (Frame("app.py", "handler", values["lineno"]),), "s"),
+])
+try:
+    pprof(report)
+except WireFormatError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize("field", ["greenlet_id", "timestamp_ns", "lineno"])
+@pytest.mark.parametrize("value", [-(2**70), -(2**64), 2**64])
+def test_pprof_of_a_number_outside_64_bits_raises_instead_of_hanging(
+    field: str, value: int
+) -> None:
+    # Below -2**64 the encoder used to loop forever, memory growing; from
+    # -2**64 to -2**63 it wrote another number. The subprocess's timeout
+    # makes a hang a failure.
+    code = OUT_OF_RANGE_PPROF.format(field=field, value=value)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.startswith(f"{value} does not fit in a protobuf varint"), done.stdout
 
 
 # -- in go tool pprof itself -------------------------------------------------------------

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import functools
+import io
 import json
 import logging
+import os
+import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import greenlet
@@ -16,6 +22,7 @@ import pytest
 
 import greenprof
 from greenprof import Frame, Snapshot
+from greenprof._schema import encode_snapshot, read
 from greenprof.exceptions import LoadError, SinkClosedError, UnsupportedFormatError
 from greenprof.sinks import JSONSink, MemorySink
 
@@ -642,3 +649,218 @@ def test_decorator_with_json_sink_writes_one_session_per_call(tmp_path: Path) ->
     assert len(lines) == 1 + 3 * (4 + 1)  # the header, then each call's snapshots and session
     report = greenprof.Report.from_file(path)
     assert [s.session_id for s in report.sessions] == list(sessions)
+
+
+# -- a full disk ---------------------------------------------------------------------
+
+
+class Disk:
+    """A pretend disk that is full after ``lines`` more lines and then
+    ``then`` more bytes, whatever their lengths (``lines`` None: never)."""
+
+    def __init__(self, lines: int | None, then: int = 0) -> None:
+        self.lines = lines
+        self.then = then
+
+    def take(self, data: bytes) -> int:
+        """How much of ``data`` fits; that much is taken."""
+        if self.lines is None:
+            return len(data)
+        fits = 0
+        while self.lines:
+            newline = data.find(b"\n", fits)
+            if newline < 0:
+                return len(data)
+            fits = newline + 1
+            self.lines -= 1
+        more = min(self.then, len(data) - fits)
+        self.then -= more
+        return fits + more
+
+
+class FillingFile(io.FileIO):
+    """FAULT INJECTION: a real file whose writes stop when ``disk`` is full.
+
+    As on a real disk filling up, the write that reaches the limit writes
+    what fits and says so, and the next raises ENOSPC. ``truncate_fails``
+    makes undoing it fail too (an I/O error).
+    """
+
+    def __init__(self, path: str, disk: Disk, *, truncate_fails: bool = False) -> None:
+        super().__init__(path, "a+")
+        self.disk = disk
+        self.truncate_fails = truncate_fails
+
+    def write(self, data: Any) -> int:
+        fits = self.disk.take(bytes(data))
+        if not fits:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(data[:fits])
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.truncate_fails:
+            raise OSError(errno.EIO, "Input/output error")
+        return super().truncate(size)
+
+
+class JSONSinkOnDisk(JSONSink):
+    """A JSONSink whose file is a :class:`FillingFile` (fault injection)."""
+
+    def __init__(self, path: Path, disk: Disk, *, truncate_fails: bool = False) -> None:
+        super().__init__(path)
+        self.disk = disk
+        self.truncate_fails = truncate_fails
+
+    def _open(self) -> io.FileIO:
+        return FillingFile(self.path, self.disk, truncate_fails=self.truncate_fails)
+
+
+def whole_lines(path: Path) -> list[bytes]:
+    """The file's lines, each checked to be whole JSON; the file ends a line."""
+    data = path.read_bytes()
+    assert data.endswith(b"\n")
+    lines = data.splitlines()
+    for line in lines:
+        json.loads(line)
+    return lines
+
+
+# The header, 8 snapshot lines, the session line: a disk full at the start,
+# in the header, right after it, in the first snapshot, in the last one, right
+# after the snapshots (the session's export fails alone), in the session.
+@pytest.mark.parametrize(
+    ("lines", "then"), [(0, 0), (0, 1), (0, 20), (1, 0), (1, 50), (8, 100), (9, 0), (9, 100)]
+)
+def test_a_batch_cut_short_by_a_full_disk_is_undone_and_written_once_space_is_back(
+    tmp_path: Path, lines: int, then: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "profile.jsonl"
+    disk = Disk(lines, then)
+    glet = make_worker(3)
+    profiler = greenprof.Profiler(sinks=[JSONSinkOnDisk(path, disk)])
+    with caplog.at_level(logging.ERROR, logger="greenprof"):
+        profiler.start(glet)
+        run(glet)
+        profiler.stop()
+        # What failed was cut off: the file is empty, or holds the header and
+        # the snapshots when only the session's export failed.
+        if lines == 1 + snapshots_for(3):
+            assert len(whole_lines(path)) == 1 + snapshots_for(3)
+        else:
+            assert path.read_bytes() == b""
+        assert profiler.stats.sink_failures == 1
+        assert profiler.flush() is False  # still full: retried, and failed again
+        assert profiler.stats.sink_failures == 2
+        disk.lines = None  # space is back
+        assert profiler.flush() is True
+    assert len(whole_lines(path)) == 1 + snapshots_for(3) + 1
+    recording = read(path)
+    assert recording.snapshots == profiler.snapshots
+    assert recording.sessions == profiler.sessions
+    assert recording.damaged == []
+    failures = [r for r in caplog.records if "No space left on device" in r.getMessage()]
+    assert len(failures) == 1  # logged once
+
+
+def test_a_full_disk_in_a_file_already_written_cuts_back_to_its_last_line(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "profile.jsonl"
+    first = profile_worker(1, sinks=[JSONSink(path)])
+    before = path.read_bytes()
+    disk = Disk(1, 50)  # one snapshot line and part of the next
+    second = profile_worker(2, sinks=[JSONSinkOnDisk(path, disk)])
+    assert second.stats.sink_failures == 1
+    assert path.read_bytes() == before
+    disk.lines = None
+    assert second.flush() is True
+    assert greenprof.load(path) == first.snapshots + second.snapshots
+    assert read(path).damaged == []
+
+
+def test_a_torn_line_that_cannot_be_cut_off_costs_that_line_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "profile.jsonl"
+    first = profile_worker(1, sinks=[JSONSink(path)])
+    lines_before = len(whole_lines(path))
+    disk = Disk(0, 100)  # inside the first snapshot line, and no undoing it
+    second = profile_worker(2, sinks=[JSONSinkOnDisk(path, disk, truncate_fails=True)])
+    assert not path.read_bytes().endswith(b"\n")  # torn
+    disk.lines = None
+    assert second.flush() is True
+    with caplog.at_level(logging.WARNING, logger="greenprof"):
+        recording = read(path)
+    # The retried batch began on a line of its own: only the torn line is lost.
+    assert recording.snapshots == first.snapshots + second.snapshots
+    assert recording.damaged == [lines_before + 1]
+    assert "skipped 1 damaged line(s)" in caplog.text
+
+
+def test_a_torn_line_left_by_a_killed_writer_does_not_swallow_the_next_batch(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "profile.jsonl"
+    first = profile_worker(1, sinks=[JSONSink(path)])
+    with path.open("ab") as file:
+        file.write(encode_snapshot(first.snapshots[0]).encode()[:70])  # killed mid-line
+    second = profile_worker(1, sinks=[JSONSink(path)])
+    recording = read(path)
+    assert recording.snapshots == first.snapshots + second.snapshots
+    assert recording.damaged == [1 + snapshots_for(1) + 1 + 1]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 64 KiB tmpfs, mounted for the test (root only) and unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill it needs root")
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def fill(folder: Path, leave: int) -> Path:
+    """A file taking all of ``folder``'s disk but about ``leave`` bytes."""
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as file, contextlib.suppress(OSError):
+        while True:
+            file.write(b"x" * 4096)
+    filler.write_bytes(b"x" * (filler.stat().st_size - leave))
+    return filler
+
+
+def test_a_real_full_disk_leaves_whole_lines_and_space_coming_back_completes_the_file(
+    small_disk: Path,
+) -> None:
+    path = small_disk / "profile.jsonl"
+    first = profile_worker(1, sinks=[JSONSink(path)])
+    before = path.read_bytes()
+    filler = fill(small_disk, leave=4096)  # a page: less than the 30 snapshots' lines
+    sink = JSONSink(path)
+    glet = make_worker(14)
+    profiler = greenprof.Profiler(sinks=[sink])
+    profiler.start(glet)
+    run(glet)
+    profiler.stop()
+    assert profiler.stats.sink_failures == 1
+    assert path.read_bytes() == before  # the batch's part that fitted was cut off
+    assert greenprof.load(path) == first.snapshots
+    assert profiler.flush() is False
+    filler.unlink()  # space is back
+    assert profiler.flush() is True
+    recording = read(path)
+    assert recording.snapshots == first.snapshots + profiler.snapshots
+    assert recording.sessions == first.sessions + profiler.sessions
+    assert recording.damaged == []

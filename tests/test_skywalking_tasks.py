@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 
 import gevent
 import gevent.socket
+import pytest
 from gevent import pywsgi
 
+from greenprof.exceptions import ConfigurationError, GreenprofError, WireFormatError
 from greenprof.integrations.skywalking import ProfileTask, ProfileTaskPoller
 from greenprof.sinks import SkyWalkingSink
 from greenprof.skywalking import _wire as wire
@@ -190,3 +194,127 @@ def test_install_refuses_an_agent_without_its_protocol_modules() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "install apache-skywalking==1.2.0" in out.stdout
     assert "1.3.0" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"interval": math.nan},
+            "interval is the seconds between two polls, a number > 0, not nan.",
+        ),
+        ({"interval": 0}, "a number > 0, not 0."),
+        ({"interval": -1}, "a number > 0, not -1."),
+        ({"interval": math.inf}, "a number > 0, not inf."),
+        ({"interval": True}, "a number > 0, not True."),
+        ({"interval": "20"}, "a number > 0, not '20'."),
+        (
+            {"mode": "sampling"},
+            "mode must be one of 'greenlet', 'hybrid', 'thread', not 'sampling'.",
+        ),
+        ({"max_depth": 0}, "max_depth must be a whole number >= 1, not 0."),
+    ],
+)
+def test_poller_options_are_checked_when_it_is_made_not_at_the_first_task(
+    options: dict[str, object], message: str
+) -> None:
+    sink = SkyWalkingSink("127.0.0.1:1", service="svc", instance="i")
+    try:
+        with pytest.raises(ConfigurationError) as info:
+            ProfileTaskPoller(sink, **options)  # type: ignore[arg-type]
+        assert message in str(info.value)
+    finally:
+        sink.close()
+
+
+# -- a collector that answers nonsense -------------------------------------------------
+
+COMMAND_NAMED = bytes([0x0A, 0x05, 0x0A, 0x03])  # Commands.command[0].command, 3 bytes:
+MALFORMED_ANSWERS = {
+    "a command name that is not UTF-8": COMMAND_NAMED + b"\xff\xfe\xfd",
+    "an argument that is not UTF-8": bytes([0x0A, 0x09, 0x12, 0x07, 0x0A, 0x01])
+    + b"k"
+    + bytes([0x12, 0x02])
+    + b"\xc3\x28",
+    "a truncated varint": b"\x0a\xff",
+    "a field longer than the message": b"\x0a\x7f\x0a",
+    "wire type 7": b"\x0f",
+}
+
+
+@pytest.mark.parametrize("answer", MALFORMED_ANSWERS)
+def test_a_malformed_commands_message_is_a_wire_format_error(answer: str) -> None:
+    with pytest.raises(WireFormatError) as info:
+        wire.decode_commands(MALFORMED_ANSWERS[answer])
+    assert isinstance(info.value, GreenprofError)
+
+
+def test_a_collector_answering_nonsense_is_counted_and_polling_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with FakeOAP() as oap:
+        sink = SkyWalkingSink(oap.address, service="svc", instance="i", timeout=5)
+        poller = ProfileTaskPoller(sink, interval=0.05)
+        try:
+            with caplog.at_level(logging.WARNING, logger="greenprof"):
+                for answer in MALFORMED_ANSWERS.values():
+                    oap.answer = answer
+                    poller.poll()  # never raises
+            assert poller.failures == len(MALFORMED_ANSWERS)
+            warnings = [r.getMessage() for r in caplog.records]
+            assert len(warnings) == 1  # the first; the others are counted
+            assert (
+                f"the collector at {oap.address}: getProfileTaskCommands answered" in (warnings[0])
+            )
+            assert "string field is not UTF-8 text" in warnings[0]
+            assert "Is it a SkyWalking OAP's gRPC port (11800)?" in warnings[0]
+            # The collector comes to its senses: its task is taken.
+            oap.answer = None
+            now_ms = int(time.time() * 1000)
+            oap.commands = [task_command(serial="s", task_id="t", endpoint="/x", start_ms=now_ms)]
+            poller.poll()
+            assert poller.task_for("/x") is not None
+            assert poller.failures == len(MALFORMED_ANSWERS)
+        finally:
+            sink.close()
+
+
+def test_a_polling_thread_fed_nonsense_keeps_polling() -> None:
+    with FakeOAP() as oap:
+        oap.answer = MALFORMED_ANSWERS["a command name that is not UTF-8"]
+        sink = SkyWalkingSink(oap.address, service="svc", instance="i", timeout=5)
+        poller = ProfileTaskPoller(sink, interval=0.02).start()
+        try:
+            assert wait_until(lambda: poller.failures >= 3)
+            oap.answer = None
+            oap.commands = [
+                task_command(
+                    serial="s", task_id="t", endpoint="/x", start_ms=int(time.time() * 1000)
+                )
+            ]
+            assert wait_until(lambda: poller.task_for("/x") is not None)
+        finally:
+            poller.stop()
+            sink.close()
+
+
+def test_a_task_whose_settings_greenprof_cannot_use_is_refused_not_run() -> None:
+    with FakeOAP() as oap:
+        now_ms = int(time.time() * 1000)
+        bad = task_command(serial="s1", task_id="bad", endpoint="/x", start_ms=now_ms)
+        bad.args["DumpPeriod"] = str(10**20)  # ms: longer than a program runs
+        oap.commands = [bad]
+        sink = SkyWalkingSink(oap.address, service="svc", instance="i", timeout=5)
+        poller = ProfileTaskPoller(sink, interval=0.05)
+        try:
+            poller.poll()
+            assert poller.failures == 1
+            assert poller.task_for("/x") is None
+            with poller.profile_request("/x", "segment") as profiler:  # the request is unharmed
+                gevent.sleep(0)
+            assert profiler is None
+            oap.commands = [bad]  # sent again: refused once only
+            poller.poll()
+            assert poller.failures == 1
+        finally:
+            sink.close()

@@ -3,13 +3,15 @@ decorator, the middleware) makes them once, not once per request."""
 
 from __future__ import annotations
 
+import reprlib
+import threading
 from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
 import greenlet
 
-from ._validate import check_positive_int, check_tags, is_number
+from ._validate import check_positive_int, check_tags, seconds
 from .exceptions import ConfigurationError
 from .snapshot import MODES
 
@@ -32,6 +34,8 @@ DEFAULT_FLUSH_TIMEOUT: Final = 5.0
 DEFAULT_DUMP_PERIOD: Final = 0.010
 #: The shortest dump period greenprof accepts.
 MIN_DUMP_PERIOD: Final = 0.001
+#: The longest: 2**62 ns (146 years), so that periods add up without overflow.
+MAX_DUMP_PERIOD: Final = 2**62 / 1e9
 
 
 @attrs.frozen(kw_only=True)
@@ -62,24 +66,43 @@ class Options:
         if mode not in MODES:
             msg = f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}."
             raise ConfigurationError(msg)
-        if not is_number(self.dump_period) or not self.dump_period >= MIN_DUMP_PERIOD:
+        period = seconds(self.dump_period)
+        if period is None or not period >= MIN_DUMP_PERIOD:
             msg = (
                 f"dump_period is in seconds and must be at least {MIN_DUMP_PERIOD} "
-                f"(1 ms), not {self.dump_period!r}."
+                f"(1 ms), not {reprlib.repr(self.dump_period)}."
             )
             raise ConfigurationError(msg)
-        if self.dump_period * 1e9 > 2**62:
-            msg = f"dump_period is in seconds; {self.dump_period!r} is longer than a program runs."
+        if period > MAX_DUMP_PERIOD:
+            msg = (
+                f"dump_period is in seconds; {reprlib.repr(self.dump_period)} is longer than "
+                f"a program runs. Pass a period like {DEFAULT_DUMP_PERIOD} (10 ms) or a few "
+                "seconds."
+            )
             raise ConfigurationError(msg)
-        if not is_number(self.min_duration) or not self.min_duration >= 0:
-            msg = f"min_duration is in seconds and must be >= 0, not {self.min_duration!r}."
+        min_duration = seconds(self.min_duration)
+        if min_duration is None or not min_duration >= 0:
+            msg = (
+                "min_duration is in seconds and must be >= 0 (float('inf') keeps no "
+                f"session), not {reprlib.repr(self.min_duration)}."
+            )
             raise ConfigurationError(msg)
         check_positive_int("max_snapshots", self.max_snapshots)
         check_positive_int("max_depth", self.max_depth)
-        timeout = self.flush_timeout
-        if timeout is not None and (not is_number(timeout) or not timeout >= 0):
-            msg = f"flush_timeout must be a number of seconds >= 0 or None, not {timeout!r}."
+        timeout = self.flush_timeout if self.flush_timeout is None else seconds(self.flush_timeout)
+        if self.flush_timeout is not None and (timeout is None or not timeout >= 0):
+            msg = (
+                "flush_timeout must be a number of seconds >= 0 or None (as long as the "
+                f"sinks take), not {reprlib.repr(self.flush_timeout)}."
+            )
             raise ConfigurationError(msg)
+        for name in ("follow_spawned", "follow_all", "keep_snapshots"):
+            if type(getattr(self, name)) is not bool:
+                msg = (
+                    f"{name} must be True or False, not {getattr(self, name)!r}: "
+                    "any other value would be taken as one of them."
+                )
+                raise ConfigurationError(msg)
         for name in ("follow_spawned", "follow_all"):
             if getattr(self, name) and mode == "thread":
                 msg = (
@@ -99,13 +122,19 @@ class Options:
                 "'hybrid' with it (thread mode samples whichever greenlet runs)."
             )
             raise ConfigurationError(msg)
-        object.__setattr__(self, "follow_all", bool(self.follow_all))
-        object.__setattr__(self, "keep_snapshots", bool(self.keep_snapshots))
         # Following every greenlet follows what they spawn, with its parent.
-        object.__setattr__(self, "follow_spawned", bool(self.follow_spawned or self.follow_all))
+        object.__setattr__(self, "follow_spawned", self.follow_spawned or self.follow_all)
         object.__setattr__(self, "tags", check_tags(self.tags))
-        object.__setattr__(self, "period_ns", round(self.dump_period * 1e9))
-        min_ns = 2**63 if self.min_duration == float("inf") else round(self.min_duration * 1e9)
+        # Floats from here: an int of seconds may be too large to multiply into one.
+        object.__setattr__(self, "dump_period", period)
+        object.__setattr__(self, "min_duration", min_duration)
+        # A timeout longer than a lock can wait (infinity, 10**400) is none:
+        # a sink's wait would refuse it.
+        forever = timeout is not None and timeout > threading.TIMEOUT_MAX
+        object.__setattr__(self, "flush_timeout", None if forever else timeout)
+        object.__setattr__(self, "period_ns", round(period * 1e9))
+        # Longer than any session (292 years): keep none, as float('inf') does.
+        min_ns = 2**63 if min_duration * 1e9 >= 2**63 else round(min_duration * 1e9)
         object.__setattr__(self, "min_duration_ns", min_ns)
 
     @classmethod

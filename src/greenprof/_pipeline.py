@@ -18,6 +18,7 @@ from typing import Final
 
 from ._delivery import Delivery
 from ._options import Options
+from ._validate import check_sinks
 from .typing import Sink
 
 __all__ = ["Pipeline"]
@@ -39,7 +40,7 @@ class Pipeline:
         self.plain = (
             options.mode == "greenlet" and not options.follow_spawned and options.only is None
         )
-        self.delivery = Delivery(sinks)
+        self.delivery = Delivery(check_sinks(sinks))
         #: Turns ``perf_counter_ns()`` into wall-clock ns: one monotonic
         #: clock, anchored once, for every session of the pipeline.
         self.offset_ns = time.time_ns() - time.perf_counter_ns()

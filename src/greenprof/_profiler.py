@@ -66,7 +66,7 @@ class Profiler:
         keep_snapshots: bool = True,
         tags: Mapping[str, str] | None = None,
     ) -> None:
-        options = Options(
+        options = Options.of(
             max_snapshots=max_snapshots,
             max_depth=max_depth,
             flush_timeout=flush_timeout,
@@ -77,7 +77,7 @@ class Profiler:
             follow_all=follow_all,
             only=only,
             keep_snapshots=keep_snapshots,
-            tags=dict(tags) if tags is not None else {},
+            tags=tags,
         )
         self._setup(Pipeline(options, sinks))
 

@@ -10,16 +10,34 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Final
 
+from .exceptions import WireFormatError
+
 VARINT: Final = 0
 LENGTH: Final = 2
+#: A varint holds 64 bits: an ``int64`` from -2**63, a ``uint64`` up to 2**64 - 1.
+MIN_VARINT: Final = -(1 << 63)
+VARINT_LIMIT: Final = 1 << 64
 
 
 # -- encoding -------------------------------------------------------------------------
 
 
 def varint(value: int) -> bytes:
+    """``value`` as protobuf writes an ``int64``, ``int32`` or ``uint64``: a
+    negative one as its 64-bit two's complement, in ten bytes.
+
+    A number outside 64 bits is refused: shifting a negative one right never
+    reaches 0, and wrapping it would write another number.
+    """
+    if not MIN_VARINT <= value < VARINT_LIMIT:
+        msg = (
+            f"{value} does not fit in a protobuf varint, which holds 64-bit numbers "
+            f"({MIN_VARINT} to {VARINT_LIMIT - 1}). No Python program makes a greenlet id, "
+            "timestamp or line number like it: check the snapshots that carry it."
+        )
+        raise WireFormatError(msg)
     if value < 0:
-        value += 1 << 64  # int64 and int32 negatives take ten bytes
+        value += VARINT_LIMIT
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -64,26 +82,23 @@ def packed_field(number: int, values: Iterable[int]) -> bytes:
 # -- decoding ---------------------------------------------------------------------------
 
 
-class WireError(ValueError):
-    """Bytes that are not the protobuf message they should be."""
-
-
 def read_varint(data: bytes, pos: int) -> tuple[int, int]:
     """The varint at ``pos`` and the position after it."""
     result = shift = 0
     while True:
         if pos >= len(data):
             msg = "truncated varint"
-            raise WireError(msg)
+            raise WireFormatError(msg)
         byte = data[pos]
         pos += 1
         result |= (byte & 0x7F) << shift
         if not byte & 0x80:
-            return result, pos
+            # Bits past the 64th of a ten-byte varint are dropped, as protobuf does.
+            return result & (VARINT_LIMIT - 1), pos
         shift += 7
         if shift > 63:
             msg = "varint too long"
-            raise WireError(msg)
+            raise WireFormatError(msg)
 
 
 def fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
@@ -99,7 +114,7 @@ def fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
             length, pos = read_varint(data, pos)
             if pos + length > len(data):
                 msg = "truncated field"
-                raise WireError(msg)
+                raise WireFormatError(msg)
             yield number, data[pos : pos + length]
             pos += length
         elif wire_type == 1:  # fixed64
@@ -108,7 +123,7 @@ def fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
             pos += 4
         else:
             msg = f"unsupported wire type {wire_type}"
-            raise WireError(msg)
+            raise WireFormatError(msg)
 
 
 def signed64(value: int) -> int:

@@ -20,18 +20,23 @@ Version 1 is the same without session lines (and without the ``start`` and
 lines whose ``type`` they do not know; a new version number means a change
 old readers cannot follow. A line that is not JSON after the header (a write
 cut short: a full disk, a killed process) is skipped and counted, so one torn
-write never makes the rest of a file unreadable.
+write never makes the rest of a file unreadable. Every number fits in 64 bits
+(from -2**63 to 2**64 - 1), as the pprof and SkyWalking messages need.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import reprlib
+from collections.abc import Generator
 from typing import Any, Final
 
 import attrs
 
+from ._protowire import MIN_VARINT, VARINT_LIMIT
 from .exceptions import LoadError, UnsupportedFormatError
 from .snapshot import EVENTS, MODES, Frame, Session, Snapshot
 
@@ -52,6 +57,12 @@ __all__ = [
 ]
 
 _logger = logging.getLogger("greenprof")
+
+#: What to do about a line that is JSON but not a record greenprof writes.
+_FIX_LINE: Final = (
+    "greenprof writes no such line: remove or fix it (or the program that wrote it) "
+    "to read the rest of the file."
+)
 
 
 @attrs.frozen
@@ -126,28 +137,26 @@ def read(path: str | os.PathLike[str]) -> Recording:
     damaged: list[int] = []
     frames: dict[tuple[str, str, int], Frame] = {}
     seen_header = False
-    try:
-        file = open(name, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        msg = f"cannot read {name}: {exc.strerror or exc}."
-        raise LoadError(msg) from None
-    with file:
-        for number, raw in enumerate(file, 1):
+    with contextlib.closing(_lines(name)) as numbered:
+        for number, raw in numbered:
             if not raw.strip():
                 continue
             obj = _parse(raw)
-            if obj is None:
+            if isinstance(obj, _NotJSON):
                 if not seen_header:
                     msg = (
-                        f"{name} is not a greenprof snapshot file: line {number} is not "
-                        "JSON text. Pass a file written by greenprof.sinks.JSONSink or "
-                        "greenprof run."
+                        f"{name} is not a greenprof snapshot file: line {number} is not JSON "
+                        f"text{obj.reason}. Pass a file written by greenprof.sinks.JSONSink "
+                        "or greenprof run."
                     )
                     raise LoadError(msg)
                 damaged.append(number)
                 continue
             if not isinstance(obj, dict):
-                msg = f"{name}, line {number}: expected a JSON object, got {_excerpt(raw)}."
+                msg = (
+                    f"{name}, line {number}: expected a JSON object, got {_excerpt(raw)}. "
+                    f"{_FIX_LINE}"
+                )
                 raise LoadError(msg)
             if "format" in obj and "type" not in obj:
                 _check_header(name, number, obj)
@@ -177,12 +186,47 @@ def read(path: str | os.PathLike[str]) -> Recording:
     return Recording(snapshots, sessions, damaged)
 
 
-def _parse(raw: bytes) -> object:
-    """The JSON value of one line, or None if it is not JSON text."""
+def _lines(name: str) -> Generator[tuple[int, bytes], None, None]:
+    """The file's lines and their numbers; LoadError if it cannot be read."""
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
+        with open(name, "rb") as file:
+            yield from enumerate(file, 1)
+    except OSError as exc:
+        raise LoadError(_unreadable(name, exc)) from exc
+
+
+def _unreadable(name: str, exc: OSError) -> str:
+    """Why ``name`` cannot be read, and what to pass instead."""
+    wanted = "a file written by greenprof.sinks.JSONSink or greenprof run"
+    if isinstance(exc, FileNotFoundError):
+        return f"cannot read {name}: there is no such file. Check the path: pass {wanted}."
+    if isinstance(exc, IsADirectoryError):
+        return f"cannot read {name}: it is a folder. Pass {wanted}, not its folder."
+    if isinstance(exc, PermissionError):
+        return f"cannot read {name}: permission denied. Make it readable, or pass a readable copy."
+    return f"cannot read {name}: {exc.strerror or exc}. Pass {wanted}, on a disk that can be read."
+
+
+@attrs.frozen
+class _NotJSON:
+    """A line that is not JSON text (a torn write, or not greenprof's file)."""
+
+    #: Why, for the reader: empty, or " (it is not UTF-8)" and the like.
+    reason: str
+
+
+def _parse(raw: bytes) -> object:
+    """The JSON value of one line, or a :class:`_NotJSON` saying why it has none."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _NotJSON(" (it is not UTF-8)")
+    try:
+        return json.loads(text)
+    except RecursionError:  # '[' * 100_000: nested deeper than the parser recurses
+        return _NotJSON(" (it nests too deep to read)")
+    except ValueError:
+        return _NotJSON("")
 
 
 def _excerpt(raw: bytes) -> str:
@@ -191,10 +235,21 @@ def _excerpt(raw: bytes) -> str:
 
 def _check_header(name: str, number: int, obj: dict[str, Any]) -> None:
     if obj.get("format") != FORMAT:
-        msg = f"{name}, line {number}: format {obj.get('format')!r} is not {FORMAT!r}."
+        msg = (
+            f"{name}, line {number}: format {_shown(obj.get('format'))} is not {FORMAT!r}. "
+            "Pass a file written by greenprof.sinks.JSONSink or greenprof run."
+        )
         raise UnsupportedFormatError(msg)
     version = obj.get("version")
-    if type(version) is not int or version not in READABLE:
+    # True is an int to Python, and no version; nor is one below the first.
+    if type(version) is not int or version < min(READABLE):
+        msg = (
+            f"{name}, line {number}: schema version {_shown(version)} is no version "
+            f"greenprof ever wrote, so this header is damaged; greenprof writes "
+            f"{encode_header()}. Fix that line to read the file."
+        )
+        raise LoadError(msg)
+    if version not in READABLE:
         msg = (
             f"{name}, line {number}: schema version {version!r}; this greenprof "
             f"reads versions {', '.join(map(str, READABLE))}. Upgrade greenprof to read it."
@@ -218,7 +273,7 @@ def _decode_snapshot(
             stack.append(frame)
         event = obj["event"]
         if event not in EVENTS:
-            msg = f"unknown event {event!r}"
+            msg = f"unknown event {_shown(event)}"
             raise ValueError(msg)
         return Snapshot(
             greenlet_id=_int(obj["greenlet_id"]),
@@ -233,7 +288,7 @@ def _decode_snapshot(
         )
     except (KeyError, TypeError, ValueError) as exc:
         detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-        msg = f"{name}, line {number}: not a valid snapshot ({detail})."
+        msg = f"{name}, line {number}: not a valid snapshot ({detail}). {_FIX_LINE}"
         raise LoadError(msg) from None
 
 
@@ -241,7 +296,7 @@ def _decode_session(name: str, number: int, obj: dict[str, Any]) -> Session:
     try:
         tags = obj.get("tags", {})
         if not isinstance(tags, dict):
-            msg = f"tags must be an object, not {tags!r}"
+            msg = f"tags must be an object, not {_shown(tags)}"
             raise TypeError(msg)
         session = Session(
             session_id=_str(obj["session_id"]),
@@ -262,7 +317,7 @@ def _decode_session(name: str, number: int, obj: dict[str, Any]) -> Session:
         return session
     except (KeyError, TypeError, ValueError) as exc:
         detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-        msg = f"{name}, line {number}: not a valid session ({detail})."
+        msg = f"{name}, line {number}: not a valid session ({detail}). {_FIX_LINE}"
         raise LoadError(msg) from None
 
 
@@ -284,13 +339,23 @@ def _check_session(session: Session) -> None:
 
 def _int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        msg = f"expected a whole number, got {value!r}"
+        msg = f"expected a whole number, got {_shown(value)}"
         raise TypeError(msg)
+    if not MIN_VARINT <= value < VARINT_LIMIT:
+        # No clock, id or line number is this large; pprof and SkyWalking
+        # messages could not carry it.
+        msg = f"{_shown(value)} does not fit in 64 bits (-2**63 to 2**64 - 1)"
+        raise ValueError(msg)
     return value
 
 
 def _str(value: object) -> str:
     if not isinstance(value, str):
-        msg = f"expected a string, got {value!r}"
+        msg = f"expected a string, got {_shown(value)}"
         raise TypeError(msg)
     return value
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, cut short: a line may hold anything, of any size."""
+    return reprlib.repr(value)

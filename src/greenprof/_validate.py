@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TypeGuard
+import math
+import reprlib
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Final, TypeGuard
 
 from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from .typing import Sink
+
+#: The largest count an option may be: a snapshot file, and a protobuf
+#: message, holds numbers of 64 bits.
+MAX_COUNT: Final = 2**63 - 1
 
 
 def is_number(value: object) -> TypeGuard[float]:
@@ -13,11 +22,45 @@ def is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def seconds(value: object) -> float | None:
+    """``value`` as a float number of seconds (an int too large for a float
+    is infinite), or None if it is no number: a bool, NaN, a string."""
+    if not is_number(value):
+        return None
+    try:
+        result = float(value)
+    except OverflowError:  # 10**400: more seconds than a float holds
+        result = math.inf if value > 0 else -math.inf
+    return None if math.isnan(result) else result
+
+
 def check_positive_int(name: str, value: object) -> None:
-    """Raise ConfigurationError unless ``value`` is a whole number >= 1."""
+    """Raise ConfigurationError unless ``value`` is a whole number from 1 to
+    :data:`MAX_COUNT`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        msg = f"{name} must be a whole number >= 1, not {value!r}."
+        msg = f"{name} must be a whole number >= 1, not {reprlib.repr(value)}."
         raise ConfigurationError(msg)
+    if value > MAX_COUNT:
+        msg = (
+            f"{name} is {reprlib.repr(value)}, more than a snapshot file can hold: "
+            "pass a whole number below 2**63."
+        )
+        raise ConfigurationError(msg)
+
+
+def check_sinks(sinks: object) -> list[Sink]:
+    """``sinks`` as a list (each one is checked as it is added), or
+    ConfigurationError if it is no collection of sinks."""
+    if callable(getattr(sinks, "export", None)):
+        msg = f"sinks is a list of sinks: pass sinks=[sink], not the {type(sinks).__name__} alone."
+        raise ConfigurationError(msg)
+    if isinstance(sinks, (str, bytes)) or not isinstance(sinks, Iterable):
+        msg = (
+            "sinks must be a list of sinks, e.g. sinks=[JSONSink('profile.jsonl')] "
+            f"(or left out for none), not {type(sinks).__name__} {reprlib.repr(sinks)}."
+        )
+        raise ConfigurationError(msg)
+    return list(sinks)
 
 
 def check_tags(tags: object) -> dict[str, str]:

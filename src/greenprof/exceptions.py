@@ -18,6 +18,7 @@ __all__ = [
     "SinkClosedError",
     "UnknownSinkError",
     "UnsupportedFormatError",
+    "WireFormatError",
     "WrongThreadError",
 ]
 
@@ -68,6 +69,11 @@ class LoadError(GreenprofError, ValueError):
 
 class UnsupportedFormatError(LoadError):
     """A snapshot file was written in a format or version this greenprof does not read."""
+
+
+class WireFormatError(GreenprofError, ValueError):
+    """Protobuf bytes that are not the message they should be (a collector's
+    answer), or a number protobuf's 64-bit varints cannot hold."""
 
 
 class MissingDependencyError(GreenprofError, ImportError):

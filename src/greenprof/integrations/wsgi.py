@@ -14,7 +14,7 @@ from typing import Any, Final
 from .._options import Options
 from .._pipeline import Pipeline
 from .._profiler import Profiler
-from .._validate import check_tags, is_number
+from .._validate import check_sinks, check_tags, is_number
 from ..exceptions import ConfigurationError
 from ..typing import Sink
 
@@ -76,10 +76,16 @@ class ProfilerMiddleware:
                 f"returns a dict of string tags, not {request_tags!r}."
             )
             raise ConfigurationError(msg)
+        if on_profiled is not None and not callable(on_profiled):
+            msg = (
+                "on_profiled must be a function that takes the request's profiler "
+                f"and the WSGI environ, not {on_profiled!r}."
+            )
+            raise ConfigurationError(msg)
         self.app = app
-        self.sinks = list(sinks)
+        self.sinks = check_sinks(sinks)
         self.sample_rate = sample_rate
-        self.paths = tuple(paths) if paths is not None else None
+        self.paths = _prefixes(paths)
         self.on_profiled = on_profiled
         self.request_tags = request_tags
         self._random = random_source
@@ -108,6 +114,24 @@ class ProfilerMiddleware:
             request.finish()
             raise
         return _ProfiledBody(body, request.finish)
+
+
+def _prefixes(paths: object) -> tuple[str, ...] | None:
+    """``paths`` as a tuple for ``str.startswith``, or ConfigurationError:
+    a lone string would match each of its characters."""
+    if paths is None:
+        return None
+    if isinstance(paths, str) or not isinstance(paths, Iterable):
+        msg = (
+            "paths must be a list of path prefixes, e.g. paths=['/api'] (or None for "
+            f"every path), not {type(paths).__name__} {paths!r}."
+        )
+        raise ConfigurationError(msg)
+    prefixes = tuple(paths)
+    if not all(isinstance(prefix, str) for prefix in prefixes):
+        msg = f"paths must be strings that request paths start with, like '/api', not {paths!r}."
+        raise ConfigurationError(msg)
+    return prefixes
 
 
 class _Request:

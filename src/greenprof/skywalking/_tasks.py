@@ -9,6 +9,8 @@ settings, sending snapshots through a :class:`~greenprof.sinks.SkyWalkingSink`.
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,14 +21,15 @@ from .._loop import BackgroundLoop
 from .._options import Options
 from .._pipeline import Pipeline
 from .._profiler import Profiler
-from .._protowire import WireError
 from .._threads import allocate_real_lock
-from .._validate import check_positive_int
-from ..exceptions import ConfigurationError
+from .._validate import check_positive_int, seconds
+from ..exceptions import ConfigurationError, WireFormatError
 from . import _wire as wire
 from ._sink import SkyWalkingSink
 
 __all__ = ["ProfileTask", "ProfileTaskPoller"]
+
+_logger = logging.getLogger("greenprof")
 
 
 @attrs.frozen
@@ -104,6 +107,12 @@ class ProfileTaskPoller:
             )
             raise ConfigurationError(msg)
         check_positive_int("max_parallel", max_parallel)
+        every = seconds(interval)
+        if every is None or not 0 < every < math.inf:
+            msg = f"interval is the seconds between two polls, a number > 0, not {interval!r}."
+            raise ConfigurationError(msg)
+        # Checked now: found at the first task, they would fail its requests.
+        Options(mode=mode, max_depth=max_depth)
         self.sink = sink
         self.service = service
         self.instance = instance
@@ -124,8 +133,11 @@ class ProfileTaskPoller:
         self._started: dict[str, int] = {}
         #: Tasks whose finish report the collector acknowledged.
         self.finished: list[str] = []
-        #: Failed calls to the collector (each retried at the next poll).
+        #: Failed calls to the collector (each retried at the next poll),
+        #: answers that were not the message expected, and tasks whose
+        #: settings greenprof cannot use.
         self.failures = 0
+        self._told_of_nonsense = False
 
     # -- the polling thread ------------------------------------------------------------
 
@@ -145,28 +157,52 @@ class ProfileTaskPoller:
 
     def poll(self) -> None:
         """One round: fetch new tasks, report those that ended. A collector
-        that fails or answers nonsense is counted in ``failures``."""
+        that fails or answers nonsense is counted in ``failures`` (the first
+        nonsense is logged); it never raises out of here."""
         try:
             answer = self._client.task_commands(
                 service=self.service,
                 instance=self.instance,
                 last_command_time=self._last_command_time,
             )
-            commands = wire.decode_commands(answer)
-        except (self._client.RpcError, WireError):
+        except self._client.RpcError:
             self.failures += 1
         else:
-            for command in commands:
-                if command.command == "ProfileTaskQuery":
-                    self._accept(ProfileTask.from_command(command))
+            try:
+                commands = wire.decode_commands(answer)
+            except WireFormatError as exc:
+                self._nonsense(f"getProfileTaskCommands answered with no Commands message ({exc})")
+            else:
+                for command in commands:
+                    if command.command == "ProfileTaskQuery":
+                        self._accept(ProfileTask.from_command(command))
         self._report_ended()
+
+    def _nonsense(self, what: str) -> None:
+        """Count an answer greenprof cannot use; log the first one."""
+        self.failures += 1
+        if self._told_of_nonsense:
+            return
+        self._told_of_nonsense = True
+        _logger.warning(
+            "greenprof: the collector at %s: %s. Is it a SkyWalking OAP's gRPC port "
+            "(11800)? Polling goes on; later ones are counted in poller.failures.",
+            self.sink.address,
+            what,
+        )
 
     def _accept(self, task: ProfileTask) -> None:
         with self._lock:
             self._last_command_time = max(self._last_command_time, task.create_time_ms)
             if task.serial_number in self._serials:
                 return
-            self._serials.add(task.serial_number)
+            self._serials.add(task.serial_number)  # seen: a bad one is refused once
+        try:
+            self._options_for(task)
+        except ConfigurationError as exc:  # found at its first request, it would fail it
+            self._nonsense(f"task {task.task_id!r} has settings greenprof cannot use: {exc}")
+            return
+        with self._lock:
             self._tasks[task.task_id] = task
 
     def _report_ended(self) -> None:
@@ -243,14 +279,17 @@ class ProfileTaskPoller:
         key = (self.mode, task.dump_period_ms, task.min_duration_threshold_ms)
         pipeline = self._pipelines.get(key)
         if pipeline is None:
-            options = Options(
-                mode=self.mode,
-                dump_period=max(task.dump_period_ms, 1) / 1000,
-                min_duration=max(task.min_duration_threshold_ms, 0) / 1000,
-                max_depth=self.max_depth,
-            )
-            pipeline = self._pipelines[key] = Pipeline(options, [self.sink])
+            pipeline = self._pipelines[key] = Pipeline(self._options_for(task), [self.sink])
         return pipeline
+
+    def _options_for(self, task: ProfileTask) -> Options:
+        """A task's settings as options, or ConfigurationError."""
+        return Options(
+            mode=self.mode,
+            dump_period=max(task.dump_period_ms, 1) / 1000,
+            min_duration=max(task.min_duration_threshold_ms, 0) / 1000,
+            max_depth=self.max_depth,
+        )
 
     def wsgi(
         self,

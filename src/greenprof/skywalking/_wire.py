@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import attrs
 
 from .._protowire import (
-    WireError,
     bytes_field,
     fields,
     int_field,
@@ -23,6 +22,7 @@ from .._protowire import (
     signed64,
     str_field,
 )
+from ..exceptions import WireFormatError
 from ..snapshot import Frame
 
 SERVICE = "/skywalking.v3.ProfileTask/"
@@ -86,12 +86,12 @@ def decode_commands(data: bytes) -> list[Command]:
             args: dict[str, str] = {}
             for inner, item in fields(value):
                 if inner == 1 and isinstance(item, bytes):
-                    name = item.decode()
+                    name = _text(item)
                 elif inner == 2 and isinstance(item, bytes):
                     pair = dict(fields(item))
                     key, val = pair.get(1, b""), pair.get(2, b"")
                     if isinstance(key, bytes) and isinstance(val, bytes):
-                        args[key.decode()] = val.decode()
+                        args[_text(key)] = _text(val)
             commands.append(Command(name, args))
     return commands
 
@@ -125,7 +125,7 @@ def decode_thread_snapshot(data: bytes) -> ThreadSnapshotMessage:
     for number, value in fields(data):
         if number == 5 and isinstance(value, bytes):
             signatures.extend(
-                item.decode()
+                _text(item)
                 for inner, item in fields(value)
                 if inner == 1 and isinstance(item, bytes)
             )
@@ -140,9 +140,9 @@ def decode_thread_snapshot(data: bytes) -> ThreadSnapshotMessage:
         and isinstance(sequence, int)
     ):
         msg = "not a ThreadSnapshot"
-        raise WireError(msg)
+        raise WireFormatError(msg)
     return ThreadSnapshotMessage(
-        task.decode(), segment.decode(), signed64(time_ms), signed64(sequence), tuple(signatures)
+        _text(task), _text(segment), signed64(time_ms), signed64(sequence), tuple(signatures)
     )
 
 
@@ -152,8 +152,8 @@ def decode_command_query(data: bytes) -> tuple[str, str, int]:
     service, instance, last = values.get(1, b""), values.get(2, b""), values.get(3, 0)
     if not (isinstance(service, bytes) and isinstance(instance, bytes) and isinstance(last, int)):
         msg = "not a ProfileTaskCommandQuery"
-        raise WireError(msg)
-    return service.decode(), instance.decode(), signed64(last)
+        raise WireFormatError(msg)
+    return _text(service), _text(instance), signed64(last)
 
 
 def decode_finish_report(data: bytes) -> tuple[str, str, str]:
@@ -162,5 +162,14 @@ def decode_finish_report(data: bytes) -> tuple[str, str, str]:
     parts = [values.get(n, b"") for n in (1, 2, 3)]
     if not all(isinstance(part, bytes) for part in parts):
         msg = "not a ProfileTaskFinishReport"
-        raise WireError(msg)
-    return tuple(part.decode() for part in parts)  # type: ignore[union-attr,return-value]
+        raise WireFormatError(msg)
+    return tuple(_text(part) for part in parts)  # type: ignore[arg-type,return-value]
+
+
+def _text(raw: bytes) -> str:
+    """A ``string`` field: UTF-8, or the message is not what it claims to be."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        msg = f"a string field is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise WireFormatError(msg) from None

@@ -84,12 +84,15 @@ def test_a_file_reads_back_the_live_report_exactly(
         gid = next(s.greenlet_id for s in read_back.snapshots if s.event == "sample")
         own = [s for s in read_back.snapshots if s.greenlet_id == gid]
         assert read_back.greenlets[gid].on_cpu_ns == len(own) * session.dump_period_ns
-        assert read_back.greenlets[gid].on_cpu_ns / 1e9 == pytest.approx(0.040, rel=0.3)
+        # Samples, each worth its dump period: never more than the session
+        # lasted (how many the sampler took depends on the machine's load).
+        assert 0 < read_back.greenlets[gid].on_cpu_ns <= session.stop_ns - session.start_ns
     else:
         assert gid is not None
         totals = read_back.greenlets[gid]
-        assert totals.on_cpu_ns / 1e9 == pytest.approx(0.040, rel=0.15)
-        assert totals.off_cpu_ns / 1e9 == pytest.approx(0.010, rel=0.5)
+        # At least what it spun and slept; a loaded machine only adds to it.
+        assert 0.040 <= totals.on_cpu_ns / 1e9 < 0.040 * 5
+        assert 0.009 <= totals.off_cpu_ns / 1e9 < 0.010 * 10
         assert totals.wall_ns == session.stop_ns - session.start_ns
 
 
@@ -164,7 +167,7 @@ def test_a_request_that_never_yields_shows_where_its_time_went(tmp_path: Path) -
     assert [s.event for s in read_back.snapshots] == ["start", "stop"]
     (cell,) = [c for c in read_back.stacks if c.on_cpu_ns]
     assert cell.stack[-1].function.endswith("caller")
-    assert cell.on_cpu_ns / 1e9 == pytest.approx(0.03, rel=0.15)
+    assert 0.03 <= cell.on_cpu_ns / 1e9 < 0.03 * 5  # a loaded machine only adds to it
     (session,) = read_back.sessions
     assert cell.on_cpu_ns == session.stop_ns - session.start_ns
 
@@ -269,8 +272,9 @@ def test_group_by_path_merges_every_request_of_each_endpoint(tmp_path: Path) -> 
     # Greenlet mode gives a burst to the stack it yields from: in the handler.
     checkout_on = groups["/checkout"].total_ns(0, function_name(checkout))
     search_on = groups["/search"].total_ns(0, function_name(search))
-    assert checkout_on / 1e9 == pytest.approx(10 * 0.004, rel=0.25)
-    assert search_on / 1e9 == pytest.approx(10 * 0.001, rel=0.5)
+    # At least what they spun (a loaded machine only adds to it).
+    assert 10 * 0.004 <= checkout_on / 1e9 < 10 * 0.004 * 5
+    assert 10 * 0.001 <= search_on / 1e9 < 10 * 0.001 * 5
     # Off-CPU: its 6 ms waits, and the time the other requests then ran.
     waited = groups["/checkout"].greenlets[0].off_cpu_ns
     assert waited / 1e9 >= 10 * 0.006 * 0.95

@@ -18,6 +18,7 @@ from greenprof.exceptions import (
     GreenprofError,
     InvalidSinkError,
     NotAGreenletError,
+    NotMainThreadError,
     NotRunningError,
     UnknownSinkError,
     WrongThreadError,
@@ -54,6 +55,7 @@ def run(glet: greenlet.greenlet) -> None:
         (InvalidSinkError, TypeError),
         (UnknownSinkError, ValueError),
         (ConfigurationError, ValueError),
+        (NotMainThreadError, ValueError),
     ],
 )
 def test_every_error_is_a_greenprof_error_and_its_builtin(

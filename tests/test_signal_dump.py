@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,11 @@ def start_program(
 
 
 def signal_and_finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    """Send SIGUSR1, let the program finish, check it exited 0; its output."""
+    """Send SIGUSR1, let the program finish, check it exited 0; its output.
+
+    After a pause: a program that prints ``ready`` and then loops is in its
+    loop by then, not in the ``print()`` before it."""
+    time.sleep(0.2)
     os.kill(proc.pid, signal.SIGUSR1)
     try:
         stdout, stderr = proc.communicate(timeout=60)
@@ -136,6 +141,7 @@ FIFTY = textwrap.dedent(
 
 
     def spin():
+        print("ready", MAIN_THREAD, flush=True)
         while not state["chained"]: pass  # SPIN
 
 
@@ -163,7 +169,6 @@ FIFTY = textwrap.dedent(
         )
         gevent.sleep(0.2)
         assert all(glet.gr_frame is not None for glet in greenlets)
-        print("ready", MAIN_THREAD, flush=True)
         spin()  # CALL spin
         event.set()
         gevent.killall(greenlets)
@@ -250,12 +255,16 @@ TO_STDERR = textwrap.dedent(
         gevent.get_hub().loop.run_callback(done.set)
 
 
+    def ready():
+        print("ready", flush=True)
+
+
     def main():
         signal.signal(signal.SIGUSR1, on_usr1)
         greenprof.install_signal_dump()
         napper = gevent.spawn(gevent.sleep, 60)
-        gevent.sleep(0.1)
-        print("ready", flush=True)
+        # Printed by the hub, once this greenlet waits: the signal lands there.
+        gevent.get_hub().loop.run_callback(ready)
         done.wait()  # WAIT main
         napper.kill()
         print("done", signal.getsignal(signal.SIGUSR1).dumps)
@@ -303,6 +312,7 @@ CHAINED = textwrap.dedent(
 
 
     def spin():
+        print("ready", flush=True)
         while not calls: pass
 
 
@@ -310,7 +320,6 @@ CHAINED = textwrap.dedent(
     previous = greenprof.install_signal_dump(signal.SIGUSR1, path=sys.argv[1])
     if sys.argv[2] == "remove-folder":
         shutil.rmtree(os.path.dirname(sys.argv[1]))
-    print("ready", flush=True)
     spin()
     ours = signal.signal(signal.SIGUSR1, previous)
     print(previous is on_usr1, signal.getsignal(signal.SIGUSR1) is on_usr1, calls, ours.errors)
@@ -386,6 +395,34 @@ def test_the_program_goes_on_with_gevent_names_as_in_a_run_without_dump(tmp_path
     ]
     dump = (tmp_path / "dump.txt").read_text()
     assert len(re.findall(r"Greenlet 'Greenlet-0x[0-9a-f]+'", dump)) == 5  # greenprof's own names
+
+
+def test_the_example_service_dumps_its_greenlets() -> None:
+    example = Path(__file__).parent.parent / "examples" / "live_dump.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(example)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    watchdog = threading.Timer(60, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        assert proc.stdout.readline().startswith(f"pid {proc.pid}: ")
+        gevent.sleep(0.5)  # the greenlets start waiting
+        os.kill(proc.pid, signal.SIGUSR1)
+        dump = ""
+        while "since it switched out" not in dump:  # only slow-request is profiled
+            line = proc.stderr.readline()
+            assert line, dump
+            dump += line
+    finally:
+        proc.terminate()
+        proc.communicate()
+        watchdog.cancel()
+    assert "     3  gevent.queue.SimpleQueue.get, called from " in dump
+    assert "     1  gevent._socket3.socket.accept, called from " in dump
+    assert re.search(r"gevent\.hub\.sleep, called from \S+live_dump.py:\d+ in slow_request", dump)
+    assert re.search(r"Greenlet 'slow-request' .*\n  suspended for \d+\.\d+ s, since it", dump)
 
 
 # -- in this process: what a dump says about durations, threads, odd greenlets ------

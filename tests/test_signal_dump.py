@@ -28,6 +28,8 @@ from greenprof.exceptions import (
     WrongThreadError,
 )
 
+from .conftest import run_python
+
 HEADER = re.compile(
     r"^Greenlet '(?P<name>[^']*)' id=(?P<id>\d+) thread=(?P<thread>\S+)(?P<marks>.*)$", re.M
 )
@@ -234,6 +236,31 @@ def test_dump_names_every_greenlet_with_its_wait_site_hub_and_interrupted_frame(
     assert "52 live greenlets (1 running, 51 suspended, 0 not started)" in dump
     if patch_all:
         assert "(monkey-patched)" in dump
+
+
+def test_installed_before_gevent_is_imported_or_patches_anything(tmp_path: Path) -> None:
+    # How a launcher (``greenprof run``) would use it: before the program's code.
+    result = run_python(
+        f"""
+        import json, os, signal, sys
+        import greenprof
+        greenprof.install_signal_dump(signal.SIGUSR1, path={str(tmp_path / "dump.txt")!r})
+        assert "gevent" not in sys.modules
+        from gevent import monkey
+        monkey.patch_all()
+        import gevent
+        late = gevent.spawn(gevent.sleep, 60)
+        late.name = "late"
+        gevent.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        late.kill()
+        print(json.dumps(signal.getsignal(signal.SIGUSR1).dumps))
+        """
+    )
+    assert result == 1
+    blocks = greenlet_blocks((tmp_path / "dump.txt").read_text())
+    assert "waits in: gevent.hub.sleep\n" in blocks["late"]
+    assert len(marked(blocks, "[hub]")) == 1
 
 
 # -- stderr, while the hub runs the loop ---------------------------------------------

@@ -184,7 +184,7 @@ def render_dump(interrupted: FrameType | None, signum: int | None = None) -> str
                 _stack(lines, scan.thread_frames.get(thread), "    ")
         for live in members:
             lines.append("")
-            _greenlet(lines, live, scan, signum)
+            _greenlet(lines, live, scan)
     others = [t for t in scan.thread_frames if t not in shown and t != scan.main_thread]
     if others:
         lines.append("")
@@ -348,7 +348,7 @@ def _thread_name(thread: object) -> str | None:
     return name if type(name) is str else None
 
 
-def _greenlet(lines: list[str], live: LiveGreenlet, scan: ProcessScan, signum: int | None) -> None:
+def _greenlet(lines: list[str], live: LiveGreenlet, scan: ProcessScan) -> None:
     glet = live.glet
     try:
         marks = "".join(
@@ -356,7 +356,7 @@ def _greenlet(lines: list[str], live: LiveGreenlet, scan: ProcessScan, signum: i
         )
         thread = live.thread if live.thread is not None else "unknown"
         lines.append(f"Greenlet {greenlet_name(glet)!r} id={id(glet)} thread={thread}{marks}")
-        lines.append(f"  {_state_text(live, scan, signum)}")
+        lines.append(f"  {_state_text(live, scan)}")
         site = live.site
         if site is not None:
             verb = "waits in" if site.in_gevent else "suspended in"
@@ -377,7 +377,7 @@ def _greenlet(lines: list[str], live: LiveGreenlet, scan: ProcessScan, signum: i
         lines.append(f"  (greenprof could not describe it: {type(exc).__name__}: {exc})")
 
 
-def _state_text(live: LiveGreenlet, scan: ProcessScan, signum: int | None) -> str:
+def _state_text(live: LiveGreenlet, scan: ProcessScan) -> str:
     if live.state == NOT_STARTED:
         return "not started"
     if live.state == RUNNING:

@@ -9,7 +9,7 @@ import os
 import signal
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, Final, Union
+from typing import Any, Final, TypeAlias
 
 from ._dispatcher import redeliver
 from ._dump import render_dump
@@ -20,7 +20,7 @@ __all__ = ["PreviousHandler", "SignalDumpHandler", "install_signal_dump"]
 
 #: What ``signal.signal()`` returns: a Python-level handler, ``SIG_DFL`` or
 #: ``SIG_IGN``, or None when the handler was not installed from Python.
-PreviousHandler = Union[Callable[[int, Union[FrameType, None]], Any], int, None]  # noqa: UP007
+PreviousHandler: TypeAlias = Callable[[int, FrameType | None], Any] | int | None
 
 _SIGUSR1: Final[int] = getattr(signal, "SIGUSR1", 10)
 #: Signals no process can catch.

@@ -37,14 +37,14 @@ HEADER = re.compile(
 
 def greenlet_blocks(dump: str) -> dict[str, str]:
     """Each greenlet's part of ``dump``, by greenlet name; a name seen before
-    (each thread has a ``main``) with `` @thread`` after it."""
+    (each thread has a ``main``) with `` id=<id>`` after it."""
     blocks = {}
     for chunk in dump.split("\n\n"):
         found = HEADER.match(chunk)
         if found is not None:
             key = found["name"]
             if key in blocks:
-                key += f" @{found['thread']}"
+                key += f" id={found['id']}"
             assert key not in blocks, f"{key} listed twice"
             blocks[key] = chunk
     return blocks
@@ -523,6 +523,10 @@ def idle_worker(stop: threading.Event) -> None:
     stop.wait()
 
 
+def pool_task(stop: threading.Event) -> None:
+    stop.wait()
+
+
 def test_greenlets_of_other_threads_and_threads_without_greenlets(
     tmp_path: Path, restore_sigusr1: None
 ) -> None:
@@ -531,6 +535,7 @@ def test_greenlets_of_other_threads_and_threads_without_greenlets(
     plain = threading.Thread(target=idle_worker, args=(stop,), name="idle-worker")
     with_hub.start()
     plain.start()
+    in_pool = gevent.get_hub().threadpool.spawn(pool_task, stop)
     try:
         gevent.sleep(0.2)
         dump = dump_here(tmp_path / "dump.txt")
@@ -538,6 +543,7 @@ def test_greenlets_of_other_threads_and_threads_without_greenlets(
         stop.set()
         with_hub.join()
         plain.join()
+        in_pool.get()
     block = greenlet_blocks(dump)["other-thread-napper"]
     assert f"thread={with_hub.ident}\n" in block
     assert "in other_thread_napper" in block
@@ -545,6 +551,11 @@ def test_greenlets_of_other_threads_and_threads_without_greenlets(
     others = dump.split("OS threads without known greenlets\n")[1]
     plain_part = others.split(f"  Thread {plain.ident} 'idle-worker'\n")[1]
     assert "in idle_worker" in plain_part.split("\n\n")[0]
+    # A gevent thread pool's worker: its greenlet runs the task in its thread.
+    (worker,) = [b for b in greenlet_blocks(dump).values() if "in pool_task" in b]
+    assert worker.startswith("Greenlet '_WorkerGreenlet-0x")
+    assert "running (in its thread)" in worker
+    assert "thread=unknown" not in worker
 
 
 def never_started() -> None:

@@ -93,15 +93,25 @@ class ProcessScan:
         self.dispatchers: list[SwitchDispatcher] = installed_dispatchers()
         self.instructions: dict[int, tuple[CodeType, list[Any]]] = {}
         self.thread_names = _thread_names(self.main_thread)
-        gevent_hub = sys.modules.get("gevent.hub")
-        hub_type = vars(gevent_hub).get("Hub") if gevent_hub is not None else None
+        hub_type = _gevent_class("gevent.hub", "Hub")
+        # gevent's greenlets that know their OS thread: each thread's hub,
+        # and the greenlet of each of its thread pools' worker threads.
+        knowers = [
+            (kind, attribute)
+            for kind, attribute in (
+                (hub_type, "thread_ident"),
+                (_gevent_class("gevent.threadpool", "_WorkerGreenlet"), "_thread_ident"),
+            )
+            if kind is not None
+        ]
         live = _live_greenlets(self.current)
         self._roots: dict[int, int] = {id(_root(self.current)): self.main_thread}
         for glet in live:
-            if hub_type is not None and issubclass(type(glet), hub_type):
-                ident = getattr(glet, "thread_ident", None)
-                if type(ident) is int:
-                    self._roots.setdefault(id(_root(glet)), ident)
+            for kind, attribute in knowers:
+                if issubclass(type(glet), kind):
+                    ident = getattr(glet, attribute, None)
+                    if type(ident) is int and ident:
+                        self._roots.setdefault(id(_root(glet)), ident)
         for dispatcher in self.dispatchers:
             for watch in list(dispatcher.watches.values()):
                 watched = watch()
@@ -216,6 +226,13 @@ def _live_greenlets(current: greenlet.greenlet) -> list[greenlet.greenlet]:
             seen.add(id(extra))
             found.append(extra)
     return found
+
+
+def _gevent_class(module: str, name: str) -> type | None:
+    """A class of gevent's, if that module is imported (never imported here)."""
+    found = sys.modules.get(module)
+    kind = vars(found).get(name) if found is not None else None
+    return kind if issubclass(type(kind), type) else None
 
 
 def _group(live: LiveGreenlet) -> tuple[int | None, int]:
@@ -407,16 +424,18 @@ def _site_text(function: str | None, caller: FrameType | None) -> str:
 
 
 def _run_of(glet: greenlet.greenlet) -> str:
-    """What the greenlet was made to run: gevent keeps it in ``_run``;
-    a plain greenlet's ``run`` until it starts."""
+    """What the greenlet was made to run: gevent keeps it in ``_run``, a
+    plain greenlet in ``run`` until it starts; else its class's ``run``."""
     state = getattr(glet, "__dict__", None)
     run = state.get("_run") if type(state) is dict else None
     if run is None:
         try:
             run = _GREENLET["run"].__get__(glet)
         except AttributeError:
-            return "an unknown function"
-    return qualified_name(run) or f"a {type(run).__name__} object"
+            mro: tuple[type, ...] = type.__dict__["__mro__"].__get__(type(glet))
+            run = next((k.__dict__["run"] for k in mro if "run" in k.__dict__), None)
+    name = qualified_name(run) if run is not None else None
+    return name or "an unknown function"
 
 
 def _frame(frame: FrameType) -> Frame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -471,6 +472,7 @@ def dump_here(path: Path) -> str:
         if handler.dumps:
             break
     assert (handler.dumps, handler.errors) == (1, 0)
+    assert gc.isenabled()  # turned off during the dump only
     return path.read_text()
 
 

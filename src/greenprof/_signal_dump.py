@@ -5,6 +5,7 @@ the process, written from the handler without switching, locking or raising.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 from collections.abc import Callable
@@ -68,7 +69,15 @@ class SignalDumpHandler:
 
     def _dump(self, signum: int, frame: FrameType | None) -> None:
         try:
-            text = render_dump(frame, signum)
+            # The dump allocates a lot: without a collection meanwhile, no
+            # finalizer of the program's runs (and maybe switches) inside it.
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                text = render_dump(frame, signum)
+            finally:
+                if collecting:
+                    gc.enable()
             self._write(text.encode("utf-8", "backslashreplace"))
             self.dumps += 1
         except BaseException as exc:

@@ -20,6 +20,7 @@ from greenprof.exceptions import (
     GreenprofError,
     InvalidSinkError,
     NotAGreenletError,
+    NotMainThreadError,
     NotRunningError,
     UnknownSinkError,
     WireFormatError,
@@ -59,6 +60,7 @@ def run(glet: greenlet.greenlet) -> None:
         (UnknownSinkError, ValueError),
         (ConfigurationError, ValueError),
         (WireFormatError, ValueError),
+        (NotMainThreadError, ValueError),
     ],
 )
 def test_every_error_is_a_greenprof_error_and_its_builtin(

@@ -12,6 +12,7 @@ from ._profiler import Profiler, ProfilerStats
 from ._report import GreenletTime, Report, RunSlice, Segment, StackTime, Wait
 from ._schema import load
 from ._scope import ProfileScope, profile
+from ._signal_dump import install_signal_dump
 from .snapshot import EVENTS, MODES, Frame, Session, Snapshot
 
 try:
@@ -35,6 +36,7 @@ __all__ = [
     "StackTime",
     "Wait",
     "__version__",
+    "install_signal_dump",
     "load",
     "profile",
 ]

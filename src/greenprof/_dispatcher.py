@@ -542,6 +542,12 @@ def installed_dispatcher(ident: int) -> SwitchDispatcher | None:
     return _registry.get(ident)
 
 
+def installed_dispatchers() -> list[SwitchDispatcher]:
+    """Every thread's dispatcher, from any thread (a copy, made in one step:
+    threads add theirs meanwhile)."""
+    return list(_registry.values())
+
+
 def _forget_dead_threads() -> None:
     alive = sys._current_frames()
     for ident in [i for i in _registry if i not in alive]:

@@ -14,6 +14,7 @@ __all__ = [
     "LoadError",
     "MissingDependencyError",
     "NotAGreenletError",
+    "NotMainThreadError",
     "NotRunningError",
     "SinkClosedError",
     "UnknownSinkError",
@@ -41,6 +42,11 @@ class DeadGreenletError(GreenprofError, ValueError):
 
 class WrongThreadError(GreenprofError, ValueError):
     """A profiling target belongs to another OS thread than the caller."""
+
+
+class NotMainThreadError(ConfigurationError, WrongThreadError):
+    """Something only the main thread can do (installing a signal handler)
+    was called from another OS thread."""
 
 
 class AlreadyProfilingError(GreenprofError, RuntimeError):

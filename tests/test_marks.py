@@ -765,3 +765,57 @@ def test_a_session_whose_start_frame_returned_records_exact_stacks() -> None:
     assert got == counter.stacks
     assert [f[1] for f in got[0][-2:]] == ["<lambda>", "_caller_of_start"]
     assert [f[1] for f in got[1][-2:]] == ["_caller_of_start", "_deeper"]
+
+
+def test_a_tool_that_traces_only_frames_without_f_trace_sees_marked_frames_too() -> None:
+    # A debugger or coverage tool gives its tracer to running frames only
+    # where f_trace is None: greenprof's marks must not hide those frames.
+
+    def run(profiled: bool) -> list[tuple[str, str]]:
+        seen: list[tuple[str, str]] = []
+        ours: tuple[object, ...] = ()
+
+        def tool(frame: FrameType, event: str, arg: Any) -> Any:
+            # One function for every event, as bdb's and coverage's tracers.
+            if event == "call" and frame.f_code not in ours:
+                return None
+            seen.append((event, frame.f_code.co_name))
+            return tool
+
+        def work() -> int:
+            greenlet.greenlet(lambda: None).switch()  # marks this greenlet's frames
+            frame: FrameType | None = sys._getframe()
+            while frame is not None and frame.f_code in ours:
+                if frame.f_trace is None:  # the tool's rule
+                    frame.f_trace = tool
+                frame = frame.f_back
+            sys.settrace(tool)
+            a = 1
+            a += 1
+            return a
+
+        def outer() -> int:
+            b = work()
+            b += 1
+            return b
+
+        ours = (run.__code__, outer.__code__, work.__code__)
+        profiler = greenprof.Profiler()
+        previous = sys.gettrace()
+        if profiled:
+            profiler.start()
+        try:
+            outer()
+        finally:
+            sys.settrace(previous)
+            if profiled:
+                profiler.stop()
+        if profiled:
+            marked = [s for s in profiler.snapshots if s.event == "switch_out"]
+            assert marked
+            assert marked[0].stack[-1].function.endswith("work")
+        return seen
+
+    unprofiled = run(False)
+    assert ("return", "outer") in unprofiled
+    assert run(True) == unprofiled

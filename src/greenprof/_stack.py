@@ -56,9 +56,12 @@ class StackNode:
     outermost first.
 
     Python calls a frame's ``f_trace`` only while a ``sys.settrace`` tracer
-    runs, and only for frames that tracer left alone; a node then does
-    nothing and returns None, so tracing of that frame stays as it was. A
-    tool that sets an attribute on what it finds in ``f_trace`` may do so.
+    runs, and only for frames that tracer left alone. A node then hands the
+    event to that tracer, as if the frame's ``f_trace`` had been unset: a
+    tool that gives its own function only to frames whose ``f_trace`` is
+    None (a debugger, coverage) still sees their events, and what it
+    returns becomes the frame's ``f_trace``, as it would have. A tool that
+    sets an attribute on what it finds in ``f_trace`` may do so.
     """
 
     __slots__ = ("__dict__", "code", "frames", "height", "lasti", "outer", "owner", "rest")
@@ -86,8 +89,9 @@ class StackNode:
         self.owner = 0
         self.frames = None
 
-    def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
-        return None
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
+        tracer: Any = sys.gettrace()
+        return tracer(frame, event, arg) if tracer is not None else None
 
     def __repr__(self) -> str:
         return f"<StackNode {self.code.co_name} at {self.lasti}, {self.height} frame(s)>"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 import threading
 import weakref
@@ -515,6 +516,10 @@ class InterruptingGreenlet(greenlet.greenlet):  # type: ignore[misc]
 @pytest.mark.skipif(
     threading.current_thread() is not threading.main_thread(), reason="needs the main thread"
 )
+@pytest.mark.skipif(
+    signal.getsignal(signal.SIGINT) is signal.SIG_IGN,
+    reason="Ctrl-C is ignored in this process (started with nohup or in the background)",
+)
 def test_ctrl_c_inside_the_tracer_still_reaches_the_program() -> None:
     main = greenlet.getcurrent()
     glet = InterruptingGreenlet(lambda: main.switch())
@@ -616,3 +621,80 @@ def test_tracer_stopped_under_gevents_monitor_leaves_once_the_monitor_goes() -> 
         GEVENT_MONITOR_THREAD_ENABLE="true",
     )
     assert result == {"on_top": "GreenletTracer", "still_chained": True, "after": "None"}
+
+
+# -- ids reused ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [{"follow_spawned": True}, {"mode": "hybrid"}])
+def test_a_new_target_at_an_ended_ones_address_leaves_nothing_running_after_stop(
+    options: dict[str, Any],
+) -> None:
+    interval = sys.getswitchinterval()
+    profiler = greenprof.Profiler(dump_period=0.001, **options)
+
+    def nothing() -> None:
+        return None
+
+    first = greenlet.greenlet(nothing)
+    profiler.start(first)
+    first.switch()  # it ends
+    address = id(first)
+    del first  # freed: a greenlet made soon after is usually made where it was
+    made = [greenlet.greenlet(nothing) for _ in range(2000)]
+    second = next((glet for glet in made if id(glet) == address), None)
+    del made
+    if second is None:
+        profiler.stop()
+        pytest.skip("memory did not hand the ended greenlet's address out again")
+    profiler.start(second)  # same id: the ended target's record is replaced
+    second.switch()
+    profiler.stop()
+    # Nothing of the first target's is left running: no tracer looking at
+    # every switch, no sampling thread, the switch interval restored.
+    assert greenlet.gettrace() is None
+    assert installed_dispatcher(thread_ident()) is None
+    assert sys.getswitchinterval() == interval
+    from greenprof._sampler import SAMPLER
+
+    assert not SAMPLER._takers
+
+
+def test_threads_that_end_and_reuse_idents_get_fresh_dispatchers() -> None:
+    from greenprof._dispatcher import _registry
+
+    reinstalls: list[int] = []
+    idents: list[int] = []
+    for _ in range(6):
+        profiler = greenprof.Profiler()
+        started, stopped = threading.Event(), threading.Event()
+
+        def first(
+            profiler: greenprof.Profiler = profiler,
+            started: threading.Event = started,
+            stopped: threading.Event = stopped,
+        ) -> None:
+            profiler.start()
+            started.set()
+            stopped.wait()  # its session is stopped from the main thread, then it ends
+
+        thread = threading.Thread(target=first)
+        thread.start()
+        assert started.wait(10)
+        profiler.stop()  # from another thread: its tracer goes at its next switch
+        stopped.set()
+        thread.join()
+        idents.append(thread.ident or 0)
+
+        def second() -> None:  # often the same ident as the thread that ended
+            with greenprof.profile() as later:
+                greenlet.greenlet(lambda: None).switch()
+            reinstalls.append(later.stats.tracer_reinstalls)
+
+        other = threading.Thread(target=second)
+        other.start()
+        other.join()
+    assert reinstalls == [0] * 6  # no re-install that never happened
+    alive = set(sys._current_frames())
+    assert set(_registry) <= alive  # no dispatcher of an ended thread stays
+    assert len(set(idents)) < len(idents)  # idents were reused: the case under test

@@ -27,7 +27,7 @@ from ._stack import (
     walk_to,
     walk_whole,
 )
-from ._threads import allocate_real_lock, thread_ident
+from ._threads import allocate_real_lock, original, thread_ident
 
 TraceFunction = Callable[[str, Any], Any]
 
@@ -513,6 +513,10 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
 # -- the per-thread registry ---------------------------------------------------
 
 _registry: dict[int, SwitchDispatcher] = {}
+#: Per OS thread (a real thread-local, even under ``patch_all``): the
+#: dispatcher made for it, which tells a thread's own from one an ended
+#: thread with the same ident left in the registry.
+_this_thread: Any = original("_local")()
 #: Per thread, the dispatcher its last session left when it stopped (not
 #: installed, watching nothing), for the next session there to reuse.
 _spares: dict[int, SwitchDispatcher] = {}
@@ -523,16 +527,16 @@ def dispatcher_for_current_thread() -> SwitchDispatcher:
     """The calling thread's dispatcher, installed and receiving switches."""
     ident = thread_ident()
     dispatcher = _registry.get(ident)  # only this thread adds its own
-    if dispatcher is None:
+    if dispatcher is None or _this_thread.__dict__.get("dispatcher") is not dispatcher:
+        # None yet, or one left by an ended thread whose ident this one reuses.
         with _registry_lock:
-            if len(_registry) >= 64:
-                _forget_dead_threads()
+            _forget_dead_threads()
             dispatcher = _spares.pop(ident, None)
             if dispatcher is None or dispatcher.watches:
                 dispatcher = SwitchDispatcher(ident)
             else:
                 dispatcher.reset()
-            _registry[ident] = dispatcher
+            _registry[ident] = _this_thread.dispatcher = dispatcher
     dispatcher.ensure_installed()
     return dispatcher
 

@@ -280,9 +280,11 @@ class Run:
                 record.watch = record.ref = dispatcher.watch(glet, buffer)
                 if running and self.root is not None and self.root_below is not None:
                     record.watch.set_root(self.root, self.root_below, buffer)
-            self._register(record, started, running=running)
+            replaced = self._register(record, started, running=running)
             if dispatcher not in self.dispatchers:
                 self.dispatchers.append(dispatcher)
+        if replaced is not None and replaced.taker is not None:
+            SAMPLER.unsubscribe(replaced.taker)
         if record.taker is not None:
             SAMPLER.subscribe(record.taker)
 
@@ -361,15 +363,23 @@ class Run:
                 buffer=buffer,
                 period_ns=options.period_ns,
             )
-            self._register(record, time.perf_counter_ns())
+            replaced = self._register(record, time.perf_counter_ns())
+        if replaced is not None and replaced.taker is not None:
+            SAMPLER.unsubscribe(replaced.taker)
         SAMPLER.subscribe(record.taker)
 
-    def _register(self, record: _Target, started: int, *, running: bool = False) -> None:
-        # Under self.lock.
+    def _register(self, record: _Target, started: int, *, running: bool = False) -> _Target | None:
+        """Add ``record`` (under self.lock); the target it replaces, if any:
+        one that ended, whose id (or thread ident) the new one reuses. Its
+        watch and counters are taken down here, its sampling by the caller,
+        out of the lock (``_retire``)."""
         pipeline = self.pipeline
         wall = pipeline.offset_ns + started  # pipeline.wall_ns(started), inlined
         if not self.start_ns:
             self.start_ns = wall
+        old = self.targets.get(record.key)
+        if old is not None:
+            self._take_down(old)
         self.targets[record.key] = record
         self.buffers.append(record.buffer)
         if pipeline.options.mode != "thread":
@@ -378,6 +388,21 @@ class Run:
             if running:
                 self.running_at_start.add(record.key)
             self.bounds[record.buffer.greenlet_id] = (wall, 0)
+        return old
+
+    def _take_down(self, target: _Target) -> None:
+        """Undo what watching an ended ``target`` holds up: its watch, and
+        the following and tracking it counts for in its dispatcher."""
+        options = self.pipeline.options
+        dispatcher, buffer, watch = target.dispatcher, target.buffer, target.watch
+        if watch is not None and dispatcher is not None:
+            if options.follow_spawned:
+                dispatcher.stop_following()
+                if options.follow_all:
+                    dispatcher.unfollow_all(buffer)
+            dispatcher.unwatch(watch, buffer)
+        elif target.tracking and dispatcher is not None:
+            dispatcher.stop_tracking()
 
     def _check_not_running(self, key: int, thing: object) -> None:
         existing = self.targets.get(key)
@@ -452,8 +477,8 @@ class Run:
         bounds = self.bounds
         released = None
         for target in targets:
-            dispatcher, buffer, watch = target.dispatcher, target.buffer, target.watch
-            if watch is not None and dispatcher is not None:  # greenlet and hybrid modes
+            buffer, watch = target.buffer, target.watch
+            if watch is not None and target.dispatcher is not None:  # greenlet and hybrid modes
                 if buffer.limit and watch() is current:
                     # Where the session stops, in the greenlet it ran in.
                     caller = _caller(caller)
@@ -463,14 +488,8 @@ class Run:
                         else self._stop_stack(caller, buffer.depth)
                     )
                     buffer.add((STOP, stopped_perf, stack))
-                if options.follow_spawned:
-                    dispatcher.stop_following()
-                    if options.follow_all:
-                        dispatcher.unfollow_all(buffer)
-                dispatcher.unwatch(watch, buffer)
                 bounds[buffer.greenlet_id] = (bounds[buffer.greenlet_id][0], stopped)
-            elif target.tracking and dispatcher is not None:
-                dispatcher.stop_tracking()
+            self._take_down(target)
         if self.adopted or self.children:
             self._stop_children(stopped)
         for target in targets:

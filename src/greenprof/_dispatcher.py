@@ -6,7 +6,6 @@ into their buffers, and never raises, switches, locks, logs or formats.
 
 from __future__ import annotations
 
-import _thread
 import os
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 import greenlet
 
 from ._buffer import EXIT, SWITCH_IN, SWITCH_OUT, THROW, GreenletBuffer
+from ._signals import redeliver
 from ._stack import (
     EMPTY_STACK,
     MARKS,
@@ -313,15 +313,6 @@ class SwitchDispatcher:
             del self.watches[watch]
 
 
-def redeliver(exc: BaseException) -> None:
-    """Swallow ``exc``, except that a Ctrl-C still reaches the program."""
-    # A Ctrl-C that lands inside our tracer belongs to the program: raising it
-    # here would make greenlet drop the tracer and throw it into whichever
-    # greenlet is being switched to. Raise it again at the next safe point.
-    if isinstance(exc, KeyboardInterrupt):
-        _thread.interrupt_main()
-
-
 def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFunction]:
     """Build the dispatcher's tracer, and the same chaining its previous one.
 
@@ -423,8 +414,8 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                 if attention:
                     attend(target)
             except BaseException as exc:
-                dispatcher.errors += 1
-                redeliver(exc)
+                if not redeliver(exc):  # a signal handler's is the program's, not an error
+                    dispatcher.errors += 1
 
     def attend(target: greenlet.greenlet) -> None:
         # Everything beyond watched greenlets, off the common path.
@@ -501,8 +492,8 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
             try:
                 previous(event, args)
             except BaseException as exc:
-                dispatcher.previous_errors += 1
-                redeliver(exc)
+                if not redeliver(exc):
+                    dispatcher.previous_errors += 1
             finally:
                 nested = False
 

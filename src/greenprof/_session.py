@@ -31,10 +31,10 @@ from ._dispatcher import (
     SwitchDispatcher,
     dispatcher_for_current_thread,
     installed_dispatcher,
-    redeliver,
 )
 from ._naming import greenlet_name
 from ._sampler import SAMPLER, HybridTaker, ThreadTaker
+from ._signals import redeliver
 from ._stack import MARKS, RawStack, capture, on_top, stable_root, walk_whole
 from ._threads import allocate_real_lock, thread_ident
 from .exceptions import (

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, Final, TypeAlias
 
-from ._dispatcher import redeliver
 from ._dump import render_dump
+from ._signals import redeliver
 from ._threads import real_sleep
 from .exceptions import ConfigurationError, NotMainThreadError
 

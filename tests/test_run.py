@@ -16,6 +16,7 @@ import pytest
 import greenprof
 from greenprof import exporters
 from greenprof._launch import Program, split_arguments
+from greenprof._output import with_pid
 
 from .conftest import GREENPROF_DIR, greenprof_command, python_command
 
@@ -265,6 +266,23 @@ def test_pid_in_the_output_path_is_the_process_id(tmp_path: Path) -> None:
     pid = int(result.stdout)
     assert files_in(tmp_path) == sorted([f"profile-{pid}.jsonl", "prog.py"])
     assert greenprof.Report.from_file(tmp_path / f"profile-{pid}.jsonl").sessions
+
+
+@pytest.mark.parametrize(
+    ("path", "pid", "extensions", "expected"),
+    [
+        ("out/profile.jsonl", 42, (".jsonl",), "out/profile.42.jsonl"),
+        ("p.pb.gz", 42, (".pb.gz", ".pprof"), "p.42.pb.gz"),
+        ("P.PB.GZ", 7, (".pb.gz", ".pprof"), "P.7.PB.GZ"),
+        ("p.trace.json", 7, (".trace.json",), "p.7.trace.json"),
+        ("p.data", 7, (".jsonl",), "p.7.data"),
+        ("profile", 7, (".jsonl",), "profile.7"),
+    ],
+)
+def test_a_forked_childs_file_has_its_pid_before_the_extension(
+    path: str, pid: int, extensions: tuple[str, ...], expected: str
+) -> None:
+    assert with_pid(path, pid, extensions) == expected
 
 
 # -- errors: one line, a documented status, nothing run or written ---------------------

@@ -1,9 +1,10 @@
 """Where the commands write a profile: a file whose format follows its
 extension (``exporters.RENDERERS``), ``-`` for stdout, ``{pid}`` for the
-writing process's id."""
+writing process's id, and the file of a process ``greenprof run`` forked."""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Final
 
@@ -53,9 +54,31 @@ class Destination:
         exporters.renderer_for(format)  # ConfigurationError for an unknown one
         return cls(output, format)
 
-    def path(self, pid: int) -> str:
-        """The path the process ``pid`` writes to: ``{pid}`` replaced by it."""
-        return self.template.replace(PID, str(pid))
+    def path(self, pid: int, *, forked: bool = False) -> str | None:
+        """The path the process ``pid`` writes to: ``{pid}`` replaced by it,
+        or, in a forked child of a path without ``{pid}``, the pid put before
+        the extension, so that no process replaces another's file. None for
+        a forked child of ``-``: stdout is its parent's."""
+        if self.template == STDOUT:
+            return None if forked else STDOUT
+        if PID in self.template or not forked:
+            return self.template.replace(PID, str(pid))
+        return with_pid(self.template, pid, exporters.renderer_for(self.format).extensions)
+
+
+def with_pid(path: str, pid: int, extensions: tuple[str, ...]) -> str:
+    """``path`` with ``.pid`` before its extension: before the format's own
+    (``out.pb.gz`` -> ``out.4242.pb.gz``), else before the last one
+    (``out.data`` -> ``out.4242.data``), else at the end."""
+    folder, name = os.path.split(path)
+    lower = name.lower()
+    for ending in extensions:
+        if lower.endswith(ending) and len(name) > len(ending):
+            stem, extension = name[: -len(ending)], name[-len(ending) :]
+            break
+    else:
+        stem, extension = os.path.splitext(name)
+    return os.path.join(folder, f"{stem}.{pid}{extension}")
 
 
 def write_report(

@@ -58,8 +58,8 @@ def add_parser(commands: argparse._SubParsersAction[OneLineParser]) -> OneLinePa
             "profiled. greenprof's options come before the script or -m module; "
             "everything after it goes to the program as sys.argv. The profile is "
             "written when the program ends, whether it returns, exits, or is "
-            "ended by SIGINT (Ctrl-C); then greenprof ends as the program did: "
-            "same exit status, or killed by the same signal.",
+            "ended by SIGINT (Ctrl-C), SIGTERM or SIGHUP; then greenprof ends as "
+            "the program did: same exit status, or killed by the same signal.",
             width=78,
         ),
         epilog=_epilog(),
@@ -160,6 +160,9 @@ def _epilog() -> str:
             "output formats, by the extension of -o FILE:",
             *rows,
             "",
+            "A process the program forks writes its own file: FILE with .PID before",
+            "the extension (profile.4242.jsonl), or FILE's {pid} replaced.",
+            "",
             "exit status: the program's (killed by a signal: the same signal);",
             f"{EXIT_CANNOT_RUN}: the script or module cannot be found or read; "
             f"{EXIT_USAGE}: bad usage;",
@@ -207,7 +210,7 @@ def main(parser: argparse.ArgumentParser, args: Sequence[str]) -> int:
     except ConfigurationError as exc:
         return _fail(EXIT_USAGE, str(exc))
     first = destination.path(os.getpid())
-    if first != STDOUT:
+    if first != STDOUT and first is not None:
         try:
             check_writable(first)
         except OSError as exc:

@@ -49,10 +49,26 @@ def line_of(func: object, marker: str) -> int:
     raise AssertionError(f"{marker!r} not in {func!r}")
 
 
-def greenprof_command(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+#: The greenprof command, as a subprocess runs it.
+GREENPROF = (sys.executable, "-m", "greenprof")
+
+
+def greenprof_command(
+    *args: str, cwd: str | os.PathLike[str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m greenprof ARGS`` in a real subprocess (text output)."""
     return subprocess.run(
-        [sys.executable, "-m", "greenprof", *args], capture_output=True, text=True, timeout=timeout
+        [*GREENPROF, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
+
+
+def python_command(
+    *args: str, cwd: str | os.PathLike[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python ARGS`` in a real subprocess (text output): what a program
+    does without greenprof."""
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=cwd
     )
 
 

@@ -408,3 +408,70 @@ def test_speedscope_always_has_a_profile() -> None:
     (profile,) = document["profiles"]  # speedscope never opens a file without one
     assert profile["name"] == "no off-cpu recorded"
     assert profile["events"] == []
+
+
+# -- greenprof's own JSON Lines, and files replaced in one step ----------------------
+
+
+def test_jsonl_reads_back_as_the_same_report(tmp_path: Path) -> None:
+    profiler, _, _ = record_red_and_blue()
+    live = profiler.report()
+    path = tmp_path / "again.jsonl"
+    exporters.write(live, "jsonl", path)
+    assert exporters.format_for_path(path) == "jsonl"
+    again = greenprof.Report.from_file(path)
+    assert again.snapshots == live.snapshots
+    assert again.sessions == live.sessions
+    assert sorted(again.stacks, key=repr) == sorted(live.stacks, key=repr)
+    with pytest.raises(ConfigurationError, match="cannot merge them by 'path'"):
+        exporters.export(live, "jsonl", group_by="path")
+
+
+def test_convert_to_jsonl_keeps_only_the_chosen_sessions(tmp_path: Path) -> None:
+    from greenprof.sinks import JSONSink
+
+    path = tmp_path / "two.jsonl"
+    sink = JSONSink(path)
+    for route in ("/a", "/b", "/a"):
+        with greenprof.profile(sinks=[sink], tags={"path": route}):
+            gevent.sleep(0.001)
+    out = tmp_path / "only-a.jsonl"
+    done = greenprof_command("convert", str(path), "--tag", "path=/a", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    chosen = greenprof.Report.from_file(out)
+    everything = greenprof.Report.from_file(path)
+    assert [s.tags["path"] for s in chosen.sessions] == ["/a", "/a"]
+    ids = {s.session_id for s in chosen.sessions}
+    assert chosen.snapshots == [s for s in everything.snapshots if s.session_id in ids]
+
+
+def test_write_replaces_the_file_in_one_step(tmp_path: Path) -> None:
+    report = greenprof.Report.from_file(recorded_red_work(tmp_path))
+    out = tmp_path / "profile.txt"
+    out.write_text("the old profile\n")
+    old_inode = out.stat().st_ino
+    exporters.write(report, "text", out)
+    # A new file took the name: a reader holding the old one never saw it
+    # truncated or half written.
+    assert out.stat().st_ino != old_inode
+    assert out.read_text() == exporters.text(report)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["profile.jsonl", "profile.txt"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    report = greenprof.Report.from_file(recorded_red_work(tmp_path))
+    out = tmp_path / "profile.txt"
+    out.write_text("the old profile\n")
+
+    def full_disk(source: object, target: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        exporters.write(report, "text", out)
+    assert out.read_text() == "the old profile\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["profile.jsonl", "profile.txt"]

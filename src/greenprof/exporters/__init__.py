@@ -1,5 +1,6 @@
 """Profiles in the formats other tools read: collapsed stacks, speedscope, Chrome
-trace events, pprof, an HTML flame graph and a text tree.
+trace events, pprof, an HTML flame graph and a text tree; and greenprof's
+own JSON Lines.
 
 Every renderer takes a :class:`~greenprof.Report` (``profiler.report()`` or
 ``Report.from_file(path)``), keeps greenlets apart (or, with ``group_by``,
@@ -15,12 +16,14 @@ from typing import Any, Final, cast
 
 import attrs
 
+from .._files import replace_file
 from .._report import Report
 from ..exceptions import ConfigurationError
 from ._chrome import chrome_trace
 from ._collapsed import collapsed
 from ._common import WEIGHTS, Weight, check_weight, default_group
 from ._html import html
+from ._jsonl import jsonl
 from ._pprof import pprof
 from ._speedscope import SPEEDSCOPE_SCHEMA, speedscope
 from ._text import text
@@ -37,6 +40,7 @@ __all__ = [
     "export",
     "format_for_path",
     "html",
+    "jsonl",
     "renderer_for",
     "pprof",
     "speedscope",
@@ -83,6 +87,14 @@ class Renderer:
 RENDERERS: Final = {
     renderer.name: renderer
     for renderer in (
+        Renderer(
+            "jsonl",
+            jsonl,
+            binary=False,
+            weighs=False,
+            extensions=(".jsonl",),
+            description="greenprof's own JSON Lines, every session whole (greenprof show)",
+        ),
         Renderer(
             "collapsed",
             collapsed,
@@ -155,8 +167,9 @@ def export(
     """Render ``report`` in ``format`` (one of :data:`FORMATS`): text, or
     bytes for a binary format (``pprof``). ``weight`` applies to the formats
     that weigh stacks (``collapsed``, ``speedscope``, ``pprof``: its default
-    sample type); ``chrome`` is a timeline, and ``html`` and ``text`` carry
-    every weight. ``group_by`` merges the sessions of each value of that tag."""
+    sample type); ``chrome`` is a timeline, ``html`` and ``text`` carry
+    every weight, and ``jsonl`` every record. ``group_by`` merges the
+    sessions of each value of that tag (not in ``jsonl``)."""
     return renderer_for(format).render(report, weight=weight, group_by=group_by)
 
 
@@ -171,7 +184,6 @@ def renderer_for(format: str) -> Renderer:
 
 def write(report: Report, format: str, path: str | os.PathLike[str], **options: Any) -> None:
     """:func:`export` ``report`` to the file at ``path`` (``weight=`` and
-    ``group_by=`` as there)."""
-    data = renderer_for(format).render_bytes(report, **options)
-    with open(path, "wb") as file:
-        file.write(data)
+    ``group_by=`` as there). The file is replaced in one step: a reader sees
+    the old file or the whole new one, and a failed write leaves the old."""
+    replace_file(path, renderer_for(format).render_bytes(report, **options))

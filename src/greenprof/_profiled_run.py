@@ -1,0 +1,295 @@
+"""The profiling of one ``greenprof run`` program in each of its processes:
+the process greenprof started and every child the program forks each write
+their own profile once, however they end, and then end as they would have."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any, Final, NoReturn
+
+import attrs
+import greenlet
+
+from ._launch import Launch
+from ._output import STDOUT, Destination, write_report
+from ._profiler import Profiler
+from ._progress import Progress
+from ._report import Report
+from ._session import new_session_id
+from ._threads import thread_ident
+from .exceptions import GreenprofError
+from .snapshot import Frame, Session, Snapshot
+
+__all__ = ["ENDING_SIGNALS", "ProfiledRun", "say", "since_fork"]
+
+#: Signals whose default action ends the process without Python seeing it:
+#: handled while the program runs, to write the profile first. (SIGINT
+#: raises KeyboardInterrupt in the program, which may catch it: left to python.)
+ENDING_SIGNALS: Final = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+def say(line: str) -> None:
+    """One line on stderr, if the program left one: a program may close
+    it, and its exit status must not change for that."""
+    stream = sys.stderr
+    if stream is None or stream.closed:
+        return
+    # A whole line, flushed at once: if its descriptor is gone, the failed
+    # write leaves nothing behind for python's own flush at exit to fail on.
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        stream.write(line + "\n")
+        stream.flush()
+
+
+# -- one run, in each of its processes -------------------------------------------------
+
+
+class ProfiledRun:
+    """The profiling of one program, in the process greenprof started and in
+    each child the program forks: every process writes its own profile
+    once, however it ends (the program returning or exiting, ``os._exit``,
+    SIGTERM, SIGHUP), and then ends as it would have without greenprof.
+
+    Everything here runs in the program's main thread (signal handlers,
+    the end of the run), or in the thread that calls ``os._exit``.
+    """
+
+    def __init__(
+        self,
+        profiler: Profiler,
+        launch: Launch,
+        destination: Destination,
+        *,
+        min_duration: float,
+        progress: Progress | None,
+    ) -> None:
+        self.profiler = profiler
+        self._launch = launch
+        self._destination = destination
+        self._min_duration_ns = round(min_duration * 1e9)
+        self._progress = progress
+        #: In a forked child: when it was forked (wall-clock ns, on the
+        #: snapshots' clock) and by which greenlet.
+        self._fork: tuple[int, int] | None = None
+        #: This process's profile was written (or given up).
+        self._done = False
+        self._writing = False
+        #: A signal that came while the profile was being written, to end by
+        #: once it is whole.
+        self._deferred: int | None = None
+        #: The handlers replaced, by signal.
+        self._replaced: dict[int, Any] = {}
+        self._real_exit: Callable[[int], NoReturn] = os._exit
+
+    def start(self) -> None:
+        for signum in ENDING_SIGNALS:
+            # Only where the default would end the process: an ignored
+            # signal (nohup) stays ignored.
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                try:
+                    self._replaced[signum] = signal.signal(signum, self._on_signal)
+                except ValueError:  # not the main thread (run from code): nothing to handle
+                    break
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
+        os._exit = self._exit
+        self.profiler.start()
+        if self._progress is not None:
+            self._progress.start()
+
+    def finish(self) -> bool:
+        """Write the profile and put back what :meth:`start` changed; False
+        if the profile could not be written."""
+        written = self._write_once()
+        self._restore()
+        return written
+
+    def abandon(self) -> None:
+        """Stop profiling and write nothing: none of the program ran."""
+        self._done = True
+        self._stop_profiling()
+        self._restore()
+
+    # -- ways a process ends -----------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM or SIGHUP, whose default action ends the process: write
+        the profile, then end by that signal, as the program would have."""
+        if self._writing:  # end once the profile is whole
+            self._deferred = signum
+            return
+        signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
+        self._write_once()
+        _die_of(signum, self._real_exit)
+
+    def _exit(self, status: int) -> NoReturn:
+        """``os._exit`` while the program runs. A forked child usually ends
+        this way (multiprocessing's always do), skipping all that a normal
+        exit runs: its profile is written first."""
+        try:
+            self._write_once()
+        finally:
+            self._real_exit(status)
+
+    def _after_fork_in_child(self) -> None:
+        if self._done:
+            return
+        now = self.profiler._pipeline.wall_ns(time.perf_counter_ns())
+        self._fork = (now, id(greenlet.getcurrent()))
+        self._progress = None  # its thread stayed in the parent
+
+    def _restore(self) -> None:
+        if os._exit == self._exit:
+            os._exit = self._real_exit  # type: ignore[assignment]
+        for signum, previous in self._replaced.items():
+            if signal.getsignal(signum) == self._on_signal:  # not replaced by the program
+                signal.signal(signum, previous)
+        self._replaced.clear()
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _write_once(self) -> bool:
+        """Stop profiling and write this process's profile, the first time
+        only; False if it could not be written."""
+        if self._done:
+            return True
+        self._done = self._writing = True
+        try:
+            self._stop_profiling()
+            return self._write()
+        except Exception as exc:  # whatever it is, the program's ending comes first
+            say(f"greenprof: could not write the profile: {type(exc).__name__}: {exc}")
+            return False
+        finally:
+            self._writing = False
+            if self._deferred is not None:
+                _die_of(self._deferred, self._real_exit)
+
+    def _stop_profiling(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if self.profiler.is_running:
+            self.profiler.stop()
+
+    def _write(self) -> bool:
+        snapshots, session = self._recorded()
+        forked = self._fork is not None
+        pid = os.getpid()
+        if session.duration_ns < self._min_duration_ns:
+            say(
+                f"greenprof: no profile written: process {pid} ran "
+                f"{session.duration_ns / 1e9:.3g} s, less than --min-duration"
+            )
+            return True
+        path = self._destination.path(pid, forked=forked)
+        if path is None:
+            say(f"greenprof: no profile of forked process {pid}: stdout is its parent's (-o -)")
+            return True
+        try:
+            report = Report(snapshots, sessions=[session])
+            write_report(report, self._destination.format, path)
+        except (OSError, GreenprofError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            say(f"greenprof: cannot write {path}: {reason}")
+            return False
+        say(_summary(snapshots, path, session.mode))
+        return True
+
+    def _recorded(self) -> tuple[list[Snapshot], Session]:
+        """This process's snapshots, without greenprof's own frames, and its
+        session (a forked child's: its own part of it)."""
+        program_stack = _StackTrimmer(self._launch)
+        snapshots = [program_stack.of(snapshot) for snapshot in self.profiler.snapshots]
+        session = self.profiler.sessions[-1]
+        if self._fork is not None:
+            return since_fork(snapshots, session, *self._fork)
+        return snapshots, session
+
+
+class _StackTrimmer:
+    """Snapshots whose stacks start at the program's outermost frame, not
+    at greenprof's, runpy's and importlib's frames that ran it."""
+
+    def __init__(self, launch: Launch) -> None:
+        self._launch = launch
+        # Stacks are shared between snapshots: each is trimmed once.
+        self._trimmed: dict[int, tuple[Frame, ...]] = {}
+
+    def of(self, snapshot: Snapshot) -> Snapshot:
+        stack = snapshot.stack
+        if not stack or not self._launch.is_launcher(stack[0].filename):
+            return snapshot
+        trimmed = self._trimmed.get(id(stack))
+        if trimmed is None:
+            trimmed = self._trimmed[id(stack)] = self._launch.program_stack(stack)
+        return attrs.evolve(snapshot, stack=trimmed)
+
+
+def since_fork(
+    snapshots: Sequence[Snapshot], session: Session, fork_ns: int, forker: int
+) -> tuple[list[Snapshot], Session]:
+    """What a forked child did: the session it inherited, from the fork on,
+    under an id of its own, so that its file repeats none of its parent's.
+
+    Its snapshots are those from the fork on, numbered from 0. Its greenlets
+    count from the fork (those it picked up later, from their first
+    snapshot); the one that forked was running then, and the others
+    waiting; those that had ended are left out.
+    """
+    session_id = new_session_id()
+    last_before: dict[int, str] = {}
+    kept: list[Snapshot] = []
+    for snapshot in snapshots:
+        if snapshot.timestamp_ns < fork_ns:
+            last_before[snapshot.greenlet_id] = snapshot.event
+        else:
+            kept.append(attrs.evolve(snapshot, session_id=session_id, sequence=len(kept)))
+    bounds = {}
+    for greenlet_id, (start, stop) in session.bounds.items():
+        if last_before.get(greenlet_id) == "exit":
+            continue
+        if start or greenlet_id in last_before:
+            start = max(start, fork_ns)
+        bounds[greenlet_id] = (start, stop)
+    child = attrs.evolve(
+        session,
+        session_id=session_id,
+        start_ns=fork_ns,
+        running_at_start={forker} & bounds.keys(),
+        bounds=bounds,
+    )
+    return kept, child
+
+
+def _summary(snapshots: Sequence[Snapshot], path: str, mode: str) -> str:
+    count = len(snapshots)
+    greenlets = len({snapshot.greenlet_id for snapshot in snapshots})
+    line = (
+        f"greenprof: {count} snapshot{'s' * (count != 1)} of {greenlets} "
+        f"greenlet{'s' * (greenlets != 1)} written to {'stdout' if path == STDOUT else path}"
+    )
+    if mode == "greenlet" and all(s.event in ("start", "stop") for s in snapshots):
+        line += (
+            "; no greenlet switched, so greenlet mode saw none of the program's "
+            "stacks (--mode hybrid samples them)"
+        )
+    return line
+
+
+def _die_of(signum: int, exit: Callable[[int], NoReturn]) -> NoReturn:
+    """End the process by ``signum``, as its default action does."""
+    signal.signal(signum, signal.SIG_DFL)
+    if hasattr(signal, "pthread_kill"):
+        # To this thread: delivered before pthread_kill returns.
+        signal.pthread_kill(thread_ident(), signum)
+    else:  # pragma: no cover - not POSIX
+        os.kill(os.getpid(), signum)
+    exit(128 + signum)  # only if the signal is blocked here

@@ -1,0 +1,295 @@
+"""greenprof run and the life of processes: signals delivered to a real
+gevent.pywsgi server while it serves, children forked by the program, and
+a program that closes stderr. Each process writes its own profile, and
+ends as it would have without greenprof."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import greenprof
+
+from .conftest import GREENPROF, greenprof_command, http_get, python_command
+
+SERVER = """
+import signal, sys
+import gevent
+from gevent import pywsgi
+
+def slow_part():
+    gevent.sleep(120)
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        print("slow", flush=True)
+        slow_part()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"served"]
+
+server = pywsgi.WSGIServer(("127.0.0.1", 0), app, log=None)
+server.start()
+
+def stop(*args):
+    print("handled", flush=True)
+    gevent.spawn(server.stop, timeout=0)
+
+if sys.argv[1] == "signal.signal":
+    signal.signal(signal.SIGTERM, stop)
+elif sys.argv[1] == "gevent.signal_handler":
+    gevent.signal_handler(signal.SIGTERM, stop)
+print(server.server_port, flush=True)
+server.serve_forever()
+print("stopped", flush=True)
+sys.exit(7)
+"""
+
+
+def serve_then_signal(command: list[str], cwd: Path, signum: int) -> tuple[int, str, str]:
+    """Start the server, serve three requests and start a fourth that
+    waits, send ``signum`` while it waits; the returncode, stdout, stderr."""
+    process = subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    slow = None
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        for _ in range(3):
+            assert http_get(port, "/").endswith(b"served")
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"GET /slow HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        assert process.stdout.readline() == "slow\n"  # in the middle of a request
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        if slow is not None:
+            slow.close()
+    return process.returncode, out, err
+
+
+@pytest.mark.parametrize(
+    ("signum", "handler"),
+    [
+        (signal.SIGTERM, "default"),
+        (signal.SIGHUP, "default"),
+        (signal.SIGINT, "default"),
+        (signal.SIGTERM, "signal.signal"),
+        (signal.SIGTERM, "gevent.signal_handler"),
+    ],
+)
+def test_a_signal_to_a_serving_program_writes_the_profile_and_ends_it_as_python_would(
+    tmp_path: Path, signum: int, handler: str
+) -> None:
+    script = tmp_path / "server.py"
+    script.write_text(SERVER)
+    out = tmp_path / "server.jsonl"
+    plain_status, plain_out, plain_err = serve_then_signal(
+        [sys.executable, str(script), handler], tmp_path, signum
+    )
+    status, stdout, stderr = serve_then_signal(
+        [*GREENPROF, "run", "-o", str(out), str(script), handler], tmp_path, signum
+    )
+    assert status == plain_status, stderr
+    assert stdout == plain_out
+    if handler == "default":
+        # Ended by the signal, as without greenprof (SIGINT: after python's
+        # KeyboardInterrupt traceback).
+        assert status == -signum
+        if signum == signal.SIGINT:
+            assert plain_err.endswith("KeyboardInterrupt\n")
+            assert "\nKeyboardInterrupt\ngreenprof: " in stderr
+    else:
+        # The program's own handler ran and the program ended its own way.
+        assert status == 7
+        assert stdout.endswith("handled\nstopped\n")
+    assert stderr.endswith(f"written to {out}\n")
+    report = greenprof.Report.from_file(out)
+    (session,) = report.sessions
+    assert session.stop_ns > session.start_ns
+    main = [s for s in report.snapshots if s.greenlet_name == "main" and s.stack]
+    assert {s.stack[0].function for s in main} == {"<module>"}
+    # It waited in serve_forever, where the signal found it.
+    assert any(f.function.endswith("serve_forever") for s in main for f in s.stack)
+
+
+def test_a_sigterm_as_the_program_ends_leaves_a_whole_profile(tmp_path: Path) -> None:
+    script = tmp_path / "switches.py"
+    script.write_text(
+        "import gevent\nfor _ in range(100_000):\n    gevent.sleep(0)\nprint('done', flush=True)\n"
+    )
+    out = tmp_path / "p.jsonl"
+    process = subprocess.Popen(
+        [*GREENPROF, "run", "-o", str(out), str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "done\n"
+        # Now greenprof builds and writes 200,000 snapshots, for a while.
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGTERM
+    assert stderr == f"greenprof: 200002 snapshots of 1 greenlet written to {out}\n"
+    assert len(greenprof.load(out)) == 200_002
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl", "switches.py"]
+
+
+FORKS = """
+import json, multiprocessing, os, sys
+import gevent
+
+def before_fork():
+    gevent.sleep(0.001)
+
+def exiting_child():
+    gevent.sleep(0.001)
+    os._exit(0)
+
+def returning_child():
+    gevent.sleep(0.001)
+    sys.exit(0)
+
+def multiprocessing_child():
+    gevent.sleep(0.001)
+
+def late_child(parent):
+    while os.getppid() == parent:  # until the parent has ended
+        gevent.sleep(0.005)
+    gevent.sleep(0.001)
+
+def parent_after():
+    gevent.sleep(0.001)
+
+before_fork()
+children = {}
+for name, work in (("exiting", exiting_child), ("returning", returning_child)):
+    pid = os.fork()
+    if pid == 0:
+        work()
+    children[name] = pid
+process = multiprocessing.get_context("fork").Process(target=multiprocessing_child)
+process.start()
+process.join()
+children["multiprocessing"] = process.pid
+for name in ("exiting", "returning"):
+    os.waitpid(children[name], 0)
+parent = os.getpid()
+pid = os.fork()
+if pid == 0:
+    late_child(parent)
+    sys.exit(0)
+children["late"] = pid
+parent_after()
+print(json.dumps({"parent": parent, "children": children}), flush=True)
+"""
+
+CHILD_WORK = {
+    "exiting": "exiting_child",
+    "returning": "returning_child",
+    "multiprocessing": "multiprocessing_child",
+    "late": "late_child",
+}
+
+
+def functions(report: greenprof.Report) -> set[str]:
+    return {f.function for s in report.snapshots for f in s.stack}
+
+
+def test_each_forked_child_writes_its_own_profile_of_its_own_time(tmp_path: Path) -> None:
+    script = tmp_path / "forks.py"
+    script.write_text(FORKS)
+    # The late child keeps the output pipes open: this returns once it ended too.
+    result = greenprof_command("run", "-o", "out.jsonl", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    pids = json.loads(result.stdout)
+    children = pids["children"]
+    expected = ["forks.py", "out.jsonl", *(f"out.{pid}.jsonl" for pid in children.values())]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(expected)
+    parent = greenprof.Report.from_file(tmp_path / "out.jsonl")
+    (parent_session,) = parent.sessions
+    assert {"before_fork", "parent_after"} <= functions(parent)
+    assert not set(CHILD_WORK.values()) & functions(parent)
+    session_ids = {parent_session.session_id}
+    for name, pid in children.items():
+        child = greenprof.Report.from_file(tmp_path / f"out.{pid}.jsonl")
+        (session,) = child.sessions
+        session_ids.add(session.session_id)
+        others = set(CHILD_WORK.values()) - {CHILD_WORK[name]}
+        assert CHILD_WORK[name] in functions(child), name
+        assert not (others | {"before_fork", "parent_after"}) & functions(child), name
+        # Its own time: from the fork, not from its parent's start.
+        assert session.start_ns > parent_session.start_ns
+        assert all(s.timestamp_ns >= session.start_ns for s in child.snapshots)
+        (main,) = child.greenlets.values()
+        assert main.wall_ns == session.duration_ns, name
+        assert [s.sequence for s in child.snapshots] == list(range(len(child.snapshots)))
+    assert len(session_ids) == 5
+    # The late child ended after the parent: the parent's file is its own.
+    late = greenprof.Report.from_file(tmp_path / f"out.{children['late']}.jsonl")
+    assert late.sessions[0].stop_ns > parent_session.stop_ns
+
+
+def test_pid_in_the_path_names_every_process_file(tmp_path: Path) -> None:
+    script = tmp_path / "fork.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os
+            import gevent
+            pid = os.fork()
+            if pid == 0:
+                gevent.sleep(0.001)
+                os._exit(0)
+            os.waitpid(pid, 0)
+            print(os.getpid(), pid)
+            """
+        )
+    )
+    result = greenprof_command("run", "-o", "p-{pid}.jsonl", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    parent, child = result.stdout.split()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["fork.py", f"p-{parent}.jsonl", f"p-{child}.jsonl"]
+    )
+    for pid in (parent, child):
+        assert greenprof.Report.from_file(tmp_path / f"p-{pid}.jsonl").sessions
+
+
+def test_a_forked_child_of_stdout_output_writes_nothing_and_says_so(tmp_path: Path) -> None:
+    script = tmp_path / "fork.py"
+    script.write_text(
+        "import os\npid = os.fork()\nif pid == 0:\n    os._exit(0)\nos.waitpid(pid, 0)\n"
+    )
+    result = greenprof_command("run", "-o", "-", "--format", "text", str(script), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("<greenlet start>") == 1  # the parent's tree only
+    assert "stdout is its parent's (-o -)" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fork.py"]
+
+
+@pytest.mark.parametrize("how", ["sys.stderr.close()", "os.close(2)"])
+def test_a_program_that_closes_stderr_keeps_its_exit_status(tmp_path: Path, how: str) -> None:
+    script = tmp_path / "closes.py"
+    script.write_text(f"import os, sys\nimport gevent\ngevent.sleep(0.001)\n{how}\nsys.exit(4)\n")
+    out = tmp_path / "p.jsonl"
+    plain = python_command(str(script))
+    profiled = greenprof_command("run", "-o", str(out), str(script))
+    assert profiled.returncode == plain.returncode == 4
+    assert profiled.stderr == ""
+    assert greenprof.Report.from_file(out).sessions

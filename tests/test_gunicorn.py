@@ -74,6 +74,10 @@ def serve_with_gunicorn(folder: Path, config: str, requests: int, **env: str) ->
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as reply:
                 assert reply.read() == b"ok"
     finally:
+        # gunicorn's gevent worker may hang for its graceful timeout when
+        # SIGTERM comes right after it booted (without greenprof too): let
+        # the workers settle first.
+        time.sleep(1.5)
         server.send_signal(signal.SIGTERM)  # what gunicorn's users send to stop it
         _, errors = server.communicate(timeout=60)
     assert server.returncode == 0, errors

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -293,3 +294,174 @@ def test_a_program_that_closes_stderr_keeps_its_exit_status(tmp_path: Path, how:
     assert profiled.returncode == plain.returncode == 4
     assert profiled.stderr == ""
     assert greenprof.Report.from_file(out).sessions
+
+
+COUNTED_SERVER = """
+import sys
+import gevent, gevent.event
+from gevent import pywsgi
+
+done = gevent.event.Event()
+served = 0
+
+def lookup():
+    gevent.sleep(0.001)  # each request's wait site
+    return b"served"
+
+def app(environ, start_response):
+    global served
+    body = lookup()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    served += 1
+    if served == int(sys.argv[1]):
+        done.set()
+    return [body]
+
+server = pywsgi.WSGIServer(("127.0.0.1", 0), app, log=None)
+server.start()
+print(server.server_port, flush=True)
+done.wait()
+gevent.sleep(0.05)
+server.stop()
+"""
+
+CLIENT = """
+import socket, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+for _ in range(count):
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET / HTTP/1.0\\r\\nHost: 127.0.0.1\\r\\n\\r\\n")
+        while sock.recv(65536):
+            pass
+"""
+
+
+def requests_in(report: greenprof.Report) -> tuple[int, int]:
+    """(request greenlets that ended having run the app, waits in lookup
+    seen from inside the app)."""
+    snapshots = report.snapshots
+    serving = {s.greenlet_id for s in snapshots if any(f.function == "app" for f in s.stack)}
+    ended = sum(s.event == "exit" and s.greenlet_id in serving for s in snapshots)
+    waits = sum(
+        s.event == "switch_out"
+        and [f.function for f in s.stack][-3:].count("lookup") == 1
+        and any(f.function == "app" for f in s.stack)
+        for s in snapshots
+    )
+    return ended, waits
+
+
+@pytest.mark.parametrize("patch", [True, False])
+def test_run_records_each_request_greenlet_a_server_spawns(tmp_path: Path, patch: bool) -> None:
+    requests = 15
+    script = tmp_path / "server.py"
+    script.write_text(COUNTED_SERVER)
+    out = tmp_path / "server.jsonl"
+    server = subprocess.Popen(
+        [
+            *GREENPROF,
+            "run",
+            *(["--patch"] if patch else []),
+            "-o",
+            str(out),
+            str(script),
+            str(requests),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        port = server.stdout.readline().strip()
+        client = subprocess.run(  # another process, as a real client is
+            [sys.executable, "-c", CLIENT, port, str(requests)], timeout=120, check=False
+        )
+        assert client.returncode == 0
+        _, err = server.communicate(timeout=120)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert server.returncode == 0, err
+    # Each request's greenlet (spawned from gevent's hub) is in the profile,
+    # with the app's frames and its wait site.
+    assert requests_in(greenprof.Report.from_file(out)) == (requests, requests)
+
+
+GUNICORN_APP = """
+import gevent
+
+def lookup():
+    gevent.sleep(0.001)  # each request's wait site
+    return b"served"
+
+def app(environ, start_response):
+    body = lookup()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def test_run_of_gunicorn_writes_one_profile_per_worker_with_its_requests(tmp_path: Path) -> None:
+    pytest.importorskip("gunicorn")
+    (tmp_path / "webapp.py").write_text(GUNICORN_APP)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "gunicorn.jsonl"
+    server = subprocess.Popen(
+        [
+            *GREENPROF,
+            "run",
+            "-o",
+            str(out),
+            "-m",
+            "gunicorn",
+            "-k",
+            "gevent",
+            "-w",
+            "2",
+            "-b",
+            f"127.0.0.1:{port}",
+            "webapp:app",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    requests = 20
+    try:
+        for _ in range(600):  # until a worker answers
+            try:
+                http_get_blocking(port)
+                break
+            except OSError:
+                time.sleep(0.05)
+        for _ in range(requests - 1):
+            assert http_get_blocking(port).endswith(b"served")
+    finally:
+        # gunicorn's gevent worker may hang for its graceful timeout when
+        # SIGTERM comes right after it booted (without greenprof too): let
+        # both workers settle first.
+        time.sleep(1.5)
+        server.send_signal(signal.SIGTERM)  # gunicorn stops its workers, then itself
+        _, err = server.communicate(timeout=120)
+    assert server.returncode == 0, err
+    workers = sorted(tmp_path.glob("gunicorn.*.jsonl"))
+    assert len(workers) == 2, err  # one per worker, named by its pid
+    assert out.exists()  # the master's own
+    counts = [requests_in(greenprof.Report.from_file(path)) for path in workers]
+    assert sum(ended for ended, _ in counts) == requests
+    assert sum(waits for _, waits in counts) == requests
+
+
+def http_get_blocking(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)

@@ -147,8 +147,9 @@ def test_gunicorn_gevent_worker_example(tmp_path: Path) -> None:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as reply:
                 assert reply.status == 200
     finally:
+        time.sleep(1.5)  # a gevent worker just booted may miss SIGTERM (gunicorn's race)
         server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        server.wait(timeout=60)
     files = list(tmp_path.glob("gunicorn-profiles-*.jsonl"))
     assert len(files) == 1
     recorded = sessions(greenprof.load(files[0]))

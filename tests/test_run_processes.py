@@ -465,3 +465,61 @@ def http_get_blocking(port: int) -> bytes:
         while chunk := sock.recv(65536):
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+WAITING = """
+import sys
+import gevent
+
+def napper():
+    gevent.sleep(60)
+
+nappers = [gevent.spawn(napper) for _ in range(3)]
+for glet in nappers:
+    glet.name = "napper"
+gevent.sleep(0)  # they start, and wait
+print("ready", flush=True)
+sys.stdin.readline()  # the test signals, then says go on
+gevent.killall(nappers)
+print("done", flush=True)
+"""
+
+
+def test_run_dump_signal_shows_every_greenlet_and_the_program_goes_on(tmp_path: Path) -> None:
+    script = tmp_path / "waiting.py"
+    script.write_text(WAITING)
+    process = subprocess.Popen(
+        [*GREENPROF, "run", "--dump-signal", "USR1", "-o", str(tmp_path / "w.jsonl"), str(script)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdin is not None
+        assert process.stdout.readline() == "ready\n"
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)  # the handler writes the dump as soon as the program checks
+        process.stdin.write("go\n")
+        process.stdin.flush()
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert out == "done\n"
+    assert err.count("Greenlet 'napper'") == 3
+    assert "napper" in err.split("waits in:")[1]
+
+
+def test_run_refuses_a_dump_signal_that_is_no_signal(tmp_path: Path) -> None:
+    script = tmp_path / "nothing.py"
+    script.write_text("")
+    result = greenprof_command("run", "--dump-signal", "NOPE", str(script))
+    assert result.returncode == 2
+    assert "'NOPE' is not a signal" in result.stderr
+    result = greenprof_command("run", "--dump-signal", "KILL", str(script))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1

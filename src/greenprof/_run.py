@@ -26,6 +26,7 @@ from ._output import STDOUT, Destination
 from ._profiled_run import ProfiledRun, say
 from ._profiler import Profiler
 from ._progress import Progress
+from ._signal_dump import install_signal_dump
 from .exceptions import ConfigurationError, GreenprofError
 
 __all__ = ["EXIT_CANNOT_RUN", "EXIT_CANNOT_WRITE", "EXIT_USAGE", "add_parser", "main"]
@@ -130,6 +131,15 @@ def add_parser(commands: argparse._SubParsersAction[OneLineParser]) -> OneLinePa
         ),
     )
     run.add_argument("--patch", action="store_true", help="gevent.monkey.patch_all() first")
+    run.add_argument(
+        "--dump-signal",
+        type=_signal_number,
+        metavar="SIGNAL",
+        help=(
+            "on this signal (USR1, SIGUSR2, 12, ...), write every live greenlet's stack "
+            "and wait site to stderr, like py-spy dump for greenlets"
+        ),
+    )
     progress = run.add_mutually_exclusive_group()
     progress.add_argument(
         "--progress",
@@ -180,6 +190,17 @@ def _dump_period(text: str) -> float:
         msg = f"expected seconds, at least {MIN_DUMP_PERIOD}, not {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+def _signal_number(text: str) -> int:
+    name = text.strip().upper()
+    if name.isdigit():
+        return int(name)
+    found = getattr(signal, name if name.startswith("SIG") else f"SIG{name}", None)
+    if not isinstance(found, signal.Signals):
+        msg = f"{text!r} is not a signal: give a name such as USR1 or SIGUSR2, or a number"
+        raise argparse.ArgumentTypeError(msg)
+    return int(found)
 
 
 def _progress_interval(text: str) -> float:
@@ -234,6 +255,11 @@ def main(parser: argparse.ArgumentParser, args: Sequence[str]) -> int:
     except (SyntaxError, ValueError) as exc:  # a script python cannot compile either
         print_uncaught(exc, None)
         return EXIT_CANNOT_RUN
+    if options.dump_signal is not None:
+        try:
+            install_signal_dump(options.dump_signal)
+        except ConfigurationError as exc:
+            return _fail(EXIT_USAGE, str(exc))
     if options.patch:
         from gevent import monkey  # type: ignore[import-untyped,unused-ignore]
 

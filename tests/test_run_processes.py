@@ -6,6 +6,7 @@ ends as it would have without greenprof."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -523,3 +524,38 @@ def test_run_refuses_a_dump_signal_that_is_no_signal(tmp_path: Path) -> None:
     result = greenprof_command("run", "--dump-signal", "KILL", str(script))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
+
+
+STORM = """
+import gevent
+
+def work():
+    for _ in range(3):
+        gevent.sleep(0)
+
+for wave in range(int(__import__("sys").argv[1])):
+    gevent.joinall([gevent.spawn(work) for _ in range(500)])
+"""
+
+
+def test_a_busy_run_spools_everything_and_leaves_no_spool_behind(tmp_path: Path) -> None:
+    script = tmp_path / "storm.py"
+    script.write_text(STORM)
+    spools = tmp_path / "tmp"
+    spools.mkdir()
+    waves = 12  # a few seconds of hand-overs, the last one under way at the end
+    result = subprocess.run(
+        [*GREENPROF, "run", "--no-progress", "-o", "storm.jsonl", str(script), str(waves)],
+        cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(spools)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    snapshots = greenprof.load(tmp_path / "storm.jsonl")
+    ends = sum(s.event == "exit" for s in snapshots)
+    assert ends == waves * 500  # every greenlet, to its end: nothing lost on the way
+    assert [s.sequence for s in snapshots] == list(range(len(snapshots)))
+    assert list(spools.iterdir()) == []  # the spool is gone

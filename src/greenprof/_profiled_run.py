@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
@@ -17,16 +18,24 @@ import attrs
 import greenlet
 
 from ._launch import Launch
+from ._loop import BackgroundLoop
 from ._output import STDOUT, Destination, write_report
 from ._profiler import Profiler
 from ._progress import Progress
 from ._report import Report
+from ._schema import load
 from ._session import new_session_id
 from ._threads import thread_ident
 from .exceptions import GreenprofError
+from .sinks import JSONSink
 from .snapshot import Frame, Session, Snapshot
 
 __all__ = ["ENDING_SIGNALS", "ProfiledRun", "say", "since_fork"]
+
+#: Seconds between two hand-overs of what the run recorded to its spool.
+SPOOL_INTERVAL: Final = 0.5
+#: Seconds the end of a run waits for a hand-over under way to finish.
+LAST_HAND_OVER: Final = 120.0
 
 #: Signals whose default action ends the process without Python seeing it:
 #: handled while the program runs, to write the profile first. (SIGINT
@@ -88,6 +97,10 @@ class ProfiledRun:
         #: The handlers replaced, by signal.
         self._replaced: dict[int, Any] = {}
         self._real_exit: Callable[[int], NoReturn] = os._exit
+        #: What the run records goes to a file as it goes (a forked child's
+        #: to a file of its own, and the loop restarts there).
+        self._spool = Spool()
+        self._loop = BackgroundLoop(self._hand_over, name="greenprof-run")
 
     def start(self) -> None:
         for signum in ENDING_SIGNALS:
@@ -100,7 +113,9 @@ class ProfiledRun:
                     break
         os.register_at_fork(after_in_child=self._after_fork_in_child)
         os._exit = self._exit
+        self.profiler.add_sink(self._spool)
         self.profiler.start()
+        self._loop.start()
         if self._progress is not None:
             self._progress.start()
 
@@ -115,7 +130,14 @@ class ProfiledRun:
         """Stop profiling and write nothing: none of the program ran."""
         self._done = True
         self._stop_profiling()
+        self._spool.remove()
         self._restore()
+
+    def _hand_over(self) -> float:
+        # In the loop's thread: what was recorded goes to the spool, so
+        # that memory stays flat however long the program runs.
+        self.profiler.flush(SPOOL_INTERVAL)
+        return SPOOL_INTERVAL
 
     # -- ways a process ends -----------------------------------------------------------
 
@@ -176,8 +198,11 @@ class ProfiledRun:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        # Its hand-over must be done before the spool is read (building and
+        # writing a busy program's last seconds can take a while).
+        self._loop.stop(LAST_HAND_OVER)
         if self.profiler.is_running:
-            self.profiler.stop()
+            self.profiler.stop()  # hands the rest over to the spool
 
     def _write(self) -> bool:
         snapshots, session = self._recorded()
@@ -200,6 +225,8 @@ class ProfiledRun:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             say(f"greenprof: cannot write {path}: {reason}")
             return False
+        finally:
+            self._spool.remove()
         say(_summary(snapshots, path, session.mode))
         return True
 
@@ -207,11 +234,58 @@ class ProfiledRun:
         """This process's snapshots, without greenprof's own frames, and its
         session (a forked child's: its own part of it)."""
         program_stack = _StackTrimmer(self._launch)
-        snapshots = [program_stack.of(snapshot) for snapshot in self.profiler.snapshots]
+        self.profiler.flush(SPOOL_INTERVAL)  # what a failed hand-over left behind
+        spooled = self._spool.read()
+        snapshots = [
+            program_stack.of(snapshot) for snapshot in (*spooled, *self.profiler.snapshots)
+        ]
         session = self.profiler.sessions[-1]
         if self._fork is not None:
             return since_fork(snapshots, session, *self._fork)
         return snapshots, session
+
+
+class Spool:
+    """A sink writing what a run records to a JSON Lines file of the
+    process's own: each process of the run (the program's forked children
+    too) spools to a temporary file made the first time it writes, read
+    back when it writes its profile, then removed."""
+
+    def __init__(self) -> None:
+        self._files: dict[int, str] = {}
+
+    def path(self) -> str:
+        pid = os.getpid()
+        path = self._files.get(pid)
+        if path is None:
+            handle, path = tempfile.mkstemp(prefix=f"greenprof-run-{pid}-", suffix=".jsonl")
+            os.close(handle)
+            self._files = {pid: path}  # a forked child's own; its parent's stays the parent's
+        return path
+
+    def export(self, batch: Sequence[Snapshot]) -> None:
+        JSONSink(self.path()).export(batch)
+
+    def export_sessions(self, sessions: Sequence[Session]) -> None:
+        JSONSink(self.path()).export_sessions(sessions)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True  # every export is written when it returns
+
+    def close(self) -> None:
+        return None
+
+    def read(self) -> list[Snapshot]:
+        """What this process spooled so far."""
+        path = self._files.get(os.getpid())
+        return load(path) if path is not None and os.path.getsize(path) else []
+
+    def remove(self) -> None:
+        """This process's file."""
+        path = self._files.pop(os.getpid(), None)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.remove(path)
 
 
 class _StackTrimmer:

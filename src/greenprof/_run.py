@@ -240,6 +240,7 @@ def main(parser: argparse.ArgumentParser, args: Sequence[str]) -> int:
         profiler = Profiler(
             mode=options.mode,
             follow_all=options.mode != "thread",
+            keep_snapshots=False,  # they go to a spool file as the program runs
             max_snapshots=MAX_SNAPSHOTS,
             max_depth=options.max_depth,
             dump_period=options.dump_period,

@@ -9,7 +9,7 @@ from typing import Any, Final
 import attrs
 import greenlet
 
-from ._validate import check_positive_int, check_tags, is_number
+from ._validate import check_positive_int, check_tags, check_wait, is_number
 from .exceptions import ConfigurationError
 from .snapshot import MODES
 
@@ -72,10 +72,7 @@ class Options:
             raise ConfigurationError(msg)
         check_positive_int("max_snapshots", self.max_snapshots)
         check_positive_int("max_depth", self.max_depth)
-        timeout = self.flush_timeout
-        if timeout is not None and (not is_number(timeout) or not timeout >= 0):
-            msg = f"flush_timeout must be a number of seconds >= 0 or None, not {timeout!r}."
-            raise ConfigurationError(msg)
+        check_wait("flush_timeout", self.flush_timeout)
         if self.follow_spawned and mode == "thread":
             msg = (
                 "follow_spawned needs switch snapshots: use mode='greenlet' or "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TypeGuard
 
@@ -17,6 +18,15 @@ def check_positive_int(name: str, value: object) -> None:
     """Raise ConfigurationError unless ``value`` is a whole number >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         msg = f"{name} must be a whole number >= 1, not {value!r}."
+        raise ConfigurationError(msg)
+
+
+def check_wait(name: str, value: object) -> None:
+    """Raise ConfigurationError unless ``value`` is seconds to wait: a finite
+    number >= 0, or None for no limit (the one way to say it: an infinite
+    or NaN deadline would make a wait that never ends, or none at all)."""
+    if value is not None and (not is_number(value) or not 0 <= value < math.inf):
+        msg = f"{name} must be a number of seconds >= 0 or None (no limit), not {value!r}."
         raise ConfigurationError(msg)
 
 

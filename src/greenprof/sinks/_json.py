@@ -22,6 +22,11 @@ class JSONSink:
     open between requests.
     """
 
+    #: Its export writes one local file, never waits for the network:
+    #: greenprof calls it in the thread that stops a session, so the file
+    #: holds the session when ``stop()`` returns.
+    export_never_blocks = True
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._lock = threading.Lock()

@@ -84,6 +84,10 @@ class SkyWalkingSink:
     exported. ``failures`` counts failed ``collectSnapshot`` calls.
     """
 
+    #: Its export only encodes and queues: greenprof calls it in the thread
+    #: that stops a session.
+    export_never_blocks = True
+
     def __init__(
         self,
         address: str,

@@ -17,8 +17,22 @@ from greenprof.skywalking import _wire as wire
 
 
 class FakeOAP:
-    def __init__(self, port: int = 0, *, delay: float = 0.0) -> None:
+    """``abort_after``: each ``collectSnapshot`` call stores that many
+    messages and then aborts (the first ``aborted_calls`` calls, or all of
+    them if None); ``calls`` counts the calls."""
+
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        delay: float = 0.0,
+        abort_after: int | None = None,
+        aborted_calls: int | None = None,
+    ) -> None:
         self.snapshots: list[wire.ThreadSnapshotMessage] = []
+        self.calls = 0
+        self.abort_after = abort_after
+        self.aborted_calls = aborted_calls
         self.queries: list[tuple[str, str, int]] = []
         self.finished: list[tuple[str, str, str]] = []
         self.metadata: list[dict[str, str]] = []
@@ -68,7 +82,14 @@ class FakeOAP:
 
     def _collect(self, requests: Any, context: grpc.ServicerContext) -> bytes:
         self.metadata.append(dict(context.invocation_metadata()))
-        for request in requests:
+        with self._lock:
+            self.calls += 1
+            aborts = self.abort_after is not None and (
+                self.aborted_calls is None or self.calls <= self.aborted_calls
+            )
+        for stored, request in enumerate(requests):
+            if aborts and stored == self.abort_after:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "collector going down")
             if self.delay:
                 time.sleep(self.delay)
             message = wire.decode_thread_snapshot(request)

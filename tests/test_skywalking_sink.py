@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-import socket
+import math
 import subprocess
 import sys
 import textwrap
@@ -17,15 +18,10 @@ import greenprof
 from greenprof.exceptions import ConfigurationError, SinkClosedError
 from greenprof.sinks import SkyWalkingSink
 from greenprof.skywalking import _wire as wire
+from greenprof.skywalking._sink import _BACKOFF_MAX, _BACKOFF_MIN, _Backoff
 
-from .conftest import GREENPROF_DIR
+from .conftest import GREENPROF_DIR, free_port
 from .fake_oap import FakeOAP
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def snapshot(
@@ -231,6 +227,146 @@ def test_bad_settings_are_refused() -> None:
         SkyWalkingSink("localhost")
     with pytest.raises(ConfigurationError, match="queue_size"):
         SkyWalkingSink("127.0.0.1:11800", queue_size=0)
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["not-a-host:99999", "host:0", "host:65536", ":11800", "host:", "host:port", "", 11800, None],
+)
+def test_an_address_that_is_not_host_and_port_is_refused_at_once(address: object) -> None:
+    with pytest.raises(ConfigurationError, match="with a port from 1 to 65535") as info:
+        SkyWalkingSink(address)  # type: ignore[arg-type]
+    assert repr(address) in str(info.value)
+
+
+@pytest.mark.parametrize("timeout", [None, "5", math.nan, math.inf, -1, 0, True])
+def test_a_call_timeout_that_is_not_positive_finite_seconds_is_refused_at_once(
+    timeout: object,
+) -> None:
+    with pytest.raises(ConfigurationError, match="a finite number > 0") as info:
+        SkyWalkingSink("127.0.0.1:11800", timeout=timeout)  # type: ignore[arg-type]
+    assert repr(timeout) in str(info.value)
+
+
+@pytest.mark.parametrize("timeout", [math.nan, math.inf, -1, "1"])
+def test_flush_refuses_a_wait_that_is_not_seconds(timeout: object) -> None:
+    sink = SkyWalkingSink(f"127.0.0.1:{free_port()}", task_id="t", segment_id="s")
+    with pytest.raises(ConfigurationError, match="timeout must be a number of seconds >= 0"):
+        sink.flush(timeout)  # type: ignore[arg-type]
+    sink.close(timeout=0)
+
+
+# -- a collector that is down or aborts: backoff, and what is counted ----------------------
+
+
+def test_exports_while_the_sender_backs_off_make_no_extra_calls() -> None:
+    with FakeOAP(abort_after=0) as oap:
+        sink = SkyWalkingSink(oap.address, task_id="t", segment_id="s", timeout=2)
+        try:
+            for sequence in range(50):  # a request every 20 ms, for a second
+                sink.export([snapshot(sequence)])
+                time.sleep(0.02)
+            calls = oap.calls
+        finally:
+            sink.close(timeout=0)
+    # Waits of 0.1 s doubling (with jitter) between calls: a handful of calls
+    # in that second, not one per export.
+    assert 2 <= calls <= 10
+
+
+def test_flush_with_the_collector_down_only_waits() -> None:
+    with FakeOAP(abort_after=0) as oap:
+        sink = SkyWalkingSink(oap.address, task_id="t", segment_id="s", timeout=2)
+        try:
+            sink.export([snapshot(i) for i in range(10)])
+            began = time.monotonic()
+            assert sink.flush(1.0) is False
+            waited = time.monotonic() - began
+            calls = oap.calls
+        finally:
+            sink.close(timeout=0)
+    assert 0.9 < waited < 2.5  # its timeout, not the collector, ends it
+    assert 2 <= calls <= 8  # the sender's backoff, not the flush, sets the pace
+
+
+def test_the_backoff_doubles_up_to_its_bound_with_jitter() -> None:
+    first, second = _Backoff(), _Backoff()
+    waits = [first.next() for _ in range(12)]
+    ceilings = [min(_BACKOFF_MIN * 2**n, _BACKOFF_MAX) for n in range(12)]
+    for wait, ceiling in zip(waits, ceilings, strict=True):
+        assert ceiling / 2 <= wait <= ceiling
+    assert ceilings[-1] == _BACKOFF_MAX
+    assert waits != [second.next() for _ in range(12)]  # two processes do not call together
+    first.reset()
+    assert first.next() <= _BACKOFF_MIN
+
+
+def test_greenlets_run_on_through_a_profiled_block_and_flushes_with_the_collector_down() -> None:
+    # An unpatched gevent program: a real lock or time.sleep in its thread
+    # would stop every greenlet.
+    sink = SkyWalkingSink(f"127.0.0.1:{free_port()}", task_id="t", segment_id="s", timeout=2)
+    ticks: list[float] = []
+
+    def ticker() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            gevent.sleep(0.01)
+
+    def request() -> None:
+        for _ in range(5):
+            gevent.sleep(0.01)
+
+    ticking = gevent.spawn(ticker)
+    try:
+        gevent.sleep(0.05)
+        began = time.monotonic()
+        worker = gevent.spawn(request)
+        with greenprof.profile(worker, sinks=[sink], flush_timeout=1.0) as profiler:
+            worker.join()
+        left_block = time.monotonic()
+        assert sink.flush(1.0) is False
+        assert profiler.flush() is False  # the pipeline's: the sink flushes in its own thread
+        ended = time.monotonic()
+    finally:
+        ticking.kill()
+        sink.close(timeout=0)
+    assert left_block - began < 2.5  # stop() never flushes
+    assert profiler.snapshots
+    during = [tick for tick in ticks if began <= tick <= ended]
+    assert len(during) > 50
+    assert max(b - a for a, b in itertools.pairwise(during)) < 0.5
+
+
+def test_messages_of_aborted_calls_given_up_at_close_are_unconfirmed_not_lost() -> None:
+    with FakeOAP(abort_after=100) as oap:
+        sink = SkyWalkingSink(oap.address, task_id="t", segment_id="s", timeout=5)
+        sink.export([snapshot(i) for i in range(1000)])
+        assert sink.flush(0.5) is False
+        sink.close(timeout=0)
+        stored = set(oap.unique())
+    # Each call stored the first 100 of its 500 messages and was aborted;
+    # close() gave up those 500, which the collector may hold in part, and
+    # the 500 that no call had carried yet.
+    assert stored == {("t", "s", i) for i in range(100)}
+    assert (sink.sent, sink.dropped, sink.unbound) == (0, 0, 0)
+    assert (sink.lost, sink.unconfirmed) == (500, 500)
+    assert sink.sent + sink.dropped + sink.unbound + sink.lost + sink.unconfirmed == 1000
+    assert len(stored) + sink.dropped + sink.lost <= 1000
+    assert sink.failures >= 1
+
+
+def test_messages_of_an_aborted_call_that_a_retry_delivers_count_as_sent_once() -> None:
+    with FakeOAP(abort_after=100, aborted_calls=1) as oap:
+        sink = SkyWalkingSink(oap.address, task_id="t", segment_id="s", timeout=5)
+        sink.export([snapshot(i) for i in range(1000)])
+        assert sink.flush(30) is True
+        sink.close()
+        received = len(oap.snapshots)
+        stored = set(oap.unique())
+    assert stored == {("t", "s", i) for i in range(1000)}
+    assert received == 1100  # the aborted call's first 100 arrived twice...
+    assert sink.sent == 1000  # ...and count once
+    assert (sink.lost, sink.unconfirmed, sink.failures) == (0, 0, 1)
 
 
 # -- packaging ----------------------------------------------------------------------------

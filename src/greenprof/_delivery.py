@@ -1,27 +1,39 @@
 """Handing snapshots and sessions to sinks: in order, each sink on its own,
-failures counted, logged once and retried, never waiting for the network.
+failures counted, logged once and retried; the program never waits for a
+sink and never sees what one raises.
 
 A delivery belongs to a pipeline (see ``_pipeline``), so a batch that failed
 for one request's session is retried with the next request's, not lost
 with the session's profiler.
+
+Where sinks are called: one whose class says ``export_never_blocks = True``
+(``MemorySink``, ``JSONSink``, ``SkyWalkingSink``) gets its snapshots in
+the thread that stops a session, so they are in it when ``stop()``
+returns; any other sink is called from a thread of its own
+(``_sink_threads``), so one that blocks holds up nothing but itself. Every
+sink's ``flush`` runs in its own thread, and ``flush()`` waits for them
+cooperatively, never past its timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
-from ._threads import allocate_real_lock
+from ._sink_threads import run_in_sink_thread
+from ._threads import RealEvent, allocate_real_lock
 from .exceptions import InvalidSinkError, UnknownSinkError
 from .snapshot import Session, Snapshot
 from .typing import Sink
 
-__all__ = ["Batch", "Delivery"]
+__all__ = ["Batch", "Delivery", "describe"]
 
 _logger = logging.getLogger("greenprof")
 
@@ -43,13 +55,19 @@ class Batch:
 
 
 class _SinkState:
-    __slots__ = ("pending", "pending_snapshots", "sending", "sink")
+    __slots__ = ("inline", "pending", "pending_snapshots", "scheduled", "sending", "sink", "thread")
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
+        #: Whether its export runs in the caller's thread (see the module).
+        self.inline = _export_never_blocks(sink)
+        #: The name of the thread that calls it otherwise.
+        self.thread = f"greenprof's thread for {describe(sink)}"
         #: True while one thread or greenlet hands batches over; another
         #: leaves its batch in ``pending`` for that one to send.
         self.sending = False
+        #: True while a hand-over waits in the sink's thread: one is enough.
+        self.scheduled = False
         #: Batches not handed over yet, oldest first: a failed one holds up
         #: the ones after it, so a sink sees every snapshot in order, and a
         #: session after its snapshots.
@@ -63,12 +81,14 @@ class Delivery:
     def __init__(self, sinks: Iterable[Sink] = ()) -> None:
         self._lock = allocate_real_lock()
         self._states: list[_SinkState] = []
-        #: Sink calls that raised or reported failure.
+        #: Sink calls that raised or reported failure, and flushes that did
+        #: not finish in time.
         self.failures = 0
         #: Snapshots given up because a sink had too many waiting.
         self.given_up = 0
         for sink in sinks:
             self.add(sink)
+        _deliveries.add(self)
 
     def after_fork_in_child(self) -> None:
         """A new lock: a thread of the parent may have held this one at the fork."""
@@ -84,7 +104,7 @@ class Delivery:
         ]
         if missing:
             msg = (
-                f"{sink!r} is not a sink: it has no callable {', '.join(missing)}. "
+                f"{describe(sink)} is not a sink: it has no callable {', '.join(missing)}. "
                 "A sink needs export(batch), flush(timeout) and close(); "
                 "see greenprof.sinks.Sink."
             )
@@ -92,7 +112,10 @@ class Delivery:
         with self._lock:
             if any(state.sink is sink for state in self._states):
                 return
-            state = _SinkState(sink)
+        state = _SinkState(sink)  # reads the sink: not under the lock
+        with self._lock:
+            if any(known.sink is sink for known in self._states):
+                return
             for batch in past:
                 self._queue(state, batch)
             self._states.append(state)
@@ -103,7 +126,7 @@ class Delivery:
                 if state.sink is sink:
                     del self._states[index]
                     return
-        msg = f"{sink!r} was never added to this profiler; nothing to remove."
+        msg = f"{describe(sink)} was never added to this profiler; nothing to remove."
         raise UnknownSinkError(msg)
 
     @property
@@ -117,40 +140,69 @@ class Delivery:
 
     def hand_over(self, batch: Batch, *, send: bool = True) -> bool:
         """Give ``batch`` to every sink (after what each still had waiting),
-        without waiting for any to send it; False if one failed (its batches
-        wait for the next hand-over or flush). With ``send`` False, only
-        queue it, for the next hand-over or flush."""
+        without waiting for any to send it; False if one called here failed
+        (its batches wait for the next hand-over or flush). With ``send``
+        False, only queue it, for the next hand-over or flush."""
         with self._lock:
             states = list(self._states)
             for state in states:
                 self._queue(state, batch)
+        if not send:
+            return True
         ok = True
-        if send:
-            for state in states:
-                ok = self._send(state) and ok
+        interrupt: KeyboardInterrupt | None = None
+        for state in states:
+            if not state.inline:
+                self._schedule(state)
+                continue
+            try:
+                ok = self._send(state, in_caller=True) and ok
+            except KeyboardInterrupt as exc:
+                ok = False
+                interrupt = exc
+        if interrupt is not None:
+            # Raised again once every sink had its batch: see _send.
+            raise interrupt
         return ok
 
     def flush(self, timeout: float | None) -> bool:
-        """Hand over what is waiting, then flush every sink, giving them
-        ``timeout`` seconds in all (None: as long as they take)."""
+        """Hand over what is waiting, then flush every sink, each in its own
+        thread, waiting for them ``timeout`` seconds in all (None: as long
+        as they take; 0: not at all). False if one failed or is not done."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        requests = [_FlushRequest(self, state, timeout, deadline) for state in list(self._states)]
+        for request in requests:
+            self._in_sink_thread(request.state, request.run)
         ok = True
-        for state in list(self._states):
-            ok = self._send(state) and ok
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                flushed = state.sink.flush(left)
-            except Exception as exc:
-                flushed = False
-                _report_sink_failure(state.sink, "flush", exc)
-            else:
-                if flushed is False:
-                    _report_sink_failure(state.sink, "flush", "it returned False")
-            if flushed is False:
-                ok = False
-                with self._lock:
-                    self.failures += 1
+        try:
+            for request in requests:
+                ok = request.wait() and ok
+        except BaseException:
+            # Thrown into the waiting caller (a kill, a timeout, Ctrl-C): the
+            # program's, not a sink's failure. The sinks go on flushing.
+            for request in requests:
+                request.abandon()
+            raise
         return ok
+
+    def _schedule(self, state: _SinkState) -> None:
+        with self._lock:
+            if state.scheduled:
+                return
+            state.scheduled = True
+        self._in_sink_thread(state, functools.partial(self._send_scheduled, state))
+
+    def _send_scheduled(self, state: _SinkState) -> None:
+        # In the sink's thread. Unmarked first: a batch queued from now on
+        # schedules another hand-over, which finds it sent or sends it.
+        with self._lock:
+            state.scheduled = False
+        self._send(state, in_caller=False)
+
+    @staticmethod
+    def _in_sink_thread(state: _SinkState, job: Callable[[], None]) -> None:
+        if not run_in_sink_thread(state.sink, job, name=state.thread):
+            job()  # no thread can start while the interpreter exits: here, then
 
     def _queue(self, state: _SinkState, batch: Batch) -> None:
         # Under self._lock.
@@ -161,48 +213,61 @@ class Delivery:
             state.pending_snapshots -= len(dropped.snapshots)
             self.given_up += len(dropped.snapshots)
 
-    def _send(self, state: _SinkState) -> bool:
+    def _send(self, state: _SinkState, *, in_caller: bool) -> bool:
         """Hand ``state``'s waiting batches over, oldest first, in one
-        ``export`` (and one ``export_sessions``); False if the sink failed."""
+        ``export`` (and one ``export_sessions``); False if the sink failed.
+
+        Whatever the sink raises is its failure, even ``SystemExit`` or
+        ``GreenletExit``: counted, logged once, its batch kept for the next
+        hand-over. One exception: a ``KeyboardInterrupt`` in the program's
+        own thread (``in_caller``) is raised again, once the other sinks had
+        their batch, since there a Ctrl-C may land while a sink runs and
+        greenprof cannot tell it from one the sink raised; swallowing it
+        would take the program's Ctrl-C away. (A sink's own thread never
+        receives Ctrl-C, and an inline export never switches greenlets, so
+        no kill or gevent timeout can be thrown into one.)
+        """
         sink = state.sink
         with self._lock:
             if state.sending:
                 return True
             state.sending = True
-        while True:
-            with self._lock:
-                taken = list(state.pending)
-                if not taken:
-                    state.sending = False
-                    return True
-            live = [batch for batch in taken if not batch.cancelled]
-            snapshots = _joined([batch.snapshots for batch in live])
-            sessions = [session for batch in live for session in batch.sessions]
-            action = "export"
-            try:
-                if snapshots:
-                    sink.export(snapshots)
-                action = "export_sessions"
-                export_sessions = getattr(sink, "export_sessions", None)
-                if sessions and export_sessions is not None:
-                    export_sessions(sessions)
-            except Exception as exc:
+        try:
+            while True:
                 with self._lock:
-                    self.failures += 1
+                    taken = list(state.pending)
+                    if not taken:
+                        return True
+                live = [batch for batch in taken if not batch.cancelled]
+                snapshots = _joined([batch.snapshots for batch in live])
+                sessions = [session for batch in live for session in batch.sessions]
+                action = "export"
+                try:
+                    if snapshots:
+                        sink.export(snapshots)
+                    action = "export_sessions"
+                    export_sessions = getattr(sink, "export_sessions", None)
+                    if sessions and export_sessions is not None:
+                        export_sessions(sessions)
+                except BaseException as exc:
                     if action == "export_sessions":  # the snapshots went: not again
-                        self._take(state, len(taken))
-                        state.pending.appendleft(Batch((), sessions))
-                    state.sending = False
-                _report_sink_failure(sink, action, exc)
-                return False
-            except BaseException:
-                # GreenletExit, KeyboardInterrupt: not the sink's failure, the
-                # caller's to see. What was taken is sent again next time.
+                        with self._lock:
+                            self._take(state, len(taken))
+                            state.pending.appendleft(Batch((), sessions))
+                    self._failed(sink, action, exc)
+                    if in_caller and isinstance(exc, KeyboardInterrupt):
+                        raise
+                    return False
                 with self._lock:
-                    state.sending = False
-                raise
+                    self._take(state, len(taken))
+        finally:
             with self._lock:
-                self._take(state, len(taken))
+                state.sending = False
+
+    def _failed(self, sink: object, action: str, problem: BaseException | str) -> None:
+        with self._lock:
+            self.failures += 1
+        _report_sink_failure(sink, action, problem)
 
     @staticmethod
     def _take(state: _SinkState, count: int) -> None:
@@ -211,42 +276,162 @@ class Delivery:
             batch = state.pending.popleft()
             state.pending_snapshots -= len(batch.snapshots)
 
+    def _after_fork_in_child(self) -> None:
+        # What waited was the parent's to send (it still does), and a lock or
+        # a hand-over in flight may have belonged to a thread that is gone.
+        self._lock = allocate_real_lock()
+        for state in self._states:
+            state.pending.clear()
+            state.pending_snapshots = 0
+            state.sending = state.scheduled = False
+
+
+class _FlushRequest:
+    """One sink's part of a flush: in the sink's thread, hand over what
+    waits and call its ``flush``; the caller waits for it until the
+    deadline, and a sink still busy then is a failure (but for a timeout of
+    0, which asks not to wait)."""
+
+    __slots__ = ("abandoned", "deadline", "delivery", "done", "lock", "ok", "state", "timeout")
+
+    def __init__(
+        self,
+        delivery: Delivery,
+        state: _SinkState,
+        timeout: float | None,
+        deadline: float | None,
+    ) -> None:
+        self.delivery = delivery
+        self.state = state
+        self.timeout = timeout
+        self.deadline = deadline
+        self.lock = allocate_real_lock()
+        self.done = RealEvent()
+        self.ok = False
+        #: Set when the caller stopped waiting: what the sink does later is
+        #: not this flush's result (and not counted twice).
+        self.abandoned = False
+
+    def run(self) -> None:
+        """In the sink's thread."""
+        if self.abandoned:  # the caller gave up before the sink's turn came
+            return
+        sent = self.delivery._send(self.state, in_caller=False)
+        sink = self.state.sink
+        problem: BaseException | str | None = None
+        try:
+            flushed = sink.flush(self._left())
+        except BaseException as exc:
+            problem = exc
+        else:
+            if flushed is False:
+                problem = "it returned False"
+        with self.lock:
+            if self.abandoned:
+                return
+            self.ok = sent and problem is None
+            self.done.set()
+        if problem is not None:
+            self.delivery._failed(sink, "flush", problem)
+
+    def wait(self) -> bool:
+        """In the caller: the sink's result, or False once the deadline passed."""
+        if self.done.wait(self._left()):
+            return self.ok
+        with self.lock:
+            if self.done.is_set():
+                return self.ok
+            self.abandoned = True
+        if self.timeout != 0:
+            self.delivery._failed(
+                self.state.sink, "flush", f"it did not finish within {self.timeout:g} s"
+            )
+        return False
+
+    def abandon(self) -> None:
+        with self.lock:
+            self.abandoned = True
+
+    def _left(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
 
 def _joined(parts: list[Sequence[Snapshot]]) -> Sequence[Snapshot]:
     return parts[0] if len(parts) == 1 else [s for part in parts for s in part]
+
+
+def _export_never_blocks(sink: object) -> bool:
+    """Whether ``sink`` says its export returns at once (see the module)."""
+    try:
+        return getattr(sink, "export_never_blocks", False) is True
+    except Exception:  # a property that raises: it says nothing
+        return False
+
+
+def describe(value: object) -> str:
+    """``repr(value)``, or a stand-in when its ``__repr__`` raises: telling
+    of a sink's failure must not fail in turn."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__qualname__} object at {id(value):#x}>"
+
+
+def _problem_text(problem: BaseException | str) -> str:
+    if isinstance(problem, str):
+        return problem
+    try:
+        text = str(problem)
+    except Exception:
+        text = "<its str() raised>"
+    return f"{type(problem).__name__}: {text}" if text else type(problem).__name__
 
 
 # id(sink) -> a weak (or, for sinks that refuse weak references, strong)
 # reference to the sink whose first failure was logged. Identity, not
 # equality: two equal sinks are two sinks.
 _reported_sinks: dict[int, Callable[[], object]] = {}
+_reported_lock = allocate_real_lock()
 
 
-def _report_sink_failure(sink: object, action: str, problem: Exception | str) -> None:
-    """Log a sink's first failure only; later ones are just counted."""
+def _report_sink_failure(sink: object, action: str, problem: BaseException | str) -> None:
+    """Log a sink's first failure only; later ones are just counted. Never
+    raises, whatever the sink's repr() or the exception's str() do."""
     key = id(sink)
-    seen = _reported_sinks.get(key)
-    if seen is not None and seen() is sink:
-        return
-    if len(_reported_sinks) > 256:
-        for stale in [k for k, ref in _reported_sinks.items() if ref() is None]:
-            del _reported_sinks[stale]
-    try:
-        _reported_sinks[key] = weakref.ref(sink)
-    except TypeError:
-        _reported_sinks[key] = functools.partial(_same, sink)
-    detail = problem if isinstance(problem, str) else f"{type(problem).__name__}: {problem}"
-    _logger.error(
-        "greenprof: sink %r failed in %s() (%s). Other sinks still receive "
-        "every snapshot, the profiler keeps them, and this sink's batch is "
-        "retried at the next flush; further failures are only counted in "
-        "Profiler.stats.sink_failures.",
-        sink,
-        action,
-        detail,
-        exc_info=problem if isinstance(problem, Exception) else None,
-    )
+    with _reported_lock:
+        seen = _reported_sinks.get(key)
+        if seen is not None and seen() is sink:
+            return
+        if len(_reported_sinks) > 256:
+            for stale in [k for k, ref in _reported_sinks.items() if ref() is None]:
+                del _reported_sinks[stale]
+        try:
+            _reported_sinks[key] = weakref.ref(sink)
+        except TypeError:
+            _reported_sinks[key] = functools.partial(_same, sink)
+    with contextlib.suppress(Exception):  # a logging handler that raises: the count remains
+        _logger.error(
+            "greenprof: sink %s failed in %s() (%s). Other sinks still receive "
+            "every snapshot, the profiler keeps them, and this sink's batch is "
+            "retried at the next flush; further failures are only counted in "
+            "Profiler.stats.sink_failures.",
+            describe(sink),
+            action,
+            _problem_text(problem),
+            exc_info=problem if isinstance(problem, BaseException) else None,
+        )
 
 
 def _same(value: object) -> object:
     return value
+
+
+_deliveries: weakref.WeakSet[Delivery] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for delivery in list(_deliveries):
+        delivery._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -37,6 +37,8 @@ _MACHINERY_FILES: Final = frozenset(
         "<frozen zipimport>",
         "<frozen importlib._bootstrap>",
         "<frozen importlib._bootstrap_external>",
+        "<frozen importlib.util>",  # runpy finds a -m module's spec through it
+        "<frozen importlib.machinery>",
         os.path.join(os.path.dirname(runpy.__file__), "pkgutil.py"),
     }
 )

@@ -71,7 +71,15 @@ class BackgroundLoop:
                 self._exited.acquire()
         if start:
             self.starts += 1
-            original("start_new_thread")(self._run, ())
+            try:
+                original("start_new_thread")(self._run, ())
+            except BaseException:
+                # No thread (Python 3.12+ starts none once the interpreter
+                # is exiting): the loop is not running, and may start later.
+                with self._lock:
+                    self._alive = False
+                self._exited.release()
+                raise
         else:
             self._wake.wake()
 

@@ -11,7 +11,7 @@ from typing import Any, Final
 import attrs
 import greenlet
 
-from ._validate import check_positive_int, check_tags, seconds
+from ._validate import check_positive_int, check_tags, check_wait, seconds
 from .exceptions import ConfigurationError
 from .snapshot import MODES
 
@@ -89,13 +89,8 @@ class Options:
             raise ConfigurationError(msg)
         check_positive_int("max_snapshots", self.max_snapshots)
         check_positive_int("max_depth", self.max_depth)
+        check_wait("flush_timeout", self.flush_timeout)
         timeout = self.flush_timeout if self.flush_timeout is None else seconds(self.flush_timeout)
-        if self.flush_timeout is not None and (timeout is None or not timeout >= 0):
-            msg = (
-                "flush_timeout must be a number of seconds >= 0 or None (as long as the "
-                f"sinks take), not {reprlib.repr(self.flush_timeout)}."
-            )
-            raise ConfigurationError(msg)
         for name in ("follow_spawned", "follow_all", "keep_snapshots"):
             if type(getattr(self, name)) is not bool:
                 msg = (
@@ -128,8 +123,9 @@ class Options:
         # Floats from here: an int of seconds may be too large to multiply into one.
         object.__setattr__(self, "dump_period", period)
         object.__setattr__(self, "min_duration", min_duration)
-        # A timeout longer than a lock can wait (infinity, 10**400) is none:
-        # a sink's wait would refuse it.
+        # A timeout longer than a lock can wait (10**400 s) is none: a
+        # sink's wait would refuse it. (Infinity is refused above: None is
+        # the way to say "no limit".)
         forever = timeout is not None and timeout > threading.TIMEOUT_MAX
         object.__setattr__(self, "flush_timeout", None if forever else timeout)
         object.__setattr__(self, "period_ns", round(period * 1e9))

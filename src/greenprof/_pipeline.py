@@ -18,7 +18,7 @@ from typing import Final
 
 from ._delivery import Delivery
 from ._options import Options
-from ._validate import check_sinks
+from ._validate import check_sinks, check_wait
 from .typing import Sink
 
 __all__ = ["Pipeline"]
@@ -51,8 +51,13 @@ class Pipeline:
         return self.offset_ns + perf_ns
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Hand over what waits for a retry, and flush every sink."""
-        return self.delivery.flush(self.options.flush_timeout if timeout is None else timeout)
+        """Hand over what waits for a retry, and flush every sink, waiting
+        ``timeout`` seconds at most (None: the pipeline's ``flush_timeout``)."""
+        if timeout is None:
+            timeout = self.options.flush_timeout
+        else:
+            check_wait("timeout", timeout)
+        return self.delivery.flush(timeout)
 
 
 _pipelines: weakref.WeakSet[Pipeline] = weakref.WeakSet()

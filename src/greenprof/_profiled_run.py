@@ -135,8 +135,9 @@ class ProfiledRun:
 
     def _hand_over(self) -> float:
         # In the loop's thread: what was recorded goes to the spool, so
-        # that memory stays flat however long the program runs.
-        self.profiler.flush(SPOOL_INTERVAL)
+        # that memory stays flat however long the program runs. Written
+        # when this returns: the end of the run reads the spool after it.
+        self.profiler.flush(LAST_HAND_OVER)
         return SPOOL_INTERVAL
 
     # -- ways a process ends -----------------------------------------------------------
@@ -234,7 +235,7 @@ class ProfiledRun:
         """This process's snapshots, without greenprof's own frames, and its
         session (a forked child's: its own part of it)."""
         program_stack = _StackTrimmer(self._launch)
-        self.profiler.flush(SPOOL_INTERVAL)  # what a failed hand-over left behind
+        self.profiler.flush(LAST_HAND_OVER)  # all of it written before it is read
         spooled = self._spool.read()
         snapshots = [
             program_stack.of(snapshot) for snapshot in (*spooled, *self.profiler.snapshots)
@@ -250,6 +251,9 @@ class Spool:
     process's own: each process of the run (the program's forked children
     too) spools to a temporary file made the first time it writes, read
     back when it writes its profile, then removed."""
+
+    #: Each export is written when it returns: called in place.
+    export_never_blocks = True
 
     def __init__(self) -> None:
         self._files: dict[int, str] = {}

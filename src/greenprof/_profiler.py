@@ -199,6 +199,11 @@ class Profiler:
         """Stop every target, then hand what was recorded to every sink,
         without waiting for them to send it (:meth:`flush` waits).
 
+        What a sink raises is its failure, counted in ``stats.sink_failures``
+        and never raised here, but for a ``KeyboardInterrupt`` out of a sink
+        called in this thread: it may be the program's Ctrl-C, so it is
+        raised again once every sink had the snapshots.
+
         A session shorter than ``min_duration`` hands nothing to its sinks and
         keeps nothing (``discarded`` tells).
         """
@@ -293,8 +298,11 @@ class Profiler:
         """Hand everything recorded so far to every sink, and wait for them
         to send it, ``timeout`` seconds in all (default: ``flush_timeout``).
 
-        Also re-installs greenprof's tracer in the calling thread if other code
-        removed it. Returns False if a sink failed or did not finish in time.
+        Each sink flushes in a thread of its own, so one stuck in a call does
+        not hold this past ``timeout``, and a greenlet waiting here lets the
+        others of its thread run. Also re-installs greenprof's tracer in the
+        calling thread if other code removed it. Returns False if a sink
+        failed or did not finish in time.
         """
         run = self._run
         if run is not None:

@@ -144,6 +144,7 @@ class Run:
         "discarded",
         "dispatchers",
         "dropped_done",
+        "ending",
         "handed",
         "pipeline",
         "root",
@@ -184,6 +185,8 @@ class Run:
         self.running_at_start: set[int] = set()
         self.dispatchers: list[SwitchDispatcher] = []
         self.dropped_done: dict[int, int] = {}
+        #: ``id()`` of picked-up greenlets' entries found ended once, to let go next time.
+        self.ending: set[int] = _NO_ENDING
         self.start_ns = 0
         self.stop_ns = 0
         self.stopping = False
@@ -597,13 +600,23 @@ class Run:
         return drained
 
     def _let_ended_children_go(self) -> None:
-        # Under self.lock, while the session runs.
+        # Under self.lock, while the session runs. A greenlet found ended is
+        # let go the next time only: the tracer may still be appending its
+        # exit record, in the program's thread, as it is found dead here.
         alive: list[Child] = []
+        ending = self.ending
+        if ending is _NO_ENDING:
+            ending = self.ending = set()
         for child in self.children:
             glet = child[0]()
             if glet is not None and not glet.dead:
                 alive.append(child)
                 continue
+            if id(child) not in ending:
+                ending.add(id(child))
+                alive.append(child)
+                continue
+            ending.discard(id(child))
             _, buffer, dispatcher = child
             watch = dispatcher.watches.get(glet) if glet is not None else None
             if watch is not None:  # ended, not freed yet: it never switches again
@@ -704,6 +717,9 @@ def _name_targets(targets: Iterable[_Target]) -> None:
                 else f"greenlet-{buffer.greenlet_id:#x}"
             )
 
+
+#: The ``ending`` of every session until one of its greenlets ends.
+_NO_ENDING: Final[set[int]] = set()
 
 #: The ``adopted`` of every session that follows nothing: always empty.
 _NO_CHILDREN: Final[deque[Child]] = deque(maxlen=0)

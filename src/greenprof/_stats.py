@@ -26,7 +26,8 @@ class ProfilerStats:
     tracer_errors: int
     #: Times greenprof found its tracer removed by other code and put it back.
     tracer_reinstalls: int
-    #: Sink ``export``/``flush`` calls that raised or reported failure (of
+    #: Sink ``export``/``flush`` calls that raised (anything) or reported
+    #: failure, and sink flushes not done within the flush's timeout (of
     #: every session sharing the profiler's sinks: one ``profile()``, one
     #: ``ProfilerMiddleware``).
     sink_failures: int

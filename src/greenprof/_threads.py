@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import greenlet
+
 _originals: dict[str, Any] = {}
 
 
@@ -63,3 +65,90 @@ class Waker:
     def wake(self) -> None:
         with contextlib.suppress(RuntimeError):  # already released: a wake-up is pending
             self._lock.release()
+
+
+class RealEvent:
+    """Set once, from any OS thread; waited for without holding up the
+    waiter's other greenlets.
+
+    A real lock would freeze every greenlet of a thread that runs a gevent
+    hub (patched or not) for as long as it waits; a gevent event cannot be
+    set from another OS thread. So a waiter in such a thread parks on an
+    ``async`` watcher of its hub (which :meth:`set` may fire from any
+    thread, as gevent's own thread pool does) and the hub runs the other
+    greenlets meanwhile; any other waiter blocks on a real lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = allocate_real_lock()
+        # Held until set: a waiter without a hub blocks trying to take it.
+        self._unset = allocate_real_lock()
+        self._unset.acquire()
+        self._is_set = False
+        # The watchers of waiters parked in a hub; fired (under the lock,
+        # never while one is being closed) when set.
+        self._watchers: list[Any] = []
+
+    def is_set(self) -> bool:
+        return self._is_set
+
+    def set(self) -> None:
+        with self._lock:
+            if self._is_set:
+                return
+            self._is_set = True
+            self._unset.release()
+            for watcher in self._watchers:
+                watcher.send()
+
+    def wait(self, timeout: float | None) -> bool:
+        """True once set; False if ``timeout`` seconds (None: no limit)
+        passed first."""
+        if self._is_set:
+            return True
+        hub = _hub_to_wait_in()
+        if hub is None:
+            if self._unset.acquire(True, _lock_timeout(timeout)):
+                self._unset.release()  # for the other waiters
+            return self._is_set
+        return self._wait_in_hub(hub, timeout)
+
+    def _wait_in_hub(self, hub: Any, timeout: float | None) -> bool:
+        gevent = sys.modules["gevent"]
+        waiter = sys.modules["gevent.hub"].Waiter(hub)
+        watcher = hub.loop.async_()
+        # Started before the flag is read: a send to a watcher not started
+        # yet would be lost.
+        watcher.start(waiter.switch, None)
+        try:
+            with self._lock:
+                if self._is_set:
+                    return True
+                self._watchers.append(watcher)
+            with gevent.Timeout(timeout, False):  # False: the timeout ends the block quietly
+                waiter.get()
+        finally:
+            with self._lock:
+                if watcher in self._watchers:
+                    self._watchers.remove(watcher)
+            watcher.stop()
+            watcher.close()
+        return self._is_set
+
+
+def _hub_to_wait_in() -> Any:
+    """The calling thread's gevent hub, if it has one the caller can yield
+    to (not when the caller is the hub itself)."""
+    hub_local = sys.modules.get("gevent._hub_local")
+    hub = hub_local.get_hub_if_exists() if hub_local is not None else None
+    if hub is None or hub.dead or greenlet.getcurrent() is hub:
+        return None
+    return hub
+
+
+def _lock_timeout(timeout: float | None) -> float:
+    """``timeout`` as ``lock.acquire`` takes it: -1 for no limit, and never
+    past ``TIMEOUT_MAX`` (which would raise OverflowError)."""
+    if timeout is None:
+        return -1
+    return min(max(timeout, 0.0), _thread.TIMEOUT_MAX)

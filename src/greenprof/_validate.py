@@ -63,6 +63,15 @@ def check_sinks(sinks: object) -> list[Sink]:
     return list(sinks)
 
 
+def check_wait(name: str, value: object) -> None:
+    """Raise ConfigurationError unless ``value`` is seconds to wait: a finite
+    number >= 0, or None for no limit (the one way to say it: an infinite
+    or NaN deadline would make a wait that never ends, or none at all)."""
+    if value is not None and (not is_number(value) or not 0 <= value < math.inf):
+        msg = f"{name} must be a number of seconds >= 0 or None (no limit), not {value!r}."
+        raise ConfigurationError(msg)
+
+
 def check_tags(tags: object) -> dict[str, str]:
     """A copy of ``tags`` (None: none), or ConfigurationError unless it maps
     strings to strings."""

@@ -18,14 +18,27 @@ __all__ = ["SessionSink", "Sink"]
 class Sink(Protocol):
     """Receives snapshots from a :class:`~greenprof.Profiler`, never on the switch path.
 
-    - ``export(batch)`` gets snapshots in order. It may raise: the profiler
-      logs the first failure, counts every one, keeps the batch and offers it
-      again at its next hand-over or flush; other sinks are not affected.
+    - ``export(batch)`` gets snapshots in order. It may raise anything, even
+      ``SystemExit`` or ``GreenletExit``: the profiler logs the first
+      failure, counts every one, keeps the batch and offers it again at its
+      next hand-over or flush; other sinks are not affected and the program
+      never sees it.
     - ``flush(timeout)`` makes what was exported durable or sent, waiting at
       most ``timeout`` seconds (``None``: as long as it takes). It returns
       False if it could not.
     - ``close()`` releases the sink's resources; it is idempotent. A profiler
       never closes a sink: whoever made it does.
+
+    The profiler calls ``export`` and ``flush`` from a thread of the sink's
+    own (a real OS thread, even under ``gevent.monkey.patch_all()``), one
+    call at a time, so a sink that blocks holds up nothing but itself; the
+    program's ``stop()`` never waits for it and its ``flush()`` waits at
+    most its timeout. A sink whose ``export`` never blocks (it appends to
+    memory, writes a local file, or queues for a sender of its own) may say
+    so with the class attribute ``export_never_blocks = True``: its
+    ``export`` is then called in the thread that stops a session, so what a
+    session recorded is in the sink when ``stop()`` returns (``flush``
+    still runs in the sink's thread).
 
     A sink may also have ``export_sessions(sessions)`` (see
     :class:`SessionSink`): it then gets each :class:`~greenprof.Session`

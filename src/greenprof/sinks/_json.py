@@ -36,6 +36,11 @@ class JSONSink:
     process) is closed before the batch, so it costs that line only.
     """
 
+    #: Its export writes one local file, never waits for the network:
+    #: greenprof calls it in the thread that stops a session, so the file
+    #: holds the session when ``stop()`` returns.
+    export_never_blocks = True
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._lock = threading.Lock()

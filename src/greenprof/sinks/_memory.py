@@ -12,6 +12,10 @@ class MemorySink:
     """Appends every exported snapshot to :attr:`snapshots`, and every
     session to :attr:`sessions`."""
 
+    #: Its export only appends: greenprof calls it in the thread that stops
+    #: a session, so what ``stop()`` handed over is here when it returns.
+    export_never_blocks = True
+
     def __init__(self) -> None:
         self.snapshots: list[Snapshot] = []
         self.sessions: list[Session] = []

@@ -60,7 +60,10 @@ def check_address(address: object) -> str:
 def check_timeout(timeout: object) -> float:
     """``timeout`` if it is a finite number of seconds > 0, else ConfigurationError."""
     if not is_number(timeout) or not timeout > 0 or math.isinf(timeout):
-        msg = f"timeout is the seconds a call to the collector may take: > 0, not {timeout!r}."
+        msg = (
+            "timeout is the seconds a call to the collector may take: a finite "
+            f"number > 0, not {timeout!r}."
+        )
         raise ConfigurationError(msg)
     return float(timeout)
 

@@ -2,27 +2,25 @@
 
 Snapshots become ``ThreadSnapshot`` messages sent with ``collectSnapshot``
 by one background sender through a bounded queue; ``export`` never waits
-for the network.
+for the network, and ``flush`` only waits, never sends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import os
-import sys
+import random
 import time
 import weakref
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-import greenlet
-
 from .._loop import BackgroundLoop
-from .._threads import allocate_real_lock, real_sleep
-from .._validate import check_positive_int, is_number
-from ..exceptions import ConfigurationError, SinkClosedError
+from .._threads import RealEvent, allocate_real_lock
+from .._validate import check_positive_int, check_wait
+from ..exceptions import SinkClosedError
 from ..snapshot import Frame, Snapshot
 from . import _wire as wire
 from ._client import SkyWalkingClient, grpc_in_gevent_mode
@@ -36,6 +34,8 @@ DEFAULT_MAX_DEPTH: Final = 500
 DEFAULT_QUEUE_SIZE: Final = 10_000
 #: Messages per ``collectSnapshot`` call.
 _BATCH: Final = 500
+#: Seconds the sender waits after a failed call: the first time, and at
+#: most (each wait drawn between half and all of it; see _Backoff).
 _BACKOFF_MIN: Final = 0.1
 _BACKOFF_MAX: Final = 5.0
 
@@ -59,11 +59,34 @@ class SkyWalkingSink:
     greenprof's own frames.
 
     Overflow policy: when ``queue_size`` messages wait (the collector is down
-    or slow), new ones are dropped and counted in ``dropped``. A failed send
-    is retried, with backoff, until it succeeds or the sink is closed; the
-    collector stores snapshots by (task, segment, sequence), so a retried
-    message never counts twice.
+    or slow), new ones are dropped and counted in ``dropped``. A failed call
+    is retried, after a wait that doubles with each failure in a row (0.1 s
+    to 5 s, with jitter), until it succeeds or the sink is closed; an export
+    meanwhile does not cut the wait short. The collector stores snapshots by
+    (task, segment, sequence), so a retried message never counts twice.
+
+    What became of every snapshot given to :meth:`export` (once the sink is
+    closed and its last call ended, these add up to exactly that number):
+
+    - ``sent``: acknowledged by the collector, that is, in a call that
+      succeeded; a message retried after a failed call counts once.
+    - ``dropped``: not queued, the queue being full.
+    - ``unbound``: not sent, their session having no task and segment.
+    - ``lost``: given up by :meth:`close` before any call carried them: the
+      collector never got them.
+    - ``unconfirmed``: given up by :meth:`close` after a call carrying them
+      failed (or was ended by ``close``). A client-streaming call that fails
+      does not say how many of its messages the collector had stored, so it
+      may have stored some or all of these.
+
+    So the collector holds between ``sent`` and ``sent + unconfirmed`` of
+    them, and that plus ``dropped + unbound + lost`` never exceeds what was
+    exported. ``failures`` counts failed ``collectSnapshot`` calls.
     """
+
+    #: Its export only encodes and queues: greenprof calls it in the thread
+    #: that stops a session.
+    export_never_blocks = True
 
     def __init__(
         self,
@@ -102,7 +125,14 @@ class SkyWalkingSink:
         self._bindings: dict[str, tuple[str, str]] = {}
         self._closing = False
         self._accepting = True
-        self._backoff = _BACKOFF_MIN
+        # Messages at the head of the queue that a failed call carried: if
+        # given up, they are ``unconfirmed``, not ``lost``.
+        self._tried = 0
+        # Events of the flushes waiting for the queue to empty.
+        self._drained: list[RealEvent] = []
+        self._backoff = _Backoff()
+        # No call before this (time.monotonic()): backing off.
+        self._retry_at = 0.0
         # With grpc in gevent mode (the SkyWalking agent does that under
         # monkey.patch_all) a streaming call from an OS thread stalls: the
         # sender is then a greenlet of the thread that makes the sink, which
@@ -125,10 +155,13 @@ class SkyWalkingSink:
         self.dropped = 0
         #: Snapshots not sent: no task and segment for their session.
         self.unbound = 0
-        #: Failed ``collectSnapshot`` calls (each retried).
+        #: Failed ``collectSnapshot`` calls (each retried while the sink is open).
         self.failures = 0
-        #: Messages given up when the sink closed before the collector took them.
+        #: Messages given up by close() before any call carried them.
         self.lost = 0
+        #: Messages given up by close() after a failed call carried them: the
+        #: collector may have stored them.
+        self.unconfirmed = 0
 
     # -- the Sink protocol ------------------------------------------------------------
 
@@ -156,26 +189,31 @@ class SkyWalkingSink:
             self._nudge()
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything exported so far was acknowledged (or
-        ``timeout`` seconds): the sender goes on at its own pace, backing off
-        while the collector fails; a greenlet waiting here lets the others run."""
-        if timeout is not None and (not is_number(timeout) or math.isnan(timeout)):
-            msg = f"timeout is seconds (or None), not {timeout!r}."
-            raise ConfigurationError(msg)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
+        """Wait until everything exported so far was acknowledged, at most
+        ``timeout`` seconds (None: no limit); False if it was not.
+
+        It only waits, on an event the sender sets when the queue empties:
+        the sender goes on at its own pace, backing off while the collector
+        fails. A greenlet waiting here lets the others of its thread run.
+        """
+        check_wait("timeout", timeout)
+        with self._lock:
+            if not self._queue and not self._in_flight:
+                return True
+            drained = RealEvent()
+            self._drained.append(drained)
+        try:
+            return drained.wait(timeout)
+        finally:
             with self._lock:
-                if not self._queue and not self._in_flight:
-                    return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            _pause(0.01)
+                if drained in self._drained:
+                    self._drained.remove(drained)
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Send what is queued, retrying until ``timeout``, then stop.
 
-        What the collector has not acknowledged by then is counted in
-        ``lost`` and logged.
+        What the collector has not acknowledged by then is given up, counted
+        in ``lost`` or ``unconfirmed`` (see the class), and logged.
         """
         with self._lock:
             if not self._accepting:
@@ -183,24 +221,31 @@ class SkyWalkingSink:
             self._accepting = False
         self.flush(timeout)
         with self._lock:
-            self._closing = True  # from now on a failed send is given up
-            self.lost += len(self._queue)
+            self._closing = True  # from now on a failed call is given up
+            tried = min(self._tried, len(self._queue))
+            self.unconfirmed += tried
+            self.lost += len(self._queue) - tried
+            self._tried = 0
             self._queue.clear()
+            self._notify_if_drained()
         # Closing the channel ends a call still in flight: the sender counts
-        # its messages in ``lost``.
+        # its messages in ``unconfirmed``.
         self.client.close()
         if self._sender is not None:
             self._nudge()
             self._sender.join(1.0)
         elif self._loop is not None:
             self._loop.stop(1.0)
-        lost = self.lost
-        if lost:
+        lost, unconfirmed = self.lost, self.unconfirmed
+        if lost or unconfirmed:
             _logger.warning(
                 "greenprof: SkyWalkingSink(%r) closed with %d snapshots the "
-                "collector never acknowledged.",
+                "collector never acknowledged (%d never sent, %d in calls that "
+                "failed, which it may have stored in part).",
                 self.address,
+                lost + unconfirmed,
                 lost,
+                unconfirmed,
             )
 
     def __repr__(self) -> str:
@@ -241,17 +286,27 @@ class SkyWalkingSink:
     def _nudge(self) -> None:
         if self._loop is not None:
             if not self._closing:
-                self._loop.start()  # wakes it when it runs
+                with contextlib.suppress(RuntimeError):  # no thread while the interpreter exits
+                    self._loop.start()  # wakes it when it runs
         else:
             self._nudged = True
 
     def _step(self) -> float | None:
-        """Send one batch; how long to wait before the next (None: until nudged)."""
+        """Send one batch; how long to wait before the next (None: until nudged).
+
+        While it backs off after a failed call, being woken (by an export)
+        sends nothing early: it goes back to waiting out the backoff.
+        """
+        backing_off = self._retry_at - time.monotonic()
+        if backing_off > 0:
+            return backing_off
         with self._lock:
             if not self._queue:
                 return None
-            batch = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
-            self._in_flight = len(batch)
+            count = min(_BATCH, len(self._queue))
+            batch = [self._queue.popleft() for _ in range(count)]
+            self._tried = max(0, self._tried - count)  # the batch is the queue's head
+            self._in_flight = count
         try:
             self.client.collect(batch)
         except Exception:  # RpcError, or a channel closed under us
@@ -259,16 +314,28 @@ class SkyWalkingSink:
                 self.failures += 1
                 self._in_flight = 0
                 if self._closing:
-                    self.lost += len(batch)
+                    self.unconfirmed += count
                 else:
                     self._queue.extendleft(reversed(batch))
-            wait, self._backoff = self._backoff, min(self._backoff * 2, _BACKOFF_MAX)
+                    self._tried += count
+                self._notify_if_drained()
+            wait = self._backoff.next()
+            self._retry_at = time.monotonic() + wait
             return wait
         with self._lock:
-            self.sent += len(batch)
+            self.sent += count
             self._in_flight = 0
-        self._backoff = _BACKOFF_MIN
+            self._notify_if_drained()
+        self._backoff.reset()
+        self._retry_at = 0.0
         return 0.0
+
+    def _notify_if_drained(self) -> None:
+        # Under the lock: wake the flushes once nothing is queued or in flight.
+        if not self._queue and not self._in_flight:
+            for drained in self._drained:
+                drained.set()
+            self._drained.clear()
 
     def _after_fork_in_child(self) -> None:
         # The parent sends what it had queued and in flight; the child sends
@@ -278,8 +345,12 @@ class SkyWalkingSink:
         self._lock = allocate_real_lock()
         self._queue.clear()
         self._in_flight = 0
-        self._backoff = _BACKOFF_MIN
+        self._tried = 0
+        self._drained = []  # their flushes wait in the parent
+        self._backoff = _Backoff()
+        self._retry_at = 0.0
         self.sent = self.dropped = self.unbound = self.failures = self.lost = 0
+        self.unconfirmed = 0
 
     def _run_greenlet(self) -> None:
         # The sender as a greenlet (grpc in gevent mode): an export from another
@@ -310,13 +381,20 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _pause(seconds: float) -> None:
-    """Sleep, letting the other greenlets of this thread run if it has a hub."""
-    hub_local = sys.modules.get("gevent._hub_local")
-    hub = hub_local.get_hub_if_exists() if hub_local is not None else None
-    if hub is not None and greenlet.getcurrent() is not hub:
-        import gevent  # type: ignore[import-untyped,unused-ignore]
+class _Backoff:
+    """How long the sender waits after each failed call in a row: the
+    ceiling doubles from ``_BACKOFF_MIN`` to ``_BACKOFF_MAX``, and each wait
+    is drawn between half the ceiling and all of it, so that the many
+    processes that lost one collector do not all call it again together."""
 
-        gevent.sleep(seconds)
-    else:
-        real_sleep(seconds)
+    def __init__(self) -> None:
+        self._random = random.Random()  # seeded from the OS: differs per process
+        self._ceiling = _BACKOFF_MIN
+
+    def next(self) -> float:
+        ceiling = self._ceiling
+        self._ceiling = min(ceiling * 2, _BACKOFF_MAX)
+        return self._random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self._ceiling = _BACKOFF_MIN

@@ -144,6 +144,18 @@ def test_ended_greenlets_are_let_go_while_the_session_runs() -> None:
     assert len({s.greenlet_id for s in profiler.snapshots}) >= 100  # ids are reused
 
 
+def test_a_switch_event_between_stand_ins_adopts_nothing_and_is_no_error() -> None:
+    # gevent's test___monitor calls its tracer by hand with plain objects
+    # for the greenlets, and its tracer passes the call on to greenprof's.
+    with greenprof.profile(follow_all=True) as profiler:
+        tracer = greenlet.gettrace()
+        assert tracer is not None
+        tracer("switch", (object(), object()))
+        gevent.sleep(0)
+    assert profiler.stats.tracer_errors == 0
+    assert {s.greenlet_id for s in profiler.snapshots} == {id(greenlet.getcurrent())}
+
+
 def test_follow_all_needs_switch_snapshots() -> None:
     with pytest.raises(greenprof.exceptions.ConfigurationError, match="follow_all needs switch"):
         greenprof.Profiler(mode="thread", follow_all=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import greenlet
 
 
@@ -25,15 +27,18 @@ def greenlet_name(glet: greenlet.greenlet) -> str:
     return f"{type(glet).__name__}-{id(glet):#x}"
 
 
-#: Greenlet class -> the plain string ``name`` it gives its greenlets, if any.
-_class_names: dict[type, object] = {}
+#: Greenlet class -> the plain string ``name`` it gives its greenlets, if
+#: any. Weakly keyed: a class made on the fly (in a test, say) is freed as
+#: usual, and its reference count is the program's business.
+_class_names: weakref.WeakKeyDictionary[type, str | None] = weakref.WeakKeyDictionary()
 
 
-def _class_name(cls: type) -> object:
+def _class_name(cls: type) -> str | None:
     """A ``name`` set on the class (not a property like gevent's)."""
     try:
         return _class_names[cls]
     except KeyError:
         found = next((k.__dict__["name"] for k in cls.__mro__ if "name" in k.__dict__), None)
-        _class_names[cls] = found if isinstance(found, str) else None
-        return _class_names[cls]
+        name = found if isinstance(found, str) else None
+        _class_names[cls] = name
+        return name

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,8 @@ import pytest
 import greenprof
 from greenprof.exceptions import ConfigurationError
 from greenprof.integrations.gunicorn import hooks, worker_path
+
+from .conftest import free_port
 
 pytest.importorskip("gunicorn")
 
@@ -35,12 +36,6 @@ APP = textwrap.dedent(
         return [body]
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def serve_with_gunicorn(folder: Path, config: str, requests: int, **env: str) -> Path:

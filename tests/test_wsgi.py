@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from greenprof.exceptions import ConfigurationError
 from greenprof.integrations.wsgi import ProfilerMiddleware
 from greenprof.sinks import MemorySink
 
-from .conftest import serve
+from .conftest import free_port, serve
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
@@ -105,12 +104,6 @@ def test_a_streamed_body_is_profiled_until_the_server_closes_it() -> None:
     outs = [s for s in sink.snapshots if s.event == "switch_out"]
     assert len(outs) == 3
     assert all(any(f.function.endswith("chunks") for f in s.stack) for s in outs)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_gunicorn_gevent_worker_example(tmp_path: Path) -> None:

@@ -93,6 +93,10 @@ def serve_then_signal(command: list[str], cwd: Path, signum: int) -> tuple[int, 
 def test_a_signal_to_a_serving_program_writes_the_profile_and_ends_it_as_python_would(
     tmp_path: Path, signum: int, handler: str
 ) -> None:
+    if handler == "signal.signal" and sys.version_info < (3, 11):
+        # Python 3.10 alone runs this handler late: the plain server, without
+        # greenprof, did not stop within two minutes in CI.
+        pytest.skip("a signal.signal handler under gevent on 3.10 runs too late to compare")
     script = tmp_path / "server.py"
     script.write_text(SERVER)
     out = tmp_path / "server.jsonl"

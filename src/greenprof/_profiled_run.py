@@ -282,7 +282,11 @@ class Spool:
     def read(self) -> list[Snapshot]:
         """What this process spooled so far."""
         path = self._files.get(os.getpid())
-        return load(path) if path is not None and os.path.getsize(path) else []
+        if path is None or not os.path.getsize(path):
+            return []
+        # In sequence order: a sink thread's export and one made in place
+        # (at stop()) may reach the file in either order.
+        return sorted(load(path), key=_sequence_of)
 
     def remove(self) -> None:
         """This process's file."""
@@ -290,6 +294,10 @@ class Spool:
         if path is not None:
             with contextlib.suppress(OSError):
                 os.remove(path)
+
+
+def _sequence_of(snapshot: Snapshot) -> int:
+    return snapshot.sequence
 
 
 class _StackTrimmer:

@@ -25,6 +25,7 @@ import greenlet
 from ._buffer import SAMPLE, START, SWITCH_IN, SWITCH_OUT, THROW, GreenletBuffer
 from ._dispatcher import SwitchDispatcher, installed_dispatchers
 from ._naming import greenlet_name
+from ._stack import code_name
 from ._threads import thread_ident
 from ._waits import WaitSite, qualified_name, wait_site
 from .snapshot import Frame
@@ -440,11 +441,7 @@ def _run_of(glet: greenlet.greenlet) -> str:
 
 def _frame(frame: FrameType) -> Frame:
     code = frame.f_code
-    if sys.version_info >= (3, 11):
-        name = code.co_qualname
-    else:
-        name = code.co_name
-    return Frame(code.co_filename, name, frame.f_lineno or code.co_firstlineno)
+    return Frame(code.co_filename, code_name(code), frame.f_lineno or code.co_firstlineno)
 
 
 def _stack(lines: list[str], top: FrameType | None, indent: str) -> None:

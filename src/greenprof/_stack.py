@@ -43,6 +43,13 @@ UNTRUSTED_CODE: Final = 0x20 | 0x80 | 0x100 | 0x200
 MARKS: Final = sys.version_info >= (3, 12)
 
 
+def code_name(code: CodeType) -> str:
+    """The name a frame of ``code`` is shown by: qualified on 3.11+."""
+    if sys.version_info >= (3, 11):
+        return code.co_qualname
+    return code.co_name
+
+
 class StackNode:
     """A few frames of a raw stack, and the node of the frames below.
 
@@ -423,11 +430,7 @@ class FrameFormatter:
         key = (id(code), offset)
         found = self._frames.get(key)
         if found is None:
-            if sys.version_info >= (3, 11):
-                name = code.co_qualname
-            else:
-                name = code.co_name
-            found = Frame(code.co_filename, name, _line_for_offset(code, offset))
+            found = Frame(code.co_filename, code_name(code), _line_for_offset(code, offset))
             self._frames[key] = found
         return found
 

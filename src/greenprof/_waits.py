@@ -17,6 +17,8 @@ import types
 from types import CodeType, FrameType
 from typing import Any, Final, NamedTuple
 
+from ._stack import code_name
+
 #: Instructions that call; a suspended frame's ``f_lasti`` is at one.
 _CALLS: Final = frozenset({"CALL", "CALL_KW", "CALL_FUNCTION_EX"})
 #: Instructions inside a call expression that load nothing the name needs.
@@ -93,12 +95,7 @@ def _module_of(frame: FrameType) -> str:
 
 
 def _frame_function(frame: FrameType) -> str:
-    code = frame.f_code
-    if sys.version_info >= (3, 11):
-        name = code.co_qualname
-    else:
-        name = code.co_name
-    return f"{public_module(_module_of(frame))}.{name}"
+    return f"{public_module(_module_of(frame))}.{code_name(frame.f_code)}"
 
 
 def _callee(frame: FrameType, cache: dict[int, tuple[CodeType, list[Any]]]) -> str | None:

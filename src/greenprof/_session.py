@@ -272,7 +272,9 @@ class Run:
                         self.adopted = deque()
                     buffer.follow = self._adopt
                     dispatcher.start_following()
-                    if options.follow_all:
+                    if options.follow_all and not self._follows_all(dispatcher):
+                        # Once per session and thread: every buffer there
+                        # picks each new greenlet up, once more each.
                         dispatcher.follow_all(buffer)
                 if mode == "hybrid":
                     record.taker = HybridTaker(dispatcher=dispatcher, period_ns=options.period_ns)
@@ -378,6 +380,12 @@ class Run:
             if running:
                 self.running_at_start.add(record.key)
             self.bounds[record.buffer.greenlet_id] = (wall, 0)
+
+    def _follows_all(self, dispatcher: SwitchDispatcher) -> bool:
+        """Whether one of this session's targets picks up every greenlet of
+        ``dispatcher``'s thread already (under self.lock)."""
+        everything = dispatcher.everything
+        return any(target.buffer in everything for target in self.targets.values())
 
     def _check_not_running(self, key: int, thing: object) -> None:
         existing = self.targets.get(key)

@@ -247,6 +247,8 @@ class Run:
         with self.lock:
             if self.targets:
                 self._check_not_running(key, glet)
+                if options.follow_spawned and self._picked_up(dispatcher, glet):
+                    return  # recorded already, once, as a greenlet it picked up
             buffer = self._new_buffer(glet, dispatcher.thread_id)
             record = _Target(key, buffer, dispatcher)
             started = time.perf_counter_ns()
@@ -386,6 +388,14 @@ class Run:
         ``dispatcher``'s thread already (under self.lock)."""
         everything = dispatcher.everything
         return any(target.buffer in everything for target in self.targets.values())
+
+    def _picked_up(self, dispatcher: SwitchDispatcher, glet: greenlet.greenlet) -> bool:
+        """Whether this session records ``glet`` already, because it followed
+        it there (under self.lock)."""
+        watch = dispatcher.watches.get(glet)
+        return watch is not None and any(
+            getattr(buffer.follow, "__self__", None) is self for buffer in watch.buffers
+        )
 
     def _check_not_running(self, key: int, thing: object) -> None:
         existing = self.targets.get(key)

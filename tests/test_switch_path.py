@@ -399,6 +399,40 @@ def test_a_threads_next_session_starts_afresh_on_its_reused_dispatcher() -> None
     assert events(second.snapshots) == Counter(start=1, switch_out=1, switch_in=1, stop=1)
 
 
+def test_a_thread_given_an_ended_threads_ident_gets_a_dispatcher_of_its_own() -> None:
+    left: list[tuple[greenprof.Profiler, greenlet.greenlet, int]] = []
+    after: dict[int, object] = {}
+
+    def ends_with_a_session_running() -> None:
+        main = greenlet.getcurrent()
+        glet = greenlet.greenlet(main.switch)
+        glet.switch()  # suspended, and kept alive below
+        profiler = greenprof.Profiler()
+        profiler.start(glet)
+        left.append((profiler, glet, thread_ident()))
+
+    def profiles_and_stops() -> None:
+        with greenprof.profile():
+            greenlet.greenlet(lambda: None).switch()
+        after[thread_ident()] = greenlet.gettrace()
+
+    ending = threading.Thread(target=ends_with_a_session_running)
+    ending.start()
+    ending.join()
+    ident = left[0][2]
+    for _ in range(50):  # when a new thread gets that ident is the OS's business
+        thread = threading.Thread(target=profiles_and_stops)
+        thread.start()
+        thread.join()
+        if ident in after:
+            break
+    else:
+        pytest.skip("no new thread got the ended thread's ident")
+    assert after[ident] is None  # its last session stopped: no tracer left
+    assert installed_dispatcher(ident) is None
+    left[0][0].stop()  # from another thread: what it held goes with it
+
+
 # -- living with other tracers --------------------------------------------------------
 
 

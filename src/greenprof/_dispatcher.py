@@ -27,7 +27,7 @@ from ._stack import (
     walk_to,
     walk_whole,
 )
-from ._threads import allocate_real_lock, thread_ident
+from ._threads import allocate_real_lock, original, thread_ident
 
 TraceFunction = Callable[[str, Any], Any]
 
@@ -517,24 +517,39 @@ _registry: dict[int, SwitchDispatcher] = {}
 #: installed, watching nothing), for the next session there to reuse.
 _spares: dict[int, SwitchDispatcher] = {}
 _registry_lock = allocate_real_lock()
+#: What the calling OS thread knows of itself (a real thread-local, even
+#: after patching): its dispatcher. The registry is keyed by thread idents,
+#: which a new thread may get again once a thread ended, and a thread that
+#: ended with a session running leaves its dispatcher there.
+_here = original("_local")()
 
 
 def dispatcher_for_current_thread() -> SwitchDispatcher:
     """The calling thread's dispatcher, installed and receiving switches."""
     ident = thread_ident()
     dispatcher = _registry.get(ident)  # only this thread adds its own
-    if dispatcher is None:
-        with _registry_lock:
-            if len(_registry) >= 64:
-                _forget_dead_threads()
-            dispatcher = _spares.pop(ident, None)
-            if dispatcher is None or dispatcher.watches:
-                dispatcher = SwitchDispatcher(ident)
-            else:
-                dispatcher.reset()
-            _registry[ident] = dispatcher
+    mine: object = getattr(_here, "dispatcher", None)
+    if dispatcher is None or dispatcher is not mine:
+        # None, or left by an ended thread that had this ident: the sessions
+        # still running there keep that one; this thread gets its own.
+        dispatcher = _register(ident)
+        _here.dispatcher = dispatcher
     dispatcher.ensure_installed()
     return dispatcher
+
+
+def _register(ident: int) -> SwitchDispatcher:
+    """A dispatcher for thread ``ident`` in the registry: its spare, afresh, or a new one."""
+    with _registry_lock:
+        if len(_registry) >= 64:
+            _forget_dead_threads()
+        dispatcher = _spares.pop(ident, None)
+        if dispatcher is None or dispatcher.watches:
+            dispatcher = SwitchDispatcher(ident)
+        else:
+            dispatcher.reset()
+        _registry[ident] = dispatcher
+        return dispatcher
 
 
 def installed_dispatcher(ident: int) -> SwitchDispatcher | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -235,16 +236,24 @@ def _report_sink_failure(sink: object, action: str, problem: Exception | str) ->
         _reported_sinks[key] = weakref.ref(sink)
     except TypeError:
         _reported_sinks[key] = functools.partial(_same, sink)
-    detail = problem if isinstance(problem, str) else f"{type(problem).__name__}: {problem}"
+    if isinstance(problem, str):
+        detail, trace = problem, ""
+    else:
+        detail = f"{type(problem).__name__}: {problem}"
+        # Its traceback as text, not the exception: a handler that keeps
+        # records (a buffering one, a test's capture) would keep the frames
+        # of the program's code that called stop() or flush() alive, with
+        # everything their locals refer to.
+        trace = "\n" + "".join(traceback.format_exception(problem)).rstrip()
     _logger.error(
         "greenprof: sink %r failed in %s() (%s). Other sinks still receive "
         "every snapshot, the profiler keeps them, and this sink's batch is "
         "retried at the next flush; further failures are only counted in "
-        "Profiler.stats.sink_failures.",
+        "Profiler.stats.sink_failures.%s",
         sink,
         action,
         detail,
-        exc_info=problem if isinstance(problem, Exception) else None,
+        trace,
     )
 
 

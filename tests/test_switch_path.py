@@ -17,6 +17,7 @@ import pytest
 import greenprof
 from greenprof import Frame, Snapshot
 from greenprof._dispatcher import installed_dispatcher
+from greenprof._sampler import SAMPLER
 from greenprof._threads import thread_ident
 
 from .conftest import GREENPROF_DIR, SwitchCounter, function_name, line_of
@@ -373,6 +374,66 @@ def test_finished_greenlets_are_freed_while_the_session_runs() -> None:
     assert len(dispatcher.watches) == 1
     profiler.stop()
     assert events(profiler.snapshots)["switch_out"] == 2
+
+
+def greenlet_at(address: int, run: Any) -> greenlet.greenlet | None:
+    """A new greenlet at ``address`` (a freed one's), if the allocator gives one."""
+    missed = []  # held, so that their own addresses are not offered again
+    for _ in range(1000):
+        glet = greenlet.greenlet(run)
+        if id(glet) == address:
+            return glet
+        missed.append(glet)
+    return None
+
+
+@pytest.mark.parametrize(
+    "options", [{"follow_spawned": True}, {"mode": "hybrid"}, {"mode": "thread"}], ids=str
+)
+def test_a_target_that_ended_and_one_at_its_address_are_both_undone_at_stop(
+    options: dict[str, Any],
+) -> None:
+    main = greenlet.getcurrent()
+    profiler = greenprof.Profiler(**options)
+    profiler.start()
+    first = greenlet.greenlet(main.switch)
+    first.switch()
+    profiler.start(first)
+    address = id(first)
+    first.throw(greenlet.GreenletExit)
+    del first  # freed: its address is free for a later greenlet
+    second = greenlet_at(address, main.switch)
+    if second is None:
+        profiler.stop()
+        pytest.skip("the allocator put no new greenlet there")
+    second.switch()
+    profiler.start(second)  # the same key as the first's, which it must not hide
+    profiler.stop()
+    second.throw(greenlet.GreenletExit)
+    assert greenlet.gettrace() is None  # nothing follows, tracks or samples any more
+    assert installed_dispatcher(thread_ident()) is None
+    assert SAMPLER.thread_id is None
+
+
+def test_a_greenlet_at_an_ended_targets_address_picked_up_then_started_on_leaves_nothing() -> None:
+    main = greenlet.getcurrent()
+    profiler = greenprof.Profiler(follow_all=True)
+    first = greenlet.greenlet(main.switch)
+    profiler.start(first)  # a target, not a greenlet the session picks up
+    first.switch()
+    address = id(first)
+    first.throw(greenlet.GreenletExit)
+    del first
+    second = greenlet_at(address, main.switch)
+    if second is None:
+        profiler.stop()
+        pytest.skip("the allocator put no new greenlet there")
+    second.switch()  # picked up
+    profiler.start(second)  # recorded already: nothing to add, nothing to hide
+    profiler.stop()
+    second.throw(greenlet.GreenletExit)
+    assert greenlet.gettrace() is None
+    assert installed_dispatcher(thread_ident()) is None
 
 
 def test_no_tracer_and_no_dispatcher_once_every_session_stopped() -> None:

@@ -144,6 +144,7 @@ class Run:
         "discarded",
         "dispatchers",
         "dropped_done",
+        "gone",
         "handed",
         "pipeline",
         "root",
@@ -172,6 +173,10 @@ class Run:
         #: pipeline's (the profiler's were never read or changed).
         self.tags = tags
         self.targets: dict[int, _Target] = {}
+        #: Targets that ended and were freed, whose key (an ``id()`` or a
+        #: thread ident) a later target took: stop() takes them down too.
+        #: (A tuple: a request's session makes no list for it.)
+        self.gone: tuple[_Target, ...] = ()
         #: Buffers whose records are not all taken yet.
         self.buffers: list[GreenletBuffer] = []
         #: Greenlets the switch path picked up (``follow_spawned``): a deque,
@@ -374,6 +379,11 @@ class Run:
         wall = pipeline.offset_ns + started  # pipeline.wall_ns(started), inlined
         if not self.start_ns:
             self.start_ns = wall
+        replaced = self.targets.get(record.key)
+        if replaced is not None:
+            # Freed, its address or ident now this target's: what starting
+            # it took (following, tracking, a sampler) is undone at stop().
+            self.gone = (*self.gone, replaced)
         self.targets[record.key] = record
         self.buffers.append(record.buffer)
         if pipeline.options.mode != "thread":
@@ -456,8 +466,9 @@ class Run:
         ``caller``: the frame that called greenprof (or a greenprof frame
         above it)."""
         with self.lock:
-            targets = list(self.targets.values())
+            targets = [*self.gone, *self.targets.values()]
             self.targets.clear()
+            self.gone = ()
         for target in targets:
             if target.taker is not None:
                 SAMPLER.unsubscribe(target.taker)

@@ -112,6 +112,20 @@ def test_children_of_a_followed_greenlet_keep_their_parent() -> None:
     assert sum(1 for p in parents.values() if p == id(top)) == 3
 
 
+def test_a_session_on_two_targets_records_every_other_greenlet_once() -> None:
+    first = gevent.spawn(gevent.sleep, 0)
+    second = gevent.spawn(gevent.sleep, 0)
+    profiler = greenprof.Profiler(follow_all=True)
+    profiler.start(first)
+    profiler.start(second)
+    other = gevent.spawn(gevent.sleep, 0)  # neither target spawned it
+    gevent.joinall([first, second, other])
+    profiler.stop()
+    for glet in (first, second, other):
+        events = [s.event for s in profiler.snapshots if s.greenlet_id == id(glet)]
+        assert events == ["switch_in", "switch_out", "switch_in", "exit"]
+
+
 def test_only_greenlets_of_the_sessions_thread_are_recorded() -> None:
     other_ids: list[int] = []
 

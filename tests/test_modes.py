@@ -276,6 +276,28 @@ def test_follow_spawned_profiles_a_fanned_out_request_whole() -> None:
     assert greenlet.gettrace() is None
 
 
+@pytest.mark.parametrize("follow", ["follow_spawned", "follow_all"])
+def test_starting_a_session_on_a_greenlet_it_picked_up_records_it_once(follow: str) -> None:
+    profiler = greenprof.Profiler(**{follow: True})
+    children: list[gevent.Greenlet] = []
+
+    def request() -> None:
+        child = gevent.spawn(leaf_call)
+        children.append(child)
+        gevent.sleep(0)  # the child starts: picked up
+        profiler.start(child)  # and named by the program too
+        child.join()
+
+    top = gevent.spawn(request)
+    profiler.start(top)
+    top.join()
+    profiler.stop()
+    mine = [s for s in profiler.snapshots if s.greenlet_id == id(children[0])]
+    assert [s.event for s in mine] == ["switch_in", "switch_out", "switch_in", "exit"]
+    assert {s.parent_id for s in mine} == {id(top)}
+    assert greenlet.gettrace() is None
+
+
 def test_without_follow_spawned_children_are_not_profiled() -> None:
     request = gevent.spawn(fan_out, 1)
     with greenprof.profile(request) as profiler:

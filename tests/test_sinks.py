@@ -311,6 +311,39 @@ def test_a_sink_whose_flush_returns_false_is_logged_once(
     assert "failed in flush() (it returned False)" in records[0]
 
 
+class Local:
+    def __init__(self, freed: list[str]) -> None:
+        self.freed = freed
+
+    def __del__(self) -> None:
+        self.freed.append("freed")
+
+
+def test_a_kept_record_of_a_sink_failure_holds_none_of_the_programs_objects() -> None:
+    records: list[logging.LogRecord] = []
+    keeper = logging.Handler()
+    keeper.emit = records.append  # type: ignore[method-assign]
+    freed: list[str] = []
+
+    def request() -> None:
+        local = Local(freed)  # noqa: F841 - freed as this call returns
+        with greenprof.profile(sinks=[FailingSink(failures=1)]):
+            pass  # the sink fails as the block ends: logged from this frame
+
+    logger = logging.getLogger("greenprof")
+    logger.addHandler(keeper)
+    try:
+        request()
+        freed.append("returned")
+    finally:
+        logger.removeHandler(keeper)
+    assert freed == ["freed", "returned"]  # not held by the record a handler keeps
+    [record] = records
+    assert record.exc_info is None
+    assert "OSError: the collector is down" in record.getMessage()
+    assert "Traceback (most recent call last)" in record.getMessage()
+
+
 def test_export_failure_is_retried_at_next_flush() -> None:
     recovering = FailingSink(failures=1)
     glet = make_worker(3)

@@ -18,6 +18,7 @@ import pytest
 import greenprof
 from greenprof import Frame, Snapshot
 from greenprof._dispatcher import installed_dispatcher
+from greenprof._sampler import SAMPLER
 from greenprof._threads import thread_ident
 
 from .conftest import GREENPROF_DIR, SwitchCounter, function_name, line_of
@@ -626,7 +627,20 @@ def test_tracer_stopped_under_gevents_monitor_leaves_once_the_monitor_goes() -> 
 # -- ids reused ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("options", [{"follow_spawned": True}, {"mode": "hybrid"}])
+def greenlet_at(address: int, run: Any) -> greenlet.greenlet | None:
+    """A new greenlet at ``address`` (a freed one's), if the allocator gives one."""
+    missed = []  # held, so that their own addresses are not offered again
+    for _ in range(1000):
+        glet = greenlet.greenlet(run)
+        if id(glet) == address:
+            return glet
+        missed.append(glet)
+    return None
+
+
+@pytest.mark.parametrize(
+    "options", [{"follow_spawned": True}, {"mode": "hybrid"}, {"mode": "thread"}], ids=str
+)
 def test_a_new_target_at_an_ended_ones_address_leaves_nothing_running_after_stop(
     options: dict[str, Any],
 ) -> None:
@@ -641,9 +655,7 @@ def test_a_new_target_at_an_ended_ones_address_leaves_nothing_running_after_stop
     first.switch()  # it ends
     address = id(first)
     del first  # freed: a greenlet made soon after is usually made where it was
-    made = [greenlet.greenlet(nothing) for _ in range(2000)]
-    second = next((glet for glet in made if id(glet) == address), None)
-    del made
+    second = greenlet_at(address, nothing)
     if second is None:
         profiler.stop()
         pytest.skip("memory did not hand the ended greenlet's address out again")
@@ -655,9 +667,52 @@ def test_a_new_target_at_an_ended_ones_address_leaves_nothing_running_after_stop
     assert greenlet.gettrace() is None
     assert installed_dispatcher(thread_ident()) is None
     assert sys.getswitchinterval() == interval
-    from greenprof._sampler import SAMPLER
-
     assert not SAMPLER._takers
+    assert SAMPLER.thread_id is None
+
+
+def test_a_greenlet_at_an_ended_targets_address_picked_up_then_started_on_leaves_nothing() -> None:
+    main = greenlet.getcurrent()
+    profiler = greenprof.Profiler(follow_all=True)
+    first = greenlet.greenlet(main.switch)
+    profiler.start(first)  # a target, not a greenlet the session picks up
+    first.switch()
+    address = id(first)
+    first.throw(greenlet.GreenletExit)
+    del first
+    second = greenlet_at(address, main.switch)
+    if second is None:
+        profiler.stop()
+        pytest.skip("the allocator put no new greenlet there")
+    second.switch()  # picked up
+    profiler.start(second)  # recorded already: nothing to add, nothing to hide
+    profiler.stop()
+    second.throw(greenlet.GreenletExit)
+    assert greenlet.gettrace() is None
+    assert installed_dispatcher(thread_ident()) is None
+
+
+def test_a_follow_all_target_at_an_ended_ones_address_still_picks_every_greenlet_up() -> None:
+    main = greenlet.getcurrent()
+    profiler = greenprof.Profiler(follow_all=True)
+    first = greenlet.greenlet(main.switch)
+    profiler.start(first)  # the target whose buffer picks the thread's greenlets up
+    first.switch()
+    address = id(first)
+    first.throw(greenlet.GreenletExit)
+    del first
+    second = greenlet_at(address, main.switch)
+    if second is None:
+        profiler.stop()
+        pytest.skip("the allocator put no new greenlet there")
+    profiler.start(second)  # replaces the first, taken down with what it picked up
+    other = greenlet.greenlet(lambda: None)  # no target spawned it
+    other.switch()
+    profiler.stop()
+    second.throw(greenlet.GreenletExit)
+    recorded = [s.event for s in profiler.snapshots if s.greenlet_id == id(other)]
+    assert recorded == ["switch_in", "exit"]
+    assert greenlet.gettrace() is None
 
 
 def test_threads_that_end_and_reuse_idents_get_fresh_dispatchers() -> None:
@@ -698,3 +753,37 @@ def test_threads_that_end_and_reuse_idents_get_fresh_dispatchers() -> None:
     alive = set(sys._current_frames())
     assert set(_registry) <= alive  # no dispatcher of an ended thread stays
     assert len(set(idents)) < len(idents)  # idents were reused: the case under test
+
+
+def test_a_thread_given_an_ident_whose_thread_ended_profiling_gets_its_own_dispatcher() -> None:
+    left: list[tuple[greenprof.Profiler, greenlet.greenlet, int]] = []
+    after: dict[int, object] = {}
+
+    def ends_with_a_session_running() -> None:
+        main = greenlet.getcurrent()
+        glet = greenlet.greenlet(main.switch)
+        glet.switch()  # suspended, and kept alive below
+        profiler = greenprof.Profiler()
+        profiler.start(glet)
+        left.append((profiler, glet, thread_ident()))
+
+    def profiles_and_stops() -> None:
+        with greenprof.profile():
+            greenlet.greenlet(lambda: None).switch()
+        after[thread_ident()] = greenlet.gettrace()
+
+    ending = threading.Thread(target=ends_with_a_session_running)
+    ending.start()
+    ending.join()
+    ident = left[0][2]
+    for _ in range(50):  # when a new thread gets that ident is the OS's business
+        thread = threading.Thread(target=profiles_and_stops)
+        thread.start()
+        thread.join()
+        if ident in after:
+            break
+    else:
+        pytest.skip("no new thread got the ended thread's ident")
+    assert after[ident] is None  # its last session stopped: no tracer left
+    assert installed_dispatcher(ident) is None
+    left[0][0].stop()  # from another thread: what it held goes with it

@@ -22,6 +22,7 @@ import functools
 import logging
 import os
 import time
+import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -414,12 +415,28 @@ def _report_sink_failure(sink: object, action: str, problem: BaseException | str
             "greenprof: sink %s failed in %s() (%s). Other sinks still receive "
             "every snapshot, the profiler keeps them, and this sink's batch is "
             "retried at the next flush; further failures are only counted in "
-            "Profiler.stats.sink_failures.",
+            "Profiler.stats.sink_failures.%s",
             describe(sink),
             action,
             _problem_text(problem),
-            exc_info=problem if isinstance(problem, BaseException) else None,
+            _traceback_text(problem),
         )
+
+
+def _traceback_text(problem: BaseException | str) -> str:
+    """``problem``'s traceback as text, on lines of its own after the
+    message (empty for a plain description).
+
+    Text, not the exception as ``exc_info``: its traceback reaches the
+    frames of the program's code that called ``stop()`` or ``flush()``, and
+    a handler that keeps records (a buffering one, a test's log capture)
+    would keep those frames alive, and everything their locals refer to."""
+    if isinstance(problem, str):
+        return ""
+    try:
+        return "\n" + "".join(traceback.format_exception(problem)).rstrip()
+    except Exception:
+        return ""  # the message goes out without it
 
 
 def _same(value: object) -> object:

@@ -250,6 +250,8 @@ class Run:
         with self.lock:
             if self.targets:
                 self._check_not_running(key, glet)
+                if options.follow_spawned and self._picked_up(dispatcher, glet):
+                    return  # recorded already, once, as a greenlet it picked up
             buffer = self._new_buffer(glet, dispatcher.thread_id)
             record = _Target(key, buffer, dispatcher)
             started = time.perf_counter_ns()
@@ -275,7 +277,9 @@ class Run:
                         self.adopted = deque()
                     buffer.follow = self._adopt
                     dispatcher.start_following()
-                    if options.follow_all:
+                    if options.follow_all and not self._follows_all(dispatcher, key):
+                        # Once per session and thread: every buffer there
+                        # picks each new greenlet up, once more each.
                         dispatcher.follow_all(buffer)
                 if mode == "hybrid":
                     record.taker = HybridTaker(dispatcher=dispatcher, period_ns=options.period_ns)
@@ -406,6 +410,23 @@ class Run:
             dispatcher.unwatch(watch, buffer)
         elif target.tracking and dispatcher is not None:
             dispatcher.stop_tracking()
+
+    def _follows_all(self, dispatcher: SwitchDispatcher, key: int) -> bool:
+        """Whether one of this session's targets picks up every greenlet of
+        ``dispatcher``'s thread already (under self.lock); not the one at
+        ``key``, which the target starting there replaces and takes down."""
+        everything = dispatcher.everything
+        return any(
+            target.buffer in everything for target in self.targets.values() if target.key != key
+        )
+
+    def _picked_up(self, dispatcher: SwitchDispatcher, glet: greenlet.greenlet) -> bool:
+        """Whether this session records ``glet`` already, because it followed
+        it there (under self.lock)."""
+        watch = dispatcher.watches.get(glet)
+        return watch is not None and any(
+            getattr(buffer.follow, "__self__", None) is self for buffer in watch.buffers
+        )
 
     def _check_not_running(self, key: int, thing: object) -> None:
         existing = self.targets.get(key)

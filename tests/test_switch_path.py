@@ -8,7 +8,7 @@ import sys
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -417,6 +417,52 @@ def test_a_session_holds_none_of_the_frames_it_started_in_once_stopped() -> None
         request()
         log.append("returned")
     assert log == ["the request's local freed", "returned"]
+
+
+def test_a_session_that_outlives_the_call_it_started_in_holds_none_of_its_frames() -> None:
+    # Found by the fault injection: before 3.12 a session held the frame
+    # that called start(), and that frame's caller, until it stopped, and
+    # so whatever their locals referred to.
+    main = greenlet.getcurrent()
+
+    def run(start: Callable[[], None]) -> list[str]:
+        log: list[str] = []
+        refs: list[weakref.ref[Local]] = []
+
+        def ends_when_freed() -> None:
+            try:
+                main.switch()
+            finally:
+                log.append("the caller's greenlet ended")
+
+        def starter() -> None:
+            local = Local(log, "the starter's local")  # noqa: F841 - freed as this call returns
+            start()
+
+        def caller() -> None:
+            local = Local(log, "the caller's local")
+            refs.append(weakref.ref(local, lambda _: log.append("a weak reference called back")))
+            glet = greenlet.greenlet(ends_when_freed)
+            glet.switch()  # suspended, and only this frame refers to it
+            starter()
+            log.append("started")
+
+        caller()
+        log.append("returned")
+        return log
+
+    profiler = greenprof.Profiler()
+    with reference_counting_only():
+        unprofiled = run(lambda: None)
+        profiled = run(profiler.start)
+        assert profiler.is_running  # the session outlived both calls
+        profiler.stop()
+    assert profiled == unprofiled
+    assert len(unprofiled) == 6
+    assert unprofiled[-1] == "returned"
+    first = profiler.snapshots[0]
+    assert first.event == "start"
+    assert first.stack[-1].function.rsplit(".", 1)[-1] == "starter"
 
 
 def test_no_tracer_and_no_dispatcher_once_every_session_stopped() -> None:

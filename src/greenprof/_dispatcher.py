@@ -24,7 +24,6 @@ from ._stack import (
     RawStack,
     StackNode,
     capture,
-    walk_to,
     walk_whole,
 )
 from ._threads import allocate_real_lock, original, thread_ident
@@ -49,16 +48,7 @@ class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
     instead of walking frames again.
     """
 
-    __slots__ = (
-        "_hash",
-        "buffers",
-        "depth",
-        "last_stack",
-        "root",
-        "root_below",
-        "root_lasti",
-        "root_owner",
-    )
+    __slots__ = ("_hash", "buffers", "depth", "last_stack")
 
     def __new__(
         cls,
@@ -79,20 +69,6 @@ class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
         self.buffers: tuple[GreenletBuffer, ...] = ()
         self.depth = depth
         self.last_stack: RawStack = EMPTY_STACK
-        #: Before 3.12: a frame on the greenlet's stack (held by a session,
-        #: ``root_owner``'s) where switch-out walks stop, in call
-        #: ``root_lasti``, sharing ``root_below``, its stack (see walk_to).
-        self.root: FrameType | None = None
-        self.root_lasti = 0
-        self.root_below: StackNode | None = None
-        self.root_owner: GreenletBuffer | None = None
-
-    def set_root(self, root: FrameType, below: StackNode, owner: GreenletBuffer) -> None:
-        """Let walks stop at ``root`` while ``owner``'s session watches
-        (unless another session's root is set already)."""
-        if self.root is None:
-            self.root, self.root_lasti, self.root_below = root, root.f_lasti, below
-            self.root_owner = owner
 
     def __hash__(self) -> int:
         return self._hash
@@ -300,8 +276,6 @@ class SwitchDispatcher:
         buffers = watch.buffers
         remaining = () if buffers == (buffer,) else tuple(b for b in buffers if b is not buffer)
         watch.buffers = remaining
-        if watch.root_owner is buffer:
-            watch.root = watch.root_below = watch.root_owner = None
         if not remaining:
             found = self.watches.pop(watch, None)
             if found is not None and found is not watch:
@@ -371,17 +345,7 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                             # last time, still in the same call (see _stack).
                             stack: RawStack
                             if not MARKS:
-                                root = watch.root
-                                if root is None:
-                                    stack = walk_whole(frame, watch.depth)
-                                else:
-                                    stack = walk_to(
-                                        frame,
-                                        watch.depth,
-                                        root,
-                                        watch.root_lasti,
-                                        watch.root_below,  # type: ignore[arg-type]
-                                    )
+                                stack = walk_whole(frame, watch.depth)
                             elif (
                                 type(mark := frame.f_trace) is StackNode
                                 and mark.owner == id(frame)

@@ -35,7 +35,7 @@ from ._dispatcher import (
 from ._naming import greenlet_name
 from ._sampler import SAMPLER, HybridTaker, ThreadTaker
 from ._signals import redeliver
-from ._stack import MARKS, RawStack, capture, on_top, stable_root, walk_whole
+from ._stack import capture
 from ._threads import allocate_real_lock, thread_ident
 from .exceptions import (
     AlreadyProfilingError,
@@ -98,10 +98,6 @@ def _remake_locks() -> None:
 
 os.register_at_fork(after_in_child=_remake_locks)
 
-#: Frames under a session's start frame worth stopping walks at (before
-#: 3.12): with fewer, the check at each frame costs more than it saves.
-_WORTH_A_ROOT: Final = 4
-
 #: ``(greenlet ref, buffer, dispatcher)`` of a greenlet a session picked up.
 Child = tuple["weakref.ref[greenlet.greenlet]", GreenletBuffer, SwitchDispatcher]
 
@@ -135,7 +131,6 @@ class Run:
 
     __slots__ = (
         "adopted",
-        "anchor",
         "batches",
         "bounds",
         "buffers",
@@ -147,8 +142,6 @@ class Run:
         "ending",
         "handed",
         "pipeline",
-        "root",
-        "root_below",
         "running_at_start",
         "sequence",
         "session",
@@ -201,11 +194,6 @@ class Run:
         self.batches: list[Batch] = []
         self.session: Session | None = None
         self.session_handed = False
-        #: Before 3.12, the frame greenprof was started from (held until
-        #: stop) and the stack under it, shared by the target's snapshots.
-        self.anchor: FrameType | None = None
-        self.root: FrameType | None = None
-        self.root_below: RawStack = None
 
     @property
     def lock(self) -> _thread.LockType:
@@ -259,7 +247,7 @@ class Run:
             if running and mode != "thread" and buffer.limit:
                 # Where the session starts: a request that never yields still
                 # shows where its time went.
-                buffer.add((START, started, self._start_stack(_caller(caller), buffer.depth)))
+                buffer.add((START, started, capture(_caller(caller), buffer.depth)))
             if mode == "thread":
                 dispatcher.start_tracking()
                 record.tracking = True
@@ -285,8 +273,6 @@ class Run:
                     record.taker = HybridTaker(dispatcher=dispatcher, period_ns=options.period_ns)
                     buffer.sampler = record.taker
                 record.watch = record.ref = dispatcher.watch(glet, buffer)
-                if running and self.root is not None and self.root_below is not None:
-                    record.watch.set_root(self.root, self.root_below, buffer)
             replaced = self._register(record, started, running=running)
             if dispatcher not in self.dispatchers:
                 self.dispatchers.append(dispatcher)
@@ -313,37 +299,15 @@ class Run:
         )
         started = time.perf_counter_ns()
         buffer.count = 1  # max_snapshots >= 1: the start record always fits
-        caller = _caller(caller)
-        stack = capture(caller, buffer.depth) if MARKS else self._start_stack(caller, buffer.depth)
-        buffer.records.append((START, started, stack))
+        buffer.records.append((START, started, capture(_caller(caller), buffer.depth)))
         record = _Target(key, buffer, dispatcher)
-        watch = record.watch = record.ref = dispatcher.watch(glet, buffer)
-        if self.root is not None and self.root_below is not None:
-            watch.set_root(self.root, self.root_below, buffer)
+        record.watch = record.ref = dispatcher.watch(glet, buffer)
         self.start_ns = wall = pipeline.offset_ns + started
         self.targets[key] = record
         self.buffers.append(buffer)
         self.running_at_start.add(key)
         self.bounds[key] = (wall, 0)
         self.dispatchers.append(dispatcher)
-
-    def _start_stack(self, caller: FrameType | None, depth: int) -> RawStack:
-        """The stack of the caller of greenprof, now.
-
-        Before 3.12 that frame becomes the session's anchor, held until it
-        stops: a stop in the same frame reuses the stack under it, and when
-        enough frames are under it, the target's walks stop at its caller
-        (see ``_stack.walk_to``)."""
-        if MARKS or self.anchor is not None or caller is None:
-            return capture(caller, depth)
-        root = stable_root(caller)
-        if root is None:
-            return capture(caller, depth)
-        below = walk_whole(root, depth)
-        self.anchor, self.root_below = caller, below
-        if below is not None and below.height >= _WORTH_A_ROOT:
-            self.root = root
-        return on_top(caller, below)
 
     def _start_thread(self, thread: threading.Thread) -> None:
         ident = thread.ident
@@ -506,12 +470,7 @@ class Run:
                 if buffer.limit and watch() is current:
                     # Where the session stops, in the greenlet it ran in.
                     caller = _caller(caller)
-                    stack = (
-                        capture(caller, buffer.depth)
-                        if MARKS
-                        else self._stop_stack(caller, buffer.depth)
-                    )
-                    buffer.add((STOP, stopped_perf, stack))
+                    buffer.add((STOP, stopped_perf, capture(caller, buffer.depth)))
                 bounds[buffer.greenlet_id] = (bounds[buffer.greenlet_id][0], stopped)
             self._take_down(target)
         if self.adopted or self.children:
@@ -520,18 +479,12 @@ class Run:
             if target.dispatcher is not None and target.dispatcher is not released:
                 released = target.dispatcher
                 released.release()
-        self.anchor = self.root = None  # the only frames a session holds, while it runs
         if stopped - self.start_ns < options.min_duration_ns:
             self.discard()
             return
         _name_targets(targets)
         if any(target.buffer.dropped for target in targets):
             self._report_drops([t.buffer for t in targets])
-
-    def _stop_stack(self, caller: FrameType | None, depth: int) -> RawStack:
-        if caller is not None and caller is self.anchor:  # still in the call it started in
-            return on_top(caller, self.root_below)
-        return capture(caller, depth)
 
     def _stop_children(self, stopped: int) -> None:
         """Stop watching the greenlets the session picked up."""

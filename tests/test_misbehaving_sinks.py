@@ -14,7 +14,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import gevent
 import greenlet
@@ -406,6 +406,78 @@ def test_a_forked_child_delivers_its_own_sessions_while_its_parents_sink_is_busy
     # The child sent its own session, and not the one its parent was sending.
     assert child["ok"] is True
     assert child["sessions"] == [child["child"]]
+
+
+# -- flushes with nothing to wait for ----------------------------------------------------
+
+
+def others_ran_during(call: Callable[[], object]) -> tuple[object, bool]:
+    """``call()``'s result, and whether another greenlet ran meanwhile."""
+    ran: list[bool] = []
+    other = gevent.spawn(ran.append, True)  # runs at the first chance
+    try:
+        return call(), bool(ran)
+    finally:
+        other.kill()
+
+
+def test_a_flush_of_sinks_whose_flush_never_blocks_lets_no_other_greenlet_run() -> None:
+    memory = MemorySink()
+    retried = InlineRaising(ValueError, times=1)  # its batch waits for the flush
+    profiler = profile_work([memory, retried])
+    profiler.stop()
+    assert (len(memory.snapshots), len(retried.snapshots)) == (SNAPSHOTS, 0)
+    flushed, others_ran = others_ran_during(lambda: profiler.flush(1.0))
+    assert flushed is True
+    assert not others_ran  # no sink's thread to wait for
+    assert len(retried.snapshots) == SNAPSHOTS  # handed over again, in place
+
+
+def test_a_flush_of_zero_seconds_lets_no_other_greenlet_run() -> None:
+    recorder = Recorder()  # called from a thread of its own
+    profiler = profile_work([recorder])
+    profiler.stop()
+    _, others_ran = others_ran_during(lambda: profiler.flush(0))
+    assert not others_ran  # asked not to wait, it does not
+    assert profiler.flush(30) is True
+    assert len(recorder.snapshots) == SNAPSHOTS
+
+
+class FlushNotingThread(MemorySink):
+    """Its flush, which may block for all greenprof knows: the promise of
+    the MemorySink it overrides is not its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def flush(self, timeout: float | None = None) -> bool:
+        self.threads.append(threading.get_ident())
+        return True
+
+
+class FlushNotingThreadNeverBlocking(FlushNotingThread):
+    """The same, saying again that its flush never blocks."""
+
+    flush_never_blocks = True
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return super().flush(timeout)
+
+
+@pytest.mark.parametrize(
+    ("sink_class", "in_place"),
+    [(FlushNotingThread, False), (FlushNotingThreadNeverBlocking, True)],
+)
+def test_a_flush_that_overrides_a_never_blocking_one_is_flushed_in_place_only_if_it_says_so(
+    sink_class: type[FlushNotingThread], in_place: bool
+) -> None:
+    sink = sink_class()
+    profiler = profile_work([sink])
+    profiler.stop()
+    assert profiler.flush(30) is True
+    assert len(sink.snapshots) == SNAPSHOTS
+    assert (sink.threads == [threading.get_ident()]) is in_place
 
 
 # -- flush_timeout ---------------------------------------------------------------------------

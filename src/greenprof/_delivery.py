@@ -10,9 +10,12 @@ Where sinks are called: one whose class says ``export_never_blocks = True``
 (``MemorySink``, ``JSONSink``, ``SkyWalkingSink``) gets its snapshots in
 the thread that stops a session, so they are in it when ``stop()``
 returns; any other sink is called from a thread of its own
-(``_sink_threads``), so one that blocks holds up nothing but itself. Every
-sink's ``flush`` runs in its own thread, and ``flush()`` waits for them
-cooperatively, never past its timeout.
+(``_sink_threads``), so one that blocks holds up nothing but itself. A
+sink's ``flush`` runs in its own thread too, and ``flush()`` waits for them
+cooperatively, never past its timeout; but one whose class also says
+``flush_never_blocks = True`` next to its ``flush`` (``MemorySink``,
+``JSONSink``) is flushed in the caller, so a flush of such sinks alone
+never lets another greenlet run.
 """
 
 from __future__ import annotations
@@ -56,12 +59,23 @@ class Batch:
 
 
 class _SinkState:
-    __slots__ = ("inline", "pending", "pending_snapshots", "scheduled", "sending", "sink", "thread")
+    __slots__ = (
+        "flushed_here",
+        "inline",
+        "pending",
+        "pending_snapshots",
+        "scheduled",
+        "sending",
+        "sink",
+        "thread",
+    )
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
         #: Whether its export runs in the caller's thread (see the module).
         self.inline = _export_never_blocks(sink)
+        #: Whether its flush does too (only for a sink whose export does).
+        self.flushed_here = self.inline and _flush_never_blocks(sink)
         #: The name of the thread that calls it otherwise.
         self.thread = f"greenprof's thread for {describe(sink)}"
         #: True while one thread or greenlet hands batches over; another
@@ -167,15 +181,28 @@ class Delivery:
         return ok
 
     def flush(self, timeout: float | None) -> bool:
-        """Hand over what is waiting, then flush every sink, each in its own
-        thread, waiting for them ``timeout`` seconds in all (None: as long
-        as they take; 0: not at all). False if one failed or is not done."""
+        """Hand over what is waiting, then flush every sink, waiting for
+        them ``timeout`` seconds in all (None: as long as they take; 0: not
+        at all). False if one failed or is not done.
+
+        Each sink flushes in its own thread, waited for cooperatively, but
+        one whose export and flush never block flushes here: with only
+        such sinks, or a timeout of 0, this never lets another greenlet run.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        requests = [_FlushRequest(self, state, timeout, deadline) for state in list(self._states)]
+        states = list(self._states)
+        requests = [
+            _FlushRequest(self, state, timeout, deadline)
+            for state in states
+            if not state.flushed_here
+        ]
         for request in requests:
             self._in_sink_thread(request.state, request.run)
         ok = True
         try:
+            for state in states:
+                if state.flushed_here:
+                    ok = self._flush_here(state, _seconds_left(deadline)) and ok
             for request in requests:
                 ok = request.wait() and ok
         except BaseException:
@@ -185,6 +212,24 @@ class Delivery:
                 request.abandon()
             raise
         return ok
+
+    def _flush_here(self, state: _SinkState, timeout: float | None) -> bool:
+        """Hand over what ``state``'s sink has waiting and flush it, in the
+        caller (its export and flush never block); False if it failed.
+        Failures are handled as in ``_send``, which this calls in place."""
+        sent = self._send(state, in_caller=True)
+        sink = state.sink
+        try:
+            flushed = sink.flush(timeout)
+        except BaseException as exc:
+            self._failed(sink, "flush", exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise  # it may be the program's Ctrl-C: see _send
+            return False
+        if flushed is False:
+            self._failed(sink, "flush", "it returned False")
+            return False
+        return sent
 
     def _schedule(self, state: _SinkState) -> None:
         with self._lock:
@@ -321,7 +366,7 @@ class _FlushRequest:
         sink = self.state.sink
         problem: BaseException | str | None = None
         try:
-            flushed = sink.flush(self._left())
+            flushed = sink.flush(_seconds_left(self.deadline))
         except BaseException as exc:
             problem = exc
         else:
@@ -337,7 +382,7 @@ class _FlushRequest:
 
     def wait(self) -> bool:
         """In the caller: the sink's result, or False once the deadline passed."""
-        if self.done.wait(self._left()):
+        if self.done.wait(_seconds_left(self.deadline)):
             return self.ok
         with self.lock:
             if self.done.is_set():
@@ -353,8 +398,10 @@ class _FlushRequest:
         with self.lock:
             self.abandoned = True
 
-    def _left(self) -> float | None:
-        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+def _seconds_left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (a ``time.monotonic()``), at least 0; None for none."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _joined(parts: list[Sequence[Snapshot]]) -> Sequence[Snapshot]:
@@ -367,6 +414,23 @@ def _export_never_blocks(sink: object) -> bool:
         return getattr(sink, "export_never_blocks", False) is True
     except Exception:  # a property that raises: it says nothing
         return False
+
+
+def _flush_never_blocks(sink: object) -> bool:
+    """Whether the class that defines ``sink``'s ``flush`` says, itself,
+    that it returns at once (see the module). A subclass that overrides
+    ``flush`` inherits no such promise (its flush may well block), nor
+    does a sink given a ``flush`` of its own."""
+    try:
+        if "flush" in getattr(sink, "__dict__", ()):
+            return False
+        for klass in type(sink).__mro__:
+            namespace = vars(klass)
+            if "flush" in namespace:
+                return namespace.get("flush_never_blocks", False) is True
+    except Exception:  # a class that refuses to be read: it says nothing
+        return False
+    return False
 
 
 def describe(value: object) -> str:

@@ -252,8 +252,10 @@ class Spool:
     too) spools to a temporary file made the first time it writes, read
     back when it writes its profile, then removed."""
 
-    #: Each export is written when it returns: called in place.
+    #: Each export is written when it returns: called in place, and so is
+    #: its flush, which has nothing to wait for.
     export_never_blocks = True
+    flush_never_blocks = True
 
     def __init__(self) -> None:
         self._files: dict[int, str] = {}

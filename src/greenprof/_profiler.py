@@ -300,9 +300,11 @@ class Profiler:
 
         Each sink flushes in a thread of its own, so one stuck in a call does
         not hold this past ``timeout``, and a greenlet waiting here lets the
-        others of its thread run. Also re-installs greenprof's tracer in the
-        calling thread if other code removed it. Returns False if a sink
-        failed or did not finish in time.
+        others of its thread run; one whose flush never blocks
+        (``MemorySink``, ``JSONSink``) flushes here, so with only such sinks,
+        or a ``timeout`` of 0, no other greenlet runs. Also re-installs
+        greenprof's tracer in the calling thread if other code removed it.
+        Returns False if a sink failed or did not finish in time.
         """
         run = self._run
         if run is not None:

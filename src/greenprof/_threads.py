@@ -106,6 +106,8 @@ class RealEvent:
         passed first."""
         if self._is_set:
             return True
+        if timeout is not None and timeout <= 0:
+            return self._is_set  # no wait at all: no other greenlet runs meanwhile
         hub = _hub_to_wait_in()
         if hub is None:
             if self._unset.acquire(True, _lock_timeout(timeout)):

@@ -38,7 +38,10 @@ class Sink(Protocol):
     so with the class attribute ``export_never_blocks = True``: its
     ``export`` is then called in the thread that stops a session, so what a
     session recorded is in the sink when ``stop()`` returns (``flush``
-    still runs in the sink's thread).
+    still runs in the sink's thread, unless the class that defines it also
+    says ``flush_never_blocks = True``: a ``flush`` that returns at once is
+    called in place too, and a ``flush()`` of such sinks only never lets
+    another greenlet run).
 
     A sink may also have ``export_sessions(sessions)`` (see
     :class:`SessionSink`): it then gets each :class:`~greenprof.Session`

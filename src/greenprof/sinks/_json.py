@@ -40,6 +40,9 @@ class JSONSink:
     #: greenprof calls it in the thread that stops a session, so the file
     #: holds the session when ``stop()`` returns.
     export_never_blocks = True
+    #: Its flush has nothing to wait for (see ``flush``): called in the
+    #: caller's thread too, so ``flush()`` lets no other greenlet run for it.
+    flush_never_blocks = True
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)

@@ -15,6 +15,9 @@ class MemorySink:
     #: Its export only appends: greenprof calls it in the thread that stops
     #: a session, so what ``stop()`` handed over is here when it returns.
     export_never_blocks = True
+    #: Its flush has nothing to wait for: called in the caller's thread too,
+    #: so ``flush()`` lets no other greenlet run for it.
+    flush_never_blocks = True
 
     def __init__(self) -> None:
         self.snapshots: list[Snapshot] = []

@@ -413,14 +413,18 @@ class RawSession:
 class Token:
     """A local object whose finalizer the program observes."""
 
-    __slots__ = ("label", "trace")
+    __slots__ = ("elsewhere", "label", "thread", "trace")
 
-    def __init__(self, trace: list[Entry], label: int) -> None:
-        self.trace = trace
+    def __init__(self, outcome: Outcome, label: int) -> None:
+        self.trace = outcome.trace
+        self.elsewhere = outcome.freed_elsewhere
         self.label = label
+        self.thread = threading.get_ident()
 
     def __del__(self) -> None:
         self.trace.append(("~", "freed", self.label))
+        if threading.get_ident() != self.thread:
+            self.elsewhere.append(self.label)
 
 
 class Outcome:
@@ -441,6 +445,10 @@ class Outcome:
         #: ``id()`` values that named two greenlets (a dropped raw greenlet's,
         #: reused): what the checks know of them is ambiguous.
         self.reused: set[int] = set()
+        #: Labels of tokens freed in another thread than the run's: by
+        #: greenprof's sampling thread, which held a frame that referred to
+        #: one as the frame's call returned (see ``SAMPLER_HELD``).
+        self.freed_elsewhere: list[int] = []
 
 
 class Execution:
@@ -504,6 +512,7 @@ class Execution:
                 self.profiling.finish()
         # What happens as the thread and its hub go is not the program's.
         self.outcome.trace = list(self.trace)
+        self.outcome.freed_elsewhere = list(self.outcome.freed_elsewhere)
 
     def release(self) -> Any:
         """Let go of the run as its thread ends; the hub, if any, to destroy.
@@ -811,7 +820,7 @@ class Execution:
         self.log(actor, "gen_done", label)
 
     def do_local(self, actor: Actor, label: int, steps: list[Step]) -> None:
-        token = Token(self.trace, label)  # noqa: F841 - freed when this call returns
+        token = Token(self.outcome, label)  # noqa: F841 - freed when this call returns
         self.run_steps(actor, steps)
         self.log(actor, "local_end", label)
 

@@ -75,14 +75,27 @@ def frees_moved(plain: list[Entry], profiled: list[Entry]) -> bool:
     return split(plain) == split(profiled)
 
 
+#: A known limit of the hybrid and thread modes (README, "No frame is
+#: held"): a sample holds the sampled thread's frames while it is taken; if
+#: that thread gets the GIL back meanwhile and returns from one of them, the
+#: call's locals are freed when the sample ends, in the sampling thread.
+#: Rare (about one short program in 2000 here); told apart by the program's
+#: tokens freed outside its thread, with nothing else in the traces moved.
+SAMPLER_HELD = "the sampling thread held a frame of the program as its call returned"
+
+
 def assert_same_behaviour(seed: int, plain: Outcome, profiled: Outcome) -> None:
     assert plain.error is None, f"seed {seed}: the program itself failed:\n{plain.error}"
     assert profiled.error is None, f"seed {seed}, profiled run:\n{profiled.error}"
     if plain.trace != profiled.trace:
         hint = ""
-        if frees_moved(plain.trace, profiled.trace):
+        moved = frees_moved(plain.trace, profiled.trace)
+        if moved:
             hint = "\n(only where objects were freed differs: something held them longer)"
         difference = first_difference(plain.trace, profiled.trace)
+        if moved and profiled.freed_elsewhere:
+            tokens = ", ".join(map(str, profiled.freed_elsewhere))
+            pytest.xfail(f"seed {seed}: {SAMPLER_HELD} (tokens {tokens}): {difference}")
         pytest.fail(f"seed {seed} ({rerun(seed)}): {difference}{hint}")
 
 
@@ -91,10 +104,11 @@ def test_a_profiled_run_does_what_the_unprofiled_run_does(seed: int) -> None:
     program = Program(seed, greenlets=GREENLETS)
     plain = execute(program, profiled=False)
     profiled = execute(program, profiled=True)
-    assert_same_behaviour(seed, plain, profiled)
+    assert plain.freed_elsewhere == []
     assert profiled.problems == [], f"seed {seed} ({rerun(seed)}):\n" + "\n".join(profiled.problems)
     recorded = check_recorded(profiled)
     assert recorded == [], f"seed {seed} ({rerun(seed)}):\n" + "\n".join(recorded[:20])
+    assert_same_behaviour(seed, plain, profiled)
 
 
 # -- the oracle itself ---------------------------------------------------------------

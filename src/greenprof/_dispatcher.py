@@ -84,10 +84,10 @@ class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
         #: ``root_lasti``, sharing ``root_below``, its stack (see walk_to).
         self.root: FrameType | None = None
         self.root_lasti = 0
-        self.root_below: StackNode | None = None
+        self.root_below: RawStack = None
         self.root_owner: GreenletBuffer | None = None
 
-    def set_root(self, root: FrameType, below: StackNode, owner: GreenletBuffer) -> None:
+    def set_root(self, root: FrameType, below: RawStack, owner: GreenletBuffer) -> None:
         """Let walks stop at ``root`` while ``owner``'s session watches
         (unless another session's root is set already)."""
         if self.root is None:
@@ -380,7 +380,7 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                                         watch.depth,
                                         root,
                                         watch.root_lasti,
-                                        watch.root_below,  # type: ignore[arg-type]
+                                        watch.root_below,
                                     )
                             elif (
                                 type(mark := frame.f_trace) is StackNode
@@ -389,7 +389,7 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                                 and mark.code is frame.f_code
                                 and mark.height <= watch.depth
                             ):
-                                stack = mark
+                                stack = mark.key
                             else:
                                 stack = capture(frame, watch.depth)
                             watch.last_stack = stack

@@ -202,12 +202,11 @@ KNOWN: tuple[Explained, ...] = (
         "*",
         ("*",),
         MODES,
-        "greenlet's leak checks count the objects the gc tracks, and greenprof keeps "
-        "what it records (per switch of the profiled main greenlet, and per sample, an "
-        "(event, time, stack) tuple and StackNodes; with follow_all, per greenlet picked "
-        "up, its buffer, deque, weak reference and bound method) until the session is "
-        "read: bounded by max_snapshots per greenlet, but the same growth each time a "
-        "test runs again",
+        "greenlet's leak checks count the objects the gc tracks; with follow_all, "
+        "greenprof keeps the buffer, deque, weak reference and watch of each greenlet it "
+        "picked up until its compactor lets the ended ones go (every 0.5 s), so a test "
+        "run again and again sees more objects each time (records themselves are "
+        "untracked tuples)",
         error="LeakCheckError",
     ),
     Explained(

@@ -15,6 +15,7 @@ BENCHMARKS = [
     "bench_switch.py",
     "bench_modes.py",
     "bench_session.py",
+    "bench_gc.py",
     "bench_web_cost.py",
     "bench_peers.py",
 ]

@@ -90,8 +90,10 @@ class GreenletBuffer:
         else:
             self.dropped += 1
 
-    def drain(self) -> list[Record]:
+    def drain(self) -> tuple[Record, ...]:
         """Take every record appended so far; safe against a concurrent switch path
-        (which only appends, on the right)."""
+        (which only appends, on the right). A tuple: records are exact
+        tuples of untracked values, so what holds them is not tracked by the
+        garbage collector either, after its first collection."""
         popleft = self.records.popleft
-        return [popleft() for _ in range(len(self.records))]
+        return tuple([popleft() for _ in range(len(self.records))])

@@ -13,38 +13,58 @@ from ._buffer import GreenletBuffer, Record
 from ._stack import FrameFormatter
 from .snapshot import EVENTS, SNAPSHOT_SETTERS, Frame, Snapshot
 
-__all__ = ["FORMATTER", "build", "in_time_order"]
+__all__ = ["FORMATTER", "Meta", "Taken", "build", "in_time_order", "meta_of"]
 
 #: Formats raw stacks for every profiler: paths come back again and again.
 FORMATTER: Final = FrameFormatter()
 os.register_at_fork(after_in_child=FORMATTER.after_fork_in_child)
 
-#: Sort keys: a record's time, and that of a (record, buffer) pair.
+#: What a build needs of the buffer records came from, in an exact tuple of
+#: plain values (kept with its records by a compacting session: nothing the
+#: garbage collector tracks): ``(depth, greenlet_id, greenlet_name,
+#: thread_id, parent_id, two_writers)``; ``two_writers``: the tracer and a
+#: hybrid-mode sampler both appended, so a sample may land a little late.
+Meta = tuple[int, int, str, int, int | None, bool]
+
+#: Records of one buffer, as taken from it, and what the build needs of it.
+Taken = tuple[Sequence[Record], Meta]
+
+
+def meta_of(buffer: GreenletBuffer) -> Meta:
+    """``buffer``'s Meta (once its session named it)."""
+    return (
+        buffer.depth,
+        buffer.greenlet_id,
+        buffer.greenlet_name or "",
+        buffer.thread_id,
+        buffer.parent_id,
+        buffer.sampler is not None,
+    )
+
+
+#: Sort keys: a record's time, and that of a (record, meta) pair.
 _by_time: Final = operator.itemgetter(1)
 
 
-def _by_record_time(pair: tuple[Record, GreenletBuffer]) -> int:
+def _by_record_time(pair: tuple[Record, Meta]) -> int:
     return pair[0][1]
 
 
-def in_time_order(
-    drained: Sequence[tuple[list[Record], GreenletBuffer]],
-) -> Iterable[tuple[Record, GreenletBuffer]]:
-    """Records of several buffers, each with its buffer, in time order."""
-    if len(drained) == 1:
-        records, buffer = drained[0]
-        if buffer.sampler is not None:
-            # Two writers (the tracer, the hybrid sampler): a sample may land
-            # a little late. One writer appends in order.
-            records.sort(key=_by_time)
-        return zip(records, itertools.repeat(buffer))
-    merged = [(r, b) for records, b in drained for r in records]
+def in_time_order(taken: Sequence[Taken]) -> Iterable[tuple[Record, Meta]]:
+    """Records taken from several buffers (or from one buffer several
+    times), each with its Meta, in time order."""
+    if len(taken) == 1:
+        records, meta = taken[0]
+        if meta[5]:
+            records = sorted(records, key=_by_time)
+        return zip(records, itertools.repeat(meta))
+    merged = [(r, m) for records, m in taken for r in records]
     merged.sort(key=_by_record_time)
     return merged
 
 
 def build(
-    pending: Iterable[tuple[Record, GreenletBuffer]],
+    pending: Iterable[tuple[Record, Meta]],
     out: list[Snapshot],
     *,
     session_id: str,
@@ -65,26 +85,19 @@ def build(
     stacks: dict[tuple[int, int], tuple[Frame, ...]] = {}
     sequence = first_sequence
     append = out.append
-    current: GreenletBuffer | None = None
+    current: Meta | None = None
     depth = gid = thread = 0
     name = ""
     parent: int | None = None
-    for record, buffer in pending:
-        if buffer is not current:  # hoisted: usually one buffer throughout
-            current = buffer
-            depth, gid = buffer.depth, buffer.greenlet_id
-            name = buffer.greenlet_name or ""  # named by its session before building
-            thread, parent = buffer.thread_id, buffer.parent_id
+    for record, meta in pending:
+        if meta is not current:  # hoisted: usually one buffer throughout
+            current = meta
+            depth, gid, name, thread, parent, _ = meta
         raw = record[2]
-        done = raw.frames if raw is not None and raw.height <= depth else None
-        if done is not None:
-            stack = done  # formatted already, and not too deep
-        else:
-            key = (id(raw), depth)
-            cached = stacks.get(key)
-            if cached is None:
-                cached = stacks[key] = stack_of(raw, depth)
-            stack = cached
+        key = (id(raw), depth)
+        stack = stacks.get(key)
+        if stack is None:
+            stack = stacks[key] = stack_of(raw, depth)
         snapshot = new(Snapshot)
         if len(record) == 5:  # a thread-mode sample, labelled
             set_gid(snapshot, record[3])

@@ -353,7 +353,7 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                                 and mark.code is frame.f_code
                                 and mark.height <= watch.depth
                             ):
-                                stack = mark
+                                stack = mark.key
                             else:
                                 stack = capture(frame, watch.depth)
                             watch.last_stack = stack

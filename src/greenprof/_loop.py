@@ -10,6 +10,7 @@ work it was doing does: a forked gunicorn worker keeps sampling and sending).
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import time
@@ -61,7 +62,10 @@ class BackgroundLoop:
         return self._alive and not self._stopping
 
     def start(self) -> None:
-        """Run the loop (wake it, if it runs already)."""
+        """Run the loop (wake it, if it runs already). A new thread is
+        running when this returns: a thread left to start later could come
+        up as the interpreter is still starting (a ``sitecustomize``), which
+        CPython 3.11 in development mode does not always survive."""
         with self._lock:
             self._stopping = False  # a thread still winding down keeps going
             if self._alive:
@@ -71,8 +75,10 @@ class BackgroundLoop:
                 self._exited.acquire()
         if start:
             self.starts += 1
+            running = allocate_real_lock()
+            running.acquire()
             try:
-                original("start_new_thread")(self._run, ())
+                original("start_new_thread")(self._run, (running,))
             except BaseException:
                 # No thread (Python 3.12+ starts none once the interpreter
                 # is exiting): the loop is not running, and may start later.
@@ -80,6 +86,7 @@ class BackgroundLoop:
                     self._alive = False
                 self._exited.release()
                 raise
+            running.acquire(True, 5.0)
         else:
             self._wake.wake()
 
@@ -108,8 +115,9 @@ class BackgroundLoop:
                     return False
         return False
 
-    def _run(self) -> None:
+    def _run(self, running: _thread.LockType) -> None:
         self.thread_id = thread_ident()
+        running.release()
         try:
             while True:
                 with self._lock:

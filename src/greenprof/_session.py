@@ -9,10 +9,12 @@ takes them down and keeps its raw records.
 from __future__ import annotations
 
 import _thread
+import atexit
 import contextlib
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -23,8 +25,8 @@ from typing import TYPE_CHECKING, Final, TypeGuard
 
 import greenlet
 
-from ._buffer import START, STOP, GreenletBuffer, Record
-from ._build import build, in_time_order
+from ._buffer import EXIT, START, STOP, GreenletBuffer
+from ._build import Taken, build, in_time_order, meta_of
 from ._delivery import Batch
 from ._dispatcher import (
     GreenletWatch,
@@ -32,6 +34,7 @@ from ._dispatcher import (
     dispatcher_for_current_thread,
     installed_dispatcher,
 )
+from ._loop import BackgroundLoop
 from ._naming import greenlet_name
 from ._sampler import SAMPLER, HybridTaker, ThreadTaker
 from ._signals import redeliver
@@ -142,6 +145,7 @@ class Run:
         "ending",
         "handed",
         "pipeline",
+        "raw",
         "running_at_start",
         "sequence",
         "session",
@@ -188,6 +192,8 @@ class Run:
         #: sinks. (Without ``keep_snapshots``: those not handed over yet.)
         self.built: list[Snapshot] = []
         self.handed = 0
+        #: Records taken from the buffers and not built yet (see ``compact``).
+        self.raw: list[Taken] = []
         #: Snapshots built in all: the next one's sequence number.
         self.sequence = 0
         #: What was handed to the sinks, to call back if the session is discarded.
@@ -263,6 +269,7 @@ class Run:
                 if options.follow_spawned:
                     if self.adopted is _NO_CHILDREN:
                         self.adopted = deque()
+                        _compact_while_running(self)
                     buffer.follow = self._adopt
                     dispatcher.start_following()
                     if options.follow_all and not self._follows_all(dispatcher, key):
@@ -430,7 +437,7 @@ class Run:
             return None
         buffer = self._new_buffer(child, parent.thread_id)
         buffer.parent_id = parent.greenlet_id
-        buffer.follow = self._adopt
+        buffer.follow = parent.follow  # one bound method for all
         buffer.sampler = parent.sampler
         dispatcher = installed_dispatcher(parent.thread_id)
         if dispatcher is not None:
@@ -475,6 +482,7 @@ class Run:
             self._take_down(target)
         if self.adopted or self.children:
             self._stop_children(stopped)
+            self.compact()  # the children's buffers and watches go now; their records stay
         for target in targets:
             if target.dispatcher is not None and target.dispatcher is not released:
                 released = target.dispatcher
@@ -499,6 +507,8 @@ class Run:
             self.bounds[child_buffer.greenlet_id] = (0, stopped)
         for _, _, child_dispatcher in children:
             child_dispatcher.release()
+        with self.lock:
+            self.children = []
 
     def discard(self) -> None:
         """Drop everything recorded, unformatted; call back what went to the sinks."""
@@ -506,6 +516,7 @@ class Run:
             for buffer in self.buffers:
                 buffer.records.clear()
             self.buffers = []
+            self.raw = []
             self.built = []
             self.handed = self.sequence = 0
             self.discarded = True
@@ -531,13 +542,24 @@ class Run:
             self._build_pending()
             return self.built
 
+    def compact(self) -> None:
+        """Take the records out of the buffers, and let the buffers of
+        greenlets that ended go (from any thread, now and then while a
+        following session runs): what a long session keeps is then its
+        records alone, in forms the garbage collector does not track, and
+        not a buffer, queue and watch per greenlet it ever picked up."""
+        with self.lock:
+            if not self.discarded:
+                self.raw.extend(self._take_records())
+
     def _build_pending(self) -> None:
         # Under self.lock.
-        drained = self._take_records()
-        if drained:
+        self.raw.extend(self._take_records())
+        if self.raw:
+            taken, self.raw = self.raw, []
             before = len(self.built)
             build(
-                in_time_order(drained),
+                in_time_order(taken),
                 self.built,
                 session_id=self.id(),
                 first_sequence=self.sequence,
@@ -545,7 +567,7 @@ class Run:
             )
             self.sequence += len(self.built) - before
 
-    def _take_records(self) -> list[tuple[list[Record], GreenletBuffer]]:
+    def _take_records(self) -> list[Taken]:
         """Every buffer's records not taken yet (under self.lock); buffers of
         greenlets no longer profiled are let go."""
         self._take_adopted()
@@ -558,12 +580,12 @@ class Run:
             # (a server's session picks up a greenlet per request).
             self._let_ended_children_go()
             live.update(id(child[1]) for child in self.children)
-        drained: list[tuple[list[Record], GreenletBuffer]] = []
+        drained: list[Taken] = []
         keep: list[GreenletBuffer] = []
         for buffer in self.buffers:
             records = buffer.drain()
             if records:
-                drained.append((records, buffer))
+                drained.append((records, meta_of(buffer)))
             if id(buffer) in live:
                 keep.append(buffer)
             elif buffer.dropped and buffer.limit:
@@ -575,8 +597,10 @@ class Run:
 
     def _let_ended_children_go(self) -> None:
         # Under self.lock, while the session runs. A greenlet found ended is
-        # let go the next time only: the tracer may still be appending its
-        # exit record, in the program's thread, as it is found dead here.
+        # let go now if its exit record is in (nothing else comes then), else
+        # the next time only: the tracer may still be appending that record,
+        # in the program's thread, as it is found dead here. (Not so fast in
+        # hybrid mode: a sample taken as it ended may land after its exit.)
         alive: list[Child] = []
         ending = self.ending
         if ending is _NO_ENDING:
@@ -586,7 +610,9 @@ class Run:
             if glet is not None and not glet.dead:
                 alive.append(child)
                 continue
-            if id(child) not in ending:
+            records = child[1].records
+            exited = bool(records) and records[-1][0] == EXIT and child[1].sampler is None
+            if not exited and id(child) not in ending:
                 ending.add(id(child))
                 alive.append(child)
                 continue
@@ -669,12 +695,46 @@ class Run:
         with self.lock:
             greenlets = len(self.targets) + len(self.children) + len(self.adopted)
             pending = sum(len(buffer.records) for buffer in self.buffers)
+            pending += sum(len(records) for records, _ in self.raw)
             pending += sum(len(child[1].records) for child in list(self.adopted))
             return greenlets, self.sequence + pending
 
 
 def _gone() -> None:
     return None
+
+
+#: How often a running session that follows greenlets is compacted.
+COMPACT_EVERY: Final = 0.5
+#: Running sessions that follow greenlets (let go once stopped).
+_following: set[Run] = set()
+
+
+def _compact_following() -> float | None:
+    if sys.is_finalizing():  # the program is gone: nothing to keep small
+        _following.clear()
+    for run in list(_following):
+        if run.stop_ns or run.stopping or run.discarded:
+            _following.discard(run)
+        else:
+            run.compact()
+    if _following:
+        return COMPACT_EVERY
+    _compactor.stop()
+    if _following:  # one came as the loop was stopping: go on
+        _compactor.start()
+    return None
+
+
+_compactor: Final = BackgroundLoop(_compact_following, name="greenprof's compactor")
+# Ended before the interpreter's last steps, so it never runs among them.
+atexit.register(_compactor.stop, 1.0)
+
+
+def _compact_while_running(run: Run) -> None:
+    _following.add(run)
+    if not _compactor.running:
+        _compactor.start()
 
 
 def _name_targets(targets: Iterable[_Target]) -> None:

@@ -51,16 +51,16 @@ def code_name(code: CodeType) -> str:
 
 
 class StackNode:
-    """A few frames of a raw stack, and the node of the frames below.
+    """The mark left in a frame's ``f_trace`` (3.12+): where the frame was
+    when a walk passed it, and the raw stack it stands for.
 
-    ``code`` and ``lasti`` (``f_lasti``) say where the node's first
-    (innermost) frame was; ``rest`` is ``(code, f_lasti, ...)`` for more
-    frames below it in this node, innermost first (empty for a node that
-    marks a frame). ``outer`` is None at the bottom of the greenlet's stack
-    or where a walk stopped at its limit; ``height`` counts the frames of
-    the whole chain. ``owner`` is ``id()`` of the frame whose ``f_trace``
-    holds this node (0: none). ``frames`` caches the formatted stack,
-    outermost first.
+    ``code`` and ``lasti`` (``f_lasti``) say where the frame was; ``key`` is
+    the raw stack of that frame and every frame below it, ``(code, lasti,
+    raw stack below)``. ``outer`` is the node of the frame below (None at
+    the bottom or where a walk stopped at its limit); ``height`` counts the
+    frames of ``key``. ``owner`` is ``id()`` of the frame whose ``f_trace``
+    holds this node (0: none). Nodes live in frames only: records hold
+    their ``key``, never a node, so a frame's node goes with the frame.
 
     Python calls a frame's ``f_trace`` only while a ``sys.settrace`` tracer
     runs, and only for frames that tracer left alone. A node then hands the
@@ -71,30 +71,22 @@ class StackNode:
     sets an attribute on what it finds in ``f_trace`` may do so.
     """
 
-    __slots__ = ("__dict__", "code", "frames", "height", "lasti", "outer", "owner", "rest")
+    __slots__ = ("__dict__", "code", "height", "key", "lasti", "outer", "owner")
 
     code: CodeType
     lasti: int
-    rest: tuple[CodeType | int, ...]
     outer: StackNode | None
     height: int
     owner: int
-    frames: tuple[Frame, ...] | None
+    key: tuple[Any, ...]
 
-    def __init__(
-        self,
-        code: CodeType,
-        lasti: int,
-        outer: StackNode | None,
-        rest: tuple[CodeType | int, ...] = (),
-    ) -> None:
+    def __init__(self, code: CodeType, lasti: int, outer: StackNode | None) -> None:
         self.code = code
         self.lasti = lasti
-        self.rest = rest
         self.outer = outer
-        self.height = 1 + len(rest) // 2 + (outer.height if outer is not None else 0)
+        self.height = 1 + (outer.height if outer is not None else 0)
         self.owner = 0
-        self.frames = None
+        self.key = (code, lasti, outer.key if outer is not None else None)
 
     def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
         tracer: Any = sys.gettrace()
@@ -104,13 +96,29 @@ class StackNode:
         return f"<StackNode {self.code.co_name} at {self.lasti}, {self.height} frame(s)>"
 
 
-#: A stack with no frames (a greenlet that has not started, or has ended).
-RawStack = StackNode | None
+#: A raw stack, innermost frame first: ``(code, f_lasti, code, f_lasti,
+#: ..., below)``, one or more frames and then the raw stack of the frames
+#: under them (None at the bottom, or where a walk stopped at its limit).
+#: Stacks of one greenlet share the tuples of their outer frames. Only
+#: exact tuples, code objects, ints and None: the garbage collector stops
+#: tracking such a tuple at its first collection, so records kept for a
+#: long session cost it nothing (a node or a list would be traversed at
+#: every full collection, for as long as the session runs).
+RawStack = tuple[Any, ...] | None
 EMPTY_STACK: RawStack = None
 
 _new_node = object.__new__
 #: The height of a node whose chain is still being built: never trusted.
 _UNMEASURED: Final = sys.maxsize // 2
+
+
+def height(raw: RawStack) -> int:
+    """How many frames ``raw`` holds."""
+    frames = 0
+    while raw is not None:
+        frames += len(raw) >> 1
+        raw = raw[-1]
+    return frames
 
 
 def trusted(node: StackNode, frame: FrameType, above: int, depth: int) -> bool:
@@ -125,7 +133,7 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = MARKS) -> RawSt
 
     A frame whose own node is in its ``f_trace`` ends the walk (see the
     module docstring). With ``mark`` the frames walked above it get a node
-    each, left in their ``f_trace``; without, they go into one node and
+    each, left in their ``f_trace``; without, they go into one tuple and
     nothing is written (before 3.12, and for a sampler reading another
     thread's frames). A walk that reaches ``depth`` frames first keeps
     those, unmarked. Runs on the switch path: nothing here raises, switches
@@ -148,25 +156,22 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = MARKS) -> RawSt
                 base = found
             else:  # the same call, at another place now
                 base = _new_node(StackNode)
-                base.code = found.code
+                base.code = code = found.code
                 base.lasti = lasti
-                base.rest = ()
                 base.outer = found.outer
                 base.height = found.height
                 base.owner = found.owner
-                base.frames = None
+                base.key = (code, lasti, found.key[2])
                 frame.f_trace = base
             node.outer = base
-            return _measure(head.outer, walked, base.height)
+            return _measure(head.outer, walked, base.height, base.key)
         if walked == depth:
             node.outer = None
             _unmark(top, head.outer)
-            return _measure(head.outer, walked, 0)
+            return _measure(head.outer, walked, 0, None)
         new = _new_node(StackNode)
         new.code = code = frame.f_code
         new.lasti = frame.f_lasti
-        new.rest = ()
-        new.frames = None
         # Complete before it is published in f_trace, and untrusted until
         # _measure() gives it its height: a sampler thread may read it.
         new.outer = None
@@ -181,20 +186,25 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = MARKS) -> RawSt
         frame = frame.f_back
         walked += 1
     node.outer = None
-    return _measure(head.outer, walked, 0)
+    return _measure(head.outer, walked, 0, None)
 
 
-def _measure(first: StackNode | None, walked: int, below: int) -> RawStack:
-    """Set the heights of the ``walked`` new nodes from ``first`` down, on
-    top of ``below`` frames."""
+def _measure(first: StackNode | None, walked: int, below: int, key: RawStack) -> RawStack:
+    """Give the ``walked`` new nodes from ``first`` down their keys, on top
+    of the raw stack ``key``, and their heights, on top of ``below`` frames;
+    the top one's key. Bottom up, each node's key before its height: a node
+    is trusted once it has its height, and all below it are complete."""
+    nodes: list[StackNode] = []
     node = first
-    height = walked + below
-    while walked:
-        node.height = height  # type: ignore[union-attr]
-        height -= 1
-        walked -= 1
+    for _ in range(walked):
+        nodes.append(node)  # type: ignore[arg-type]
         node = node.outer  # type: ignore[union-attr]
-    return first
+    height = below
+    for new in reversed(nodes):
+        new.key = key = (new.code, new.lasti, key)
+        height += 1
+        new.height = height
+    return key
 
 
 def _unmark(frame: FrameType | None, node: StackNode | None) -> None:
@@ -210,18 +220,18 @@ def _unmark(frame: FrameType | None, node: StackNode | None) -> None:
 
 def _capture_run(frame: FrameType | None, depth: int) -> RawStack:
     """``capture()`` without marking: the frames above the first trusted
-    mark (if any), in one node."""
-    pairs: list[CodeType | int] = []
+    mark (if any), in one tuple."""
+    pairs: list[Any] = []
     append = pairs.append
     walked = 0
-    base: StackNode | None = None
+    base: RawStack = None
     while frame is not None and walked < depth:
         found = frame.f_trace
         if type(found) is StackNode and trusted(found, frame, walked, depth):
             if frame.f_lasti == found.lasti:
-                base = found
+                base = found.key
             else:
-                base = StackNode(found.code, frame.f_lasti, found.outer)
+                base = (found.code, frame.f_lasti, found.key[2])
             break
         append(frame.f_code)
         append(frame.f_lasti)
@@ -231,17 +241,14 @@ def _capture_run(frame: FrameType | None, depth: int) -> RawStack:
 
 
 def walk_whole(frame: FrameType, depth: int) -> RawStack:
-    """The innermost ``depth`` frames in one node, trusting no mark: the
+    """The innermost ``depth`` frames in one tuple, trusting no mark: the
     switch path before 3.12, where there are none. Unrolled: this loop is
     most of such a snapshot's cost."""
     if depth <= 0:
         return None
-    node = _new_node(StackNode)
-    node.code = frame.f_code
-    node.lasti = frame.f_lasti
-    frame = frame.f_back  # type: ignore[assignment]
-    pairs: list[CodeType | int] = []
+    pairs: list[Any] = [frame.f_code, frame.f_lasti]
     append = pairs.append
+    frame = frame.f_back  # type: ignore[assignment]
     limit = depth - 1
     while frame is not None and limit > 0:
         append(frame.f_code)
@@ -263,29 +270,18 @@ def walk_whole(frame: FrameType, depth: int) -> RawStack:
         append(frame.f_lasti)
         frame = frame.f_back  # type: ignore[assignment]
         limit -= 4
-    if len(pairs) > 2 * (depth - 1):
-        del pairs[2 * (depth - 1) :]  # up to 3 frames too many
-    node.rest = tuple(pairs)
-    node.outer = None
-    node.height = 1 + len(pairs) // 2
-    node.owner = 0
-    node.frames = None
-    return node
+    if len(pairs) > 2 * depth:
+        del pairs[2 * depth :]  # up to 3 frames too many
+    append(None)
+    return tuple(pairs)
 
 
-def _run(pairs: list[CodeType | int], base: StackNode | None) -> RawStack:
-    """One unmarked node for ``pairs`` on top of ``base``."""
+def _run(pairs: list[Any], below: RawStack) -> RawStack:
+    """The frames of ``pairs`` on top of ``below``, in one tuple."""
     if not pairs:
-        return base
-    node = _new_node(StackNode)
-    node.code = pairs[0]  # type: ignore[assignment]
-    node.lasti = pairs[1]  # type: ignore[assignment]
-    node.rest = tuple(pairs[2:])
-    node.outer = base
-    node.height = len(pairs) // 2 + (base.height if base is not None else 0)
-    node.owner = 0
-    node.frames = None
-    return node
+        return below
+    pairs.append(below)
+    return tuple(pairs)
 
 
 def _same_run(
@@ -311,11 +307,12 @@ def _line_for_offset(code: CodeType, offset: int) -> int:
 class FrameFormatter:
     """Turns raw stacks into ``Frame`` tuples.
 
-    Each node keeps its formatted stack, so a node shared by many snapshots
-    is formatted once; and formatted stacks are shared by content (keyed by
-    the formatted stack below and the node's code ids and offsets), so the
-    same path taken again with new frames costs one lookup a node. Codes are
-    kept in ``_codes`` while their ids are in keys, so an id is never reused
+    Each raw stack's formatted stack is kept (in ``_done``, by the tuple's
+    id, with the tuple), so the outer frames stacks share are formatted
+    once; and formatted stacks are shared by content (keyed by the
+    formatted stack below and the codes' ids and offsets), so the same path
+    taken again in new tuples costs one lookup a tuple. Codes are kept in
+    ``_codes`` while their ids are in keys, so an id is never reused
     meanwhile. Profilers drain from any thread: a cache hit, or a stack like
     the last one, needs no lock; filling and clearing take one.
     """
@@ -324,24 +321,31 @@ class FrameFormatter:
         self._max_entries = max_entries
         # Stacks are up to ``max_depth`` frames long: fewer of them.
         self._max_stacks = max(1, max_entries // 4)
+        # Raw stacks kept with their frames: most are seen once or twice.
+        self._max_done = max(1, max_entries // 16)
         self._frames: dict[tuple[int, int], Frame] = {}
-        # (id(stack below), ids of a node's codes, its offsets) -> (stack,
+        # (id(stack below), ids of a tuple's codes, its offsets) -> (stack,
         # stack below): the value keeps the stack below alive, so its id
         # stays its own.
         self._stacks: dict[tuple[int, ...], tuple[tuple[Frame, ...], tuple[Frame, ...]]] = {}
         self._codes: dict[int, CodeType] = {}
+        # id(raw stack) -> (raw stack, its frames): the raw stack is kept, so
+        # its id stays its own.
+        self._done: dict[int, tuple[tuple[Any, ...], tuple[Frame, ...]]] = {}
         self._lock = allocate_real_lock()
-        # The last node of several frames formatted, and the stack below it
-        # (replaced whole, so read without the lock). Before 3.12 every
-        # snapshot is one such node, walked anew: a greenlet waiting at the
-        # same place again makes a new node equal to the last one, and
+        # The last raw stack of several frames formatted: (its code, offset,
+        # frames under the top, stack below, stack). Before 3.12 every
+        # snapshot is one such tuple, walked anew: a greenlet waiting at the
+        # same place again makes a new tuple equal to the last one, and
         # comparing with that costs less than the key. (From 3.12 only a
-        # sampler's captures make such nodes.)
-        self._last: tuple[StackNode, tuple[Frame, ...]] | None = None
+        # sampler's captures make such tuples.)
+        self._last: (
+            tuple[CodeType, int, tuple[Any, ...], tuple[Frame, ...], tuple[Frame, ...]] | None
+        ) = None
         # (id(stack below), id(top code), top offset, len(rest)) -> a few
         # (top code, rest, stack) formatted with that top: see frames().
         self._tops: dict[
-            tuple[int, ...], list[tuple[CodeType, tuple[CodeType | int, ...], tuple[Frame, ...]]]
+            tuple[int, ...], list[tuple[CodeType, tuple[Any, ...], tuple[Frame, ...]]]
         ] = {}
 
     def after_fork_in_child(self) -> None:
@@ -366,72 +370,92 @@ class FrameFormatter:
         """Every frame of ``raw``, outermost first."""
         if raw is None:
             return ()
-        found = raw.frames
-        if found is not None:
-            return found
-        chain: list[StackNode] = []
-        node: StackNode | None = raw
-        while node is not None and node.frames is None:
+        done = self._done
+        hit = done.get(id(raw))
+        if hit is not None and hit[0] is raw:
+            return hit[1]
+        chain: list[tuple[Any, ...]] = []
+        node: RawStack = raw
+        frames: tuple[Frame, ...] = ()
+        while node is not None:
+            hit = done.get(id(node))
+            if hit is not None and hit[0] is node:
+                frames = hit[1]
+                break
             chain.append(node)
-            node = node.outer
-        below = node.frames if node is not None else None
-        frames: tuple[Frame, ...] = below or ()
+            node = node[-1]
+        if len(done) + len(chain) > self._max_done:
+            with self._lock:
+                done.clear()
         stacks = self._stacks
         for node in reversed(chain):
-            rest = node.rest
-            if rest:
+            code: CodeType = node[0]
+            lasti: int = node[1]
+            if len(node) > 3:
+                rest = node[2:-1]
                 # None below matches nothing: nothing was formatted yet.
-                last, last_below = self._last or (node, None)
+                last = self._last
                 if (
-                    last_below is frames
-                    and last.lasti == node.lasti
-                    and last.code is node.code
-                    and last.rest == rest
+                    last is not None
+                    and last[3] is frames
+                    and last[1] == lasti
+                    and last[0] is code
+                    and last[2] == rest
                     # == matches distinct code objects with equal bytecode;
                     # only the same code objects are the same stack.
-                    and all(map(is_, rest[0::2], last.rest[0::2]))
+                    and all(map(is_, rest[0::2], last[2][0::2]))
                 ):
-                    frames = node.frames = last.frames  # type: ignore[assignment]
+                    frames = last[4]
+                    done[id(node)] = (node, frames)
                     continue
                 # A stack formatted before (a request's wait sites come back
                 # again and again): found by its top frame, the frames under
                 # it and its length, then compared directly; cheaper than
                 # hashing a key of every frame.
-                top = (id(frames), id(node.code), node.lasti, len(rest))
+                top = (id(frames), id(code), lasti, len(rest))
                 seen = self._tops.get(top)
                 found = _same_run(rest, seen) if seen is not None else None
                 if found is not None:
-                    self._last = (node, frames)
-                    frames = node.frames = found
+                    self._last = (code, lasti, rest, frames, found)
+                    frames = found
+                    done[id(node)] = (node, frames)
                     continue
                 key: tuple[int, ...] = (
                     id(frames),
-                    id(node.code),
-                    node.lasti,
+                    id(code),
+                    lasti,
                     *map(id, rest[0::2]),
-                    *rest[1::2],  # type: ignore[arg-type]
+                    *rest[1::2],
                 )
             else:
-                key = (id(frames), id(node.code), node.lasti)
-            hit = stacks.get(key)
+                rest = ()
+                key = (id(frames), id(code), lasti)
+            stacked = stacks.get(key)
             below = frames
-            frames = self._add(key, frames, node) if hit is None else hit[0]
-            node.frames = frames
+            frames = self._add(key, frames, code, lasti, rest) if stacked is None else stacked[0]
+            done[id(node)] = (node, frames)
             if rest:
-                self._last = (node, below)
-                self._remember(top, node, frames)
+                self._last = (code, lasti, rest, below, frames)
+                self._remember(top, code, rest, frames)
         return frames
 
-    def _remember(self, top: tuple[int, ...], node: StackNode, frames: tuple[Frame, ...]) -> None:
+    def _remember(
+        self, top: tuple[int, ...], code: CodeType, rest: tuple[Any, ...], frames: tuple[Frame, ...]
+    ) -> None:
         with self._lock:
             seen = self._tops.setdefault(top, [])
             if len(seen) >= 8:
                 del seen[0]
-            # The node's code stays alive in the entry: its id in ``top`` stays its own.
-            seen.append((node.code, node.rest, frames))
+            # The code stays alive in the entry: its id in ``top`` stays its own.
+            seen.append((code, rest, frames))
 
     def _add(
-        self, key: tuple[int, ...], below: tuple[Frame, ...], node: StackNode
+        self,
+        key: tuple[int, ...],
+        below: tuple[Frame, ...],
+        code: CodeType,
+        lasti: int,
+        rest: tuple[Any, ...],
     ) -> tuple[Frame, ...]:
         with self._lock:
             if len(self._stacks) >= self._max_stacks or len(self._frames) >= self._max_entries:
@@ -440,16 +464,14 @@ class FrameFormatter:
                 self._stacks.clear()
                 self._frames.clear()
                 self._tops.clear()
+                self._done.clear()
                 self._codes.clear()
-            codes = [node.code, *node.rest[0::2]]
-            offsets = [node.lasti, *node.rest[1::2]]
-            more = [
-                self._frame(code, offset)  # type: ignore[arg-type]
-                for code, offset in zip(codes, offsets, strict=True)
-            ]
+            codes = [code, *rest[0::2]]
+            offsets = [lasti, *rest[1::2]]
+            more = [self._frame(c, o) for c, o in zip(codes, offsets, strict=True)]
             more.reverse()
             frames = (*below, *more)
-            for code in codes:
-                self._codes[id(code)] = code  # type: ignore[assignment]
+            for c in codes:
+                self._codes[id(c)] = c
             self._stacks[key] = (frames, below)
         return frames

@@ -1,0 +1,116 @@
+"""What a running session keeps is invisible to the garbage collector: its
+records are untracked tuples, and the buffers and watches of greenlets it
+picked up go once they end, not when the session stops or is read."""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import gevent
+import gevent.event
+import greenlet
+
+import greenprof
+from greenprof._buffer import GreenletBuffer
+from greenprof._stack import StackNode
+
+
+def tracked(kind: type) -> int:
+    # A few times: a tuple is untracked by a collection that finds every
+    # item untracked, and a collection may reach a tuple before its items.
+    for _ in range(4):
+        gc.collect()
+    return sum(type(o) is kind for o in gc.get_objects())
+
+
+def wander(switches: int, main: greenlet.greenlet) -> None:
+    """Switch out ``switches`` times from ever new frames (calls that
+    return), at a few different places."""
+
+    def there(n: int) -> None:
+        if n % 3:
+            main.switch()
+        else:
+            elsewhere()
+
+    def elsewhere() -> None:
+        main.switch()
+
+    for n in range(switches):
+        there(n)
+
+
+def test_records_do_not_grow_what_the_collector_tracks() -> None:
+    main = greenlet.getcurrent()
+    glet = greenlet.greenlet(lambda: wander(3000, main))
+    with greenprof.profile(glet, max_snapshots=10**6) as profiler:
+        for _ in range(100):
+            glet.switch()
+        tuples_then, nodes_then = tracked(tuple), tracked(StackNode)
+        for _ in range(2900):
+            glet.switch()
+        # 5,800 more records, each with its stack: none tracked.
+        assert tracked(tuple) - tuples_then < 100
+        assert tracked(StackNode) - nodes_then < 10
+        glet.switch()
+    outs = [s for s in profiler.snapshots if s.event == "switch_out"]
+    assert len(outs) == 3000  # every record is still there, and readable
+    assert {s.stack[-1].function.rsplit(".", 1)[-1] for s in outs} == {"there", "elsewhere"}
+
+
+def short_request(n: int) -> int:
+    gevent.sleep(0)
+    return n * 2
+
+
+def test_greenlets_picked_up_are_let_go_as_they_end_while_the_session_runs() -> None:
+    def server() -> None:
+        for _ in range(4):
+            gevent.joinall([gevent.spawn(short_request, n) for n in range(250)])
+        done.set()
+        hold.wait()
+
+    done, hold = gevent.event.Event(), gevent.event.Event()
+    before = tracked(GreenletBuffer)  # other tests' sessions, still referenced
+    main = gevent.spawn(server)
+    with greenprof.profile(main, follow_spawned=True) as profiler:
+        done.wait()
+        # The session's compactor lets the ended ones go, now and then, in
+        # a thread of its own: wait for it (no time is asserted).
+        for _ in range(400):
+            if tracked(GreenletBuffer) - before <= 2:
+                break
+            time.sleep(0.025)
+        # The server's, and at most one not let go yet.
+        assert tracked(GreenletBuffer) - before <= 2
+        hold.set()
+        main.join()
+    snapshots = profiler.snapshots
+    # Nothing lost by letting them go (ids repeat: a freed greenlet's
+    # address is given to a later one).
+    picked_up = [s for s in snapshots if s.parent_id is not None]
+    assert sum(s.event == "exit" for s in picked_up) == 1000
+    assert sum(s.event == "switch_in" for s in picked_up) == 2000  # started, back from sleep(0)
+    waits = [s for s in picked_up if s.event == "switch_out"]
+    assert len(waits) == 1000
+    assert all(any(f.function.endswith("short_request") for f in s.stack) for s in waits)
+    assert [s.sequence for s in snapshots] == list(range(len(snapshots)))
+    times = [s.timestamp_ns for s in snapshots]
+    assert times == sorted(times)
+
+
+def test_stop_lets_the_picked_up_greenlets_go_and_keeps_their_records() -> None:
+    def server() -> None:
+        gevent.joinall([gevent.spawn(short_request, n) for n in range(300)])
+
+    before = tracked(GreenletBuffer)  # other tests' sessions, still referenced
+    main = gevent.spawn(server)
+    with greenprof.profile(main, follow_spawned=True) as profiler:
+        main.join()
+    # Nothing read yet: stop() let them all go (the server's buffer too).
+    assert tracked(GreenletBuffer) - before == 0
+    snapshots = profiler.snapshots
+    picked_up = [s for s in snapshots if s.parent_id is not None]
+    assert sum(s.event == "exit" for s in picked_up) == 300
+    assert sum(s.event == "switch_out" for s in picked_up) == 300

@@ -51,11 +51,19 @@ def say(line: str) -> None:
     stream = sys.stderr
     if stream is None or stream.closed:
         return
-    # A whole line, flushed at once: if its descriptor is gone, the failed
-    # write leaves nothing behind for python's own flush at exit to fail on.
     with contextlib.suppress(AttributeError, OSError, ValueError):
-        stream.write(line + "\n")
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file: a StringIO, say
+            stream.write(line + "\n")
+            stream.flush()
+            return
+        # Straight to the descriptor, after what the program wrote: a write
+        # to a descriptor the program closed fails and leaves nothing in
+        # python's buffer for its own flush at exit to fail on (which would
+        # change the exit status to 120).
         stream.flush()
+        os.write(fd, (line + "\n").encode(stream.encoding or "utf-8", "backslashreplace"))
 
 
 # -- one run, in each of its processes -------------------------------------------------
@@ -257,13 +265,24 @@ class Spool:
 
     def __init__(self) -> None:
         self._files: dict[int, str] = {}
+        # Found now, in the program's main thread: tempfile finds it (and
+        # makes its names) under a lock of its own, which a thread of the
+        # parent may hold when the program forks, for ever in the child.
+        self._folder = tempfile.gettempdir()
 
     def path(self) -> str:
         pid = os.getpid()
         path = self._files.get(pid)
         if path is None:
-            handle, path = tempfile.mkstemp(prefix=f"greenprof-run-{pid}-", suffix=".jsonl")
-            os.close(handle)
+            while True:
+                path = os.path.join(
+                    self._folder, f"greenprof-run-{pid}-{os.urandom(6).hex()}.jsonl"
+                )
+                try:
+                    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                    break
+                except FileExistsError:
+                    continue
             self._files = {pid: path}  # a forked child's own; its parent's stays the parent's
         return path
 

@@ -19,6 +19,7 @@ import greenlet
 
 from ._launch import Launch
 from ._loop import BackgroundLoop
+from ._other_threads import ThreadFollower
 from ._output import STDOUT, Destination, write_report
 from ._profiler import Profiler
 from ._progress import Progress
@@ -101,6 +102,11 @@ class ProfiledRun:
         #: to a file of its own, and the loop restarts there).
         self._spool = Spool()
         self._loop = BackgroundLoop(self._hand_over, name="greenprof-run")
+        #: Follows the greenlets of the threads the program starts (not in
+        #: thread mode, which samples the main thread only).
+        self._threads = (
+            ThreadFollower(profiler, profiler._pipeline.wall_ns) if profiler.follow_all else None
+        )
 
     def start(self) -> None:
         for signum in ENDING_SIGNALS:
@@ -115,6 +121,8 @@ class ProfiledRun:
         os._exit = self._exit
         self.profiler.add_sink(self._spool)
         self.profiler.start()
+        if self._threads is not None:
+            self._threads.start()
         self._loop.start()
         if self._progress is not None:
             self._progress.start()
@@ -202,6 +210,8 @@ class ProfiledRun:
         # Its hand-over must be done before the spool is read (building and
         # writing a busy program's last seconds can take a while).
         self._loop.stop(LAST_HAND_OVER)
+        if self._threads is not None:
+            self._threads.stop()  # before the profiler: no thread starts it again
         if self.profiler.is_running:
             self.profiler.stop()  # hands the rest over to the spool
 
@@ -241,6 +251,8 @@ class ProfiledRun:
             program_stack.of(snapshot) for snapshot in (*spooled, *self.profiler.snapshots)
         ]
         session = self.profiler.sessions[-1]
+        if self._threads is not None:
+            session = self._threads.clipped(session)
         if self._fork is not None:
             return since_fork(snapshots, session, *self._fork)
         return snapshots, session

@@ -54,10 +54,11 @@ def add_parser(commands: argparse._SubParsersAction[OneLineParser]) -> OneLinePa
         help="run a Python program (script or -m module) with its greenlets profiled",
         usage=USAGE,
         description=textwrap.fill(  # the formatter keeps the epilog's table as it is
-            "Runs a script, or a module with -m, as python would, with the main "
-            "greenlet and every greenlet it spawns through gevent (and theirs) "
-            "profiled. greenprof's options come before the script or -m module; "
-            "everything after it goes to the program as sys.argv. The profile is "
+            "Runs a script, or a module with -m, as python would, with every "
+            "greenlet it runs profiled but gevent's hubs, in the main thread and in "
+            "each threading.Thread it starts. greenprof's options come before the "
+            "script or -m module; everything after it goes to the program as "
+            "sys.argv. The profile is "
             "written when the program ends, whether it returns, exits, or is "
             "ended by SIGINT (Ctrl-C), SIGTERM or SIGHUP; then greenprof ends as "
             "the program did: same exit status, or killed by the same signal.",

@@ -91,6 +91,8 @@ class ProfiledRun:
         self._fork: tuple[int, int] | None = None
         #: This process's profile was written (or given up).
         self._done = False
+        #: The file this process's profile went to, once written there.
+        self.written: str | None = None
         self._writing = False
         #: A signal that came while the profile was being written, to end by
         #: once it is whole.
@@ -133,6 +135,11 @@ class ProfiledRun:
         written = self._write_once()
         self._restore()
         return written
+
+    @property
+    def forked(self) -> bool:
+        """Whether this process is a child the program forked."""
+        return self._fork is not None
 
     def abandon(self) -> None:
         """Stop profiling and write nothing: none of the program ran."""
@@ -239,6 +246,7 @@ class ProfiledRun:
         finally:
             self._spool.remove()
         say(_summary(snapshots, path, session.mode))
+        self.written = None if path == STDOUT else path
         return True
 
     def _recorded(self) -> tuple[list[Snapshot], Session]:

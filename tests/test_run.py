@@ -503,6 +503,31 @@ def test_min_duration_writes_no_profile_of_a_shorter_run(tmp_path: Path) -> None
     assert greenprof.Report.from_file(existing).sessions
 
 
+@pytest.mark.parametrize("options", [["--min-duration", "60"], ["-o", "-"]])
+def test_a_run_that_writes_no_profile_leaves_no_spool_behind(
+    tmp_path: Path, options: list[str]
+) -> None:
+    import subprocess
+
+    from .conftest import GREENPROF
+
+    # A forked child of "-o -" writes nothing either (stdout is its parent's).
+    script = write(tmp_path / "quick.py", "import os, gevent\ngevent.sleep(0)\nos.fork()\n")
+    spools = tmp_path / "tmp"
+    spools.mkdir()
+    result = subprocess.run(
+        [*GREENPROF, "run", "--no-progress", *options, str(script)],
+        cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(spools)},
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"no profile" in result.stderr
+    assert list(spools.iterdir()) == []
+
+
 # -- greenprof's frames are not the program's -------------------------------------------
 
 MIXED = """

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -178,21 +179,27 @@ def counting(frame, event, arg):
 def hub_thread():
     gevent.joinall([gevent.spawn(gevent.sleep, 0.001) for _ in range(2)])
 
-threading.setprofile(counting)
+getattr(threading, sys.argv[1])(counting)
 thread = threading.Thread(target=hub_thread)
 thread.start()
 thread.join()
-threading.setprofile(None)
-print(len(calls) > 0, flush=True)
+still = threading.getprofile() is counting
+getattr(threading, sys.argv[1])(None)
+print(len(calls) > 0, still, flush=True)
 """
 
 
-def test_a_program_that_sets_its_own_thread_profile_function_keeps_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("setter", ["setprofile", "setprofile_all_threads"])
+def test_a_program_that_sets_its_own_thread_profile_function_keeps_it(
+    tmp_path: Path, setter: str
+) -> None:
+    if not hasattr(threading, setter):
+        pytest.skip(f"threading.{setter} is new in Python 3.12")
     script = tmp_path / "own_hook.py"
     script.write_text(OWN_HOOK)
     out = tmp_path / "own.jsonl"
     result = subprocess.run(
-        [*GREENPROF, "run", "--no-progress", "-o", str(out), str(script)],
+        [*GREENPROF, "run", "--no-progress", "-o", str(out), str(script), setter],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -200,7 +207,9 @@ def test_a_program_that_sets_its_own_thread_profile_function_keeps_it(tmp_path: 
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "True\n"  # the program's function saw its thread's calls
+    # The program's function saw its thread's calls, and stayed until it
+    # took it away.
+    assert result.stdout == "True True\n"
     # That thread started under the program's hook, not greenprof's: not followed.
     snapshots = greenprof.load(out)
     assert len({s.thread_id for s in snapshots}) == 1
@@ -221,3 +230,41 @@ def test_run_follows_no_thread_in_thread_mode(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     idents = json.loads(result.stdout)["idents"]
     assert {s.thread_id for s in greenprof.load(out)} <= {idents["main"]}
+
+
+MANY = """
+import gevent
+
+def short(n):
+    gevent.sleep(0)
+    return n
+
+kept = []  # held: no greenlet's id (its address) is used twice
+for wave in range(15):
+    kept += gevent.joinall([gevent.spawn(short, n) for n in range(100)])
+"""
+
+
+def test_a_run_past_a_thousand_greenlets_merges_the_ended_ones_by_kind(tmp_path: Path) -> None:
+    script = tmp_path / "many.py"
+    script.write_text(MANY)
+    result = subprocess.run(
+        [*GREENPROF, "run", "--no-progress", "-o", "many.collapsed", script.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "many.collapsed").read_text().splitlines()
+    roots = {line.rsplit(" ", 1)[0].split(";")[0] for line in lines}
+    merged = [root for root in roots if root.startswith("Greenlet (")]
+    assert len(merged) == 1
+    (root,) = merged
+    # The first thousand greenlets (the main one first) are apart; the 501
+    # after them, which ended, are merged.
+    assert root == "Greenlet (501 greenlets merged)"
+    assert len(roots) == 1_000 + 1
+    assert sum(r.startswith("main [0x") for r in roots) == 1
+    assert any(line.startswith(root + ";") and "short" in line for line in lines)

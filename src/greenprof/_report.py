@@ -27,8 +27,8 @@ Stack = tuple[Frame, ...]
 #: is not known (snapshots without a session record: a schema 1 file).
 _DEFAULT_DUMP_PERIOD_NS = 10_000_000
 
-#: Greenlets a streamed report keeps apart; past that, those that end are
-#: merged, one entry per kind (see ``Report.streamed``).
+#: Greenlets a streamed report keeps apart; those after them are merged as
+#: they end, one entry per kind (see ``Report.streamed``).
 MAX_GREENLETS: Final = 1_000
 #: Kinds of merged greenlets; past that, one more entry takes the rest.
 MAX_KINDS: Final = 100
@@ -137,8 +137,6 @@ class _Walk:
     #: A thread-mode sample waiting for the next one (its timeline length).
     last_sample: Snapshot | None = None
     stopped: bool = False
-    #: Its last snapshot was its exit.
-    exited: bool = False
     running_since: int | None = None
     resumed_stack: Stack = ()
     samples_in_slice: list[Snapshot] = attrs.Factory(list)
@@ -294,18 +292,17 @@ class Report:
         for the same snapshots and ``sessions`` (all known before the
         first snapshot), within two bounds:
 
-        - ``max_greenlets``: past that many greenlets, each greenlet that
-          ends is merged into one entry per kind (its name without the
-          address: ``Greenlet`` for every ``Greenlet-0x7f...``; past 100
-          kinds, ``other greenlets``), named with how many it holds; its
-          time and stacks add up there. Greenlets still running at the end
-          stay apart.
+        - ``max_greenlets``: the first that many greenlets are kept apart.
+          Each later one is merged, as it ends, into one entry per kind (its
+          name without the address: ``Greenlet`` for every
+          ``Greenlet-0x7f...``; past 100 kinds, ``other greenlets``), named
+          with how many it holds; its time and stacks add up there.
+          Greenlets still running at the end stay apart.
         - ``max_timeline``: the slices, waits and segments that timelines
           show (Chrome trace, speedscope's time order) are kept up to that
           many each; ``timeline_cut_ns`` then says up to when they are
-          whole. Every
-          total counts the whole run, and :meth:`longest_slices` too (up to
-          100 slices).
+          whole. Every total counts the whole run, and
+          :meth:`longest_slices` too (up to 100 slices).
 
         ``snapshots`` stays empty: :meth:`counts` gives the snapshot counts
         per stack. Such a report cannot be split by tag (it is one program's
@@ -325,6 +322,7 @@ class Report:
         }
         seen: set[tuple[str, int]] = set()
         walks: dict[tuple[str, int], _Walk] = {}
+        kept = stream.kept
         for snapshot in snapshots:
             greenlet_id = snapshot.greenlet_id
             key = (snapshot.session_id, greenlet_id)
@@ -333,23 +331,17 @@ class Report:
                 report._names[greenlet_id] = snapshot.greenlet_name
                 report.greenlet_sessions.setdefault(greenlet_id, set()).add(snapshot.session_id)
                 walk = walks[key] = report._walk(greenlet_id, snapshot.session_id)
-                stream.apart.add(greenlet_id)
+                if len(kept) < max_greenlets:
+                    kept.add(greenlet_id)
                 if key in silent:
                     seen.add(key)
-            stream.count(snapshot, report._names[greenlet_id])
+            stream.count(snapshot)
             report._step(walk, snapshot)
-            walk.exited = snapshot.event == "exit"
-            if walk.exited and walk.pending is None:
-                stream.ended[key] = None
-                if len(stream.apart) > max_greenlets:
-                    # Over the bound: what ended is merged, its walk let go.
-                    for ended in stream.ended:
-                        ended_walk = walks.get(ended)
-                        if ended_walk is not None and ended_walk.exited:
-                            del walks[ended]
-                            report._end(ended_walk)
-                            stream.fold(report, ended[1])
-                    stream.ended.clear()
+            if snapshot.event == "exit" and walk.pending is None and greenlet_id not in kept:
+                # Past the greenlets kept apart: merged as it ends.
+                del walks[key]
+                report._end(walk)
+                stream.fold(report, greenlet_id)
         for walk in walks.values():
             report._end(walk)
         report._finish((), seen | walks.keys())
@@ -809,10 +801,8 @@ class _Stream:
         self.counts: dict[tuple[int, str, Stack, bool], int] = {}
         self.first_ns: int | None = None
         self.last_ns: int | None = None
-        #: Greenlets kept apart, and the ``(session, greenlet)`` that ended
-        #: since the last merge.
-        self.apart: set[int] = set()
-        self.ended: dict[tuple[str, int], None] = {}
+        #: The first ``max_greenlets`` greenlets: kept apart to the end.
+        self.kept: set[int] = set()
         #: Per greenlet kept apart: its stacks and its count keys.
         self._stacks: dict[int, set[Stack]] = {}
         self._count_keys: dict[int, set[tuple[int, str, Stack, bool]]] = {}
@@ -823,14 +813,19 @@ class _Stream:
         self._longest: list[tuple[int, int, RunSlice]] = []
         self._ties = itertools.count()
 
-    def count(self, snapshot: Snapshot, name: str) -> None:
+    def count(self, snapshot: Snapshot) -> None:
         at = snapshot.timestamp_ns
         if self.first_ns is None or at < self.first_ns:
             self.first_ns = at
         if self.last_ns is None or at > self.last_ns:
             self.last_ns = at
         stack = snapshot.stack
-        key = (snapshot.greenlet_id, name, stack, not stack and snapshot.event == "exit")
+        key = (
+            snapshot.greenlet_id,
+            snapshot.greenlet_name,
+            stack,
+            not stack and snapshot.event == "exit",
+        )
         counts = self.counts
         if key in counts:
             counts[key] += 1
@@ -857,9 +852,6 @@ class _Stream:
 
     def fold(self, report: Report, greenlet_id: int) -> None:
         """Merge what ``report`` holds of ``greenlet_id`` into its kind's entry."""
-        if greenlet_id not in self.apart:
-            return
-        self.apart.discard(greenlet_id)
         kind = kind_of(report._names.pop(greenlet_id, ""))
         into: int | None = self._kinds.get(kind)
         if into is None:

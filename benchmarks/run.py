@@ -16,6 +16,7 @@ BENCHMARKS = [
     "bench_modes.py",
     "bench_session.py",
     "bench_web_cost.py",
+    "bench_run_memory.py",
     "bench_peers.py",
 ]
 

@@ -158,7 +158,8 @@ def pprof(report: Report, *, weight: Weight = "on_cpu", group_by: str | None = N
     start = origin_ns(report)
     ends = [s.stop_ns for s in report.sessions]
     ends += [s.start_ns + s.duration_ns for s in report.segments]
-    ends += [snapshot.timestamp_ns for snapshot in report.snapshots[-1:]]
+    last = report.last_snapshot_ns
+    ends += [last] if last is not None else []
     period_type = tables.value_type("on_cpu", _UNITS["on_cpu"])
     comment = tables.string(_COMMENT)
     default_sample_type = tables.string(weight)

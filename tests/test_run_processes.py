@@ -330,6 +330,38 @@ gevent.sleep(0.05)
 server.stop()
 """
 
+STREAM_SERVER = """
+import sys
+import gevent, gevent.event
+from gevent.server import StreamServer
+
+done = gevent.event.Event()
+served = 0
+
+def lookup():
+    gevent.sleep(0.001)  # each request's wait site
+    return b"served"
+
+def app(sock, address):  # a connection's greenlet: one request, answered
+    global served
+    data = b""
+    while b"\\r\\n\\r\\n" not in data:
+        data += sock.recv(65536)
+    body = lookup()
+    sock.sendall(b"HTTP/1.0 200 OK\\r\\nContent-Length: 6\\r\\n\\r\\n" + body)
+    sock.close()
+    served += 1
+    if served == int(sys.argv[1]):
+        done.set()
+
+server = StreamServer(("127.0.0.1", 0), app)
+server.start()
+print(server.server_port, flush=True)
+done.wait()
+gevent.sleep(0.05)
+server.stop()
+"""
+
 CLIENT = """
 import socket, sys
 port, count = int(sys.argv[1]), int(sys.argv[2])
@@ -356,11 +388,15 @@ def requests_in(report: greenprof.Report) -> tuple[int, int]:
     return ended, waits
 
 
-@pytest.mark.parametrize("patch", [True, False])
-def test_run_records_each_request_greenlet_a_server_spawns(tmp_path: Path, patch: bool) -> None:
+@pytest.mark.parametrize(
+    ("kind", "patch"), [("pywsgi", True), ("pywsgi", False), ("StreamServer", True)]
+)
+def test_run_records_each_request_greenlet_a_server_spawns(
+    tmp_path: Path, kind: str, patch: bool
+) -> None:
     requests = 15
     script = tmp_path / "server.py"
-    script.write_text(COUNTED_SERVER)
+    script.write_text(COUNTED_SERVER if kind == "pywsgi" else STREAM_SERVER)
     out = tmp_path / "server.jsonl"
     server = subprocess.Popen(
         [

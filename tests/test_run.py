@@ -626,10 +626,7 @@ with open(os.environ["BROWSER_RECORD"], "w") as record:
 
 
 def test_open_shows_the_html_profile_in_the_browser_once_written(tmp_path: Path) -> None:
-    import subprocess
     import sys
-
-    from .conftest import GREENPROF
 
     script = write(tmp_path / "prog.py", PROGRAM)
     browser = tmp_path / "browser.py"
@@ -637,14 +634,8 @@ def test_open_shows_the_html_profile_in_the_browser_once_written(tmp_path: Path)
     browser.chmod(0o755)
     record = tmp_path / "opened.txt"
     env = {**os.environ, "BROWSER": str(browser), "BROWSER_RECORD": str(record)}
-    result = subprocess.run(
-        [*GREENPROF, "run", "--open", "-o", "profile.html", str(script)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = greenprof_command(
+        "run", "--open", "-o", "profile.html", str(script), cwd=tmp_path, env=env
     )
     assert result.returncode == 0, result.stderr
     profile = tmp_path / "profile.html"
@@ -665,23 +656,12 @@ def test_open_without_an_html_file_is_refused_before_the_program_runs(
 
 
 def test_open_without_a_browser_says_so_and_keeps_the_status(tmp_path: Path) -> None:
-    import subprocess
-
-    from .conftest import GREENPROF
 
     script = write(tmp_path / "prog.py", "import sys\nsys.exit(3)\n")
     missing = tmp_path / "no-such-browser"
     env = {**os.environ, "BROWSER": str(missing), "PATH": str(tmp_path), "DISPLAY": ""}
     env.pop("WAYLAND_DISPLAY", None)
-    result = subprocess.run(
-        [*GREENPROF, "run", "--open", "-o", "p.html", str(script)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = greenprof_command("run", "--open", "-o", "p.html", str(script), cwd=tmp_path, env=env)
     assert result.returncode == 3
     assert (tmp_path / "p.html").exists()
     assert result.stderr.endswith(

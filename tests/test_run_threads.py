@@ -6,7 +6,6 @@ switch greenlets, and greenprof's own threads, record nothing."""
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 import greenprof
 
-from .conftest import GREENPROF, GREENPROF_DIR
+from .conftest import GREENPROF_DIR, greenprof_command
 
 THREADS = """
 import json, sys, threading, time
@@ -90,24 +89,17 @@ def run_threads(tmp_path: Path, mode: str) -> tuple[greenprof.Report, dict[str, 
     script = tmp_path / "threads.py"
     script.write_text(THREADS)
     out = str(tmp_path / "threads.jsonl")
-    result = subprocess.run(
-        [
-            *GREENPROF,
-            "run",
-            "--no-progress",
-            "--mode",
-            mode,
-            "--interval",
-            "0.002",
-            "-o",
-            out,
-            script.name,
-        ],
+    result = greenprof_command(
+        "run",
+        "--no-progress",
+        "--mode",
+        mode,
+        "--interval",
+        "0.002",
+        "-o",
+        out,
+        script.name,
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
     )
     assert result.returncode == 0, result.stderr
     return greenprof.Report.from_file(out), json.loads(result.stdout)
@@ -198,13 +190,8 @@ def test_a_program_that_sets_its_own_thread_profile_function_keeps_it(
     script = tmp_path / "own_hook.py"
     script.write_text(OWN_HOOK)
     out = tmp_path / "own.jsonl"
-    result = subprocess.run(
-        [*GREENPROF, "run", "--no-progress", "-o", str(out), str(script), setter],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = greenprof_command(
+        "run", "--no-progress", "-o", str(out), str(script), setter, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
     # The program's function saw its thread's calls, and stayed until it
@@ -219,13 +206,8 @@ def test_run_follows_no_thread_in_thread_mode(tmp_path: Path) -> None:
     script = tmp_path / "threads.py"
     script.write_text(THREADS)
     out = tmp_path / "threads.jsonl"
-    result = subprocess.run(
-        [*GREENPROF, "run", "--no-progress", "--mode", "thread", "-o", str(out), str(script)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = greenprof_command(
+        "run", "--no-progress", "--mode", "thread", "-o", str(out), str(script), cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
     idents = json.loads(result.stdout)["idents"]
@@ -248,13 +230,8 @@ for wave in range(15):
 def test_a_run_past_a_thousand_greenlets_merges_the_ended_ones_by_kind(tmp_path: Path) -> None:
     script = tmp_path / "many.py"
     script.write_text(MANY)
-    result = subprocess.run(
-        [*GREENPROF, "run", "--no-progress", "-o", "many.collapsed", script.name],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = greenprof_command(
+        "run", "--no-progress", "-o", "many.collapsed", script.name, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
     lines = (tmp_path / "many.collapsed").read_text().splitlines()

@@ -10,6 +10,7 @@ Two lines turn it on for a WSGI app::
 
 from __future__ import annotations
 
+from ._endpoint import PprofEndpoint
 from ._files import FileExporter
 from ._interval import OTHER, OTHER_STACK, Endpoint, Interval
 from ._profiler import ContinuousProfiler, ContinuousStats
@@ -22,4 +23,5 @@ __all__ = [
     "Endpoint",
     "FileExporter",
     "Interval",
+    "PprofEndpoint",
 ]

@@ -14,6 +14,7 @@ from ._endpoint import PprofEndpoint
 from ._files import FileExporter
 from ._interval import OTHER, OTHER_STACK, Endpoint, Interval
 from ._profiler import ContinuousProfiler, ContinuousStats
+from ._pyroscope import PyroscopeExporter
 
 __all__ = [
     "OTHER",
@@ -24,4 +25,5 @@ __all__ = [
     "FileExporter",
     "Interval",
     "PprofEndpoint",
+    "PyroscopeExporter",
 ]

@@ -10,6 +10,7 @@ Two lines turn it on for a WSGI app::
 
 from __future__ import annotations
 
+from ._blocking import BlockingMonitor, BlockingSlice
 from ._endpoint import PprofEndpoint
 from ._files import FileExporter
 from ._interval import OTHER, OTHER_STACK, Endpoint, Interval
@@ -19,6 +20,8 @@ from ._pyroscope import PyroscopeExporter
 __all__ = [
     "OTHER",
     "OTHER_STACK",
+    "BlockingMonitor",
+    "BlockingSlice",
     "ContinuousProfiler",
     "ContinuousStats",
     "Endpoint",

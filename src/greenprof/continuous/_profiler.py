@@ -13,6 +13,7 @@ import logging
 import math
 import reprlib
 import time
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
@@ -24,7 +25,8 @@ from .._validate import check_positive_int, check_tags, check_wait, is_number
 from ..exceptions import ConfigurationError, NotRunningError
 from ..integrations.wsgi import Environ, ProfilerMiddleware, WSGIApp
 from ..snapshot import Session, Snapshot
-from ..typing import IntervalExporter
+from ..typing import IntervalExporter, Sink
+from ._blocking import BlockingMonitor
 from ._interval import Interval, IntervalTable
 
 __all__ = [
@@ -39,9 +41,11 @@ __all__ = [
 _logger = logging.getLogger("greenprof")
 
 DEFAULT_INTERVAL: Final = 60.0
-#: The share of requests profiled by default: enough for a profile of
-#: every busy endpoint each minute, cheap enough to leave on.
-DEFAULT_SAMPLE_RATE: Final = 0.1
+#: The share of requests profiled by default: a profiled request costs
+#: about 300 us of CPU on the benchmark workload (its session, and folding
+#: it in), so one in twenty keeps the average within 3% (bench_continuous.py);
+#: a service of 100 requests a second still profiles 300 a minute.
+DEFAULT_SAMPLE_RATE: Final = 0.05
 DEFAULT_MAX_STACKS: Final = 5_000
 DEFAULT_MAX_ENDPOINTS: Final = 100
 #: Frames kept per stack: deep enough for a web framework's stacks.
@@ -110,6 +114,8 @@ class ContinuousProfiler:
     - ``exporters``: where each interval goes (``PyroscopeExporter``,
       ``PprofEndpoint``, ``FileExporter`` or any object with ``publish``,
       ``flush`` and ``close``).
+    - ``blocking``: a :class:`BlockingMonitor`, told of each profiled
+      request's run slices longer than its threshold.
     - ``max_stacks``, ``max_endpoints``: the caps on one interval's distinct
       stacks and endpoints; past them time goes to ``<other stacks>`` and
       to the ``other`` endpoint, and is counted in :attr:`stats`.
@@ -130,6 +136,7 @@ class ContinuousProfiler:
         max_endpoints: int = DEFAULT_MAX_ENDPOINTS,
         max_depth: int = DEFAULT_MAX_DEPTH,
         dump_period: float = 0.01,
+        blocking: BlockingMonitor | None = None,
     ) -> None:
         if not is_number(interval) or not 0 < interval < math.inf:
             msg = (
@@ -146,6 +153,9 @@ class ContinuousProfiler:
                 f"profiled; thread mode samples whatever runs), not {mode!r}."
             )
             raise ConfigurationError(msg)
+        if blocking is not None and not isinstance(blocking, BlockingMonitor):
+            msg = f"blocking must be a BlockingMonitor or None, not {blocking!r}."
+            raise ConfigurationError(msg)
         check_positive_int("max_stacks", max_stacks)
         check_positive_int("max_endpoints", max_endpoints)
         self.interval = float(interval)
@@ -155,6 +165,9 @@ class ContinuousProfiler:
         self.max_stacks = max_stacks
         self.max_endpoints = max_endpoints
         self.exporters = _check_exporters(exporters)
+        #: Told of every profiled request's long run slices, if given.
+        self.blocking = blocking
+        self._middlewares: weakref.WeakSet[ProfilerMiddleware] = weakref.WeakSet()
         # Checked now (mode, max_depth, dump_period): install() must not raise later.
         self._request_options: dict[str, Any] = {
             "mode": mode,
@@ -182,9 +195,13 @@ class ContinuousProfiler:
 
     def install(self, app: WSGIApp) -> WSGIApp:
         """``app`` with its requests profiled while this profiler runs."""
+        sinks: list[Sink] = [self._sink]
+        if self.blocking is not None:
+            sinks.append(self.blocking)
         middleware = ProfilerMiddleware(
-            app, sinks=[self._sink], sample_rate=self.sample_rate, **self._request_options
+            app, sinks=sinks, sample_rate=self.sample_rate, **self._request_options
         )
+        self._middlewares.add(middleware)
 
         def profiled(environ: Environ, start_response: Any) -> Iterable[bytes]:
             if self._running:
@@ -218,11 +235,14 @@ class ContinuousProfiler:
         to send what they have, ``timeout`` seconds in all. False if one
         could not."""
         check_wait("timeout", timeout)
-        self._close_interval()
         deadline = None if timeout is None else time.monotonic() + timeout
+        # The requests' sinks first (a BlockingMonitor runs in its own thread).
         flushed = True
+        for middleware in list(self._middlewares):
+            flushed = middleware.flush(_left(deadline)) and flushed
+        self._close_interval()
         for exporter in self.exporters:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            left = _left(deadline)
             try:
                 flushed = bool(exporter.flush(left)) and flushed
             except Exception as exc:
@@ -321,6 +341,10 @@ class ContinuousProfiler:
         self._closing = allocate_real_lock()
         self._table = self._new_table()
         self._next_close = time.monotonic() + self.interval
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _no_app(environ: Environ, start_response: Any) -> Iterable[bytes]:  # pragma: no cover

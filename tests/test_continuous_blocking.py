@@ -57,8 +57,9 @@ def test_the_blocking_handler_is_reported_once_and_normal_requests_never(mode: s
     (blocker,) = found
     assert_is_the_blocker(blocker)
     if mode == "hybrid":  # samples from inside the slice: spinning
-        assert blocker.samples
-        assert all(stack[-1].function == function_name(spin) for stack in blocker.samples)
+        spinning = [s for s in blocker.samples if s[-1].function == function_name(spin)]
+        assert spinning
+        assert len(spinning) * 2 >= len(blocker.samples)
     else:
         assert blocker.samples == ()
 

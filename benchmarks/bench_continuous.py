@@ -9,8 +9,10 @@ and are encoded during the run, to a ``PprofEndpoint`` and a
 per second against unprofiled and server CPU per request added, medians
 with half their interquartile range, and the issue's targets: at least
 0.97 of unprofiled throughput and at most 3% more CPU per request at the
-defaults; ``--check`` exits 1 when one is missed. Every request profiled
-(``sample_rate=1``) is shown for information.
+defaults; ``--check`` exits 1 when one is missed. For information: every
+request profiled (``sample_rate=1``), the wrapper alone (``sample_rate=0``:
+what an unprofiled request pays) and the defaults with 60 s intervals and
+no exporter (what a service pays between two intervals).
 
 Run: ``python benchmarks/bench_continuous.py [--quick] [--check]``.
 """

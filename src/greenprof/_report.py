@@ -169,6 +169,9 @@ class Report:
       running when the file was written) are replayed with ``bounds``,
       ``running_at_start`` and ``dump_period_ns``, or without bounds: from
       their first snapshot to their last.
+
+    ``timeline=False`` leaves :attr:`segments` empty: for a report that only
+    adds time up (each request's, in continuous profiling), a third cheaper.
     """
 
     def __init__(
@@ -179,7 +182,10 @@ class Report:
         bounds: Mapping[int, tuple[int, int]] | None = None,
         running_at_start: Collection[int] = (),
         dump_period_ns: int = _DEFAULT_DUMP_PERIOD_NS,
+        timeline: bool = True,
     ) -> None:
+        #: False: :attr:`segments` stays empty (a report that only adds up time).
+        self._timeline = timeline
         self.snapshots: list[Snapshot] = sorted(
             snapshots, key=lambda s: (s.timestamp_ns, s.sequence)
         )
@@ -316,6 +322,7 @@ class Report:
                 parts[missing] = Report(
                     [*orphans, *(s for s in self.snapshots if s.session_id in ids)],
                     sessions=chosen,
+                    timeline=self._timeline,
                 )
         return dict(sorted(parts.items(), key=lambda item: (-_weight(item[1]), item[0])))
 
@@ -337,7 +344,7 @@ class Report:
         """This report with every greenlet folded into one, named ``name``
         (``greenlet_id`` 0): the time of equal stacks adds up, whichever
         greenlet and session spent it. ``unmerged`` keeps this report."""
-        merged = Report(())
+        merged = Report((), timeline=self._timeline)
         merged.snapshots = self.snapshots
         merged.sessions = self.sessions
         merged.merged_as = name
@@ -372,7 +379,11 @@ class Report:
 
     def _subset(self, sessions: Sequence[Session]) -> Report:
         ids = {s.session_id for s in sessions}
-        return Report((s for s in self.snapshots if s.session_id in ids), sessions=sessions)
+        return Report(
+            (s for s in self.snapshots if s.session_id in ids),
+            sessions=sessions,
+            timeline=self._timeline,
+        )
 
     # -- replay --------------------------------------------------------------------
 
@@ -397,7 +408,7 @@ class Report:
         else:
             cell.off_cpu_ns += duration
         shown = duration if timeline is None else timeline
-        if shown:
+        if shown and self._timeline:
             self.segments.append(
                 Segment(greenlet_id, walk.name, start, shown, stack, on_cpu, walk.session_id)
             )

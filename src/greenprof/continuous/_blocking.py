@@ -163,7 +163,7 @@ class BlockingMonitor:
             # A session's snapshots come in the batch that ends with it.
             self._waiting.clear()
         for session, snapshots in found:
-            self.check(Report(snapshots, sessions=[session]))
+            self.check(Report(snapshots, sessions=[session], timeline=False))
 
     def flush(self, timeout: float | None = None) -> bool:
         return True

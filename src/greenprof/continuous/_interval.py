@@ -90,7 +90,7 @@ class IntervalTable:
     def add_session(self, session: Session, snapshots: Sequence[Snapshot]) -> None:
         """Fold one request's session in: its time per stack as
         :class:`~greenprof.Report` attributes it, and its snapshots."""
-        report = Report(snapshots, sessions=[session])
+        report = Report(snapshots, sessions=[session], timeline=False)
         stacks = self._stacks_of(endpoint_of(session))
         for cell in report.stacks:
             if cell.on_cpu_ns or cell.off_cpu_ns:

@@ -163,7 +163,8 @@ def pprof(report: Report, *, weight: Weight = "on_cpu", group_by: str | None = N
 
     ends = [s.stop_ns for s in report.sessions]
     ends += [s.start_ns + s.duration_ns for s in report.segments]
-    ends += [snapshot.timestamp_ns for snapshot in report.snapshots[-1:]]
+    last = report.last_snapshot_ns
+    ends += [last] if last is not None else []
     start = origin_ns(report)
     return encode_profile(
         tables,

@@ -42,8 +42,8 @@ _logger = logging.getLogger("greenprof")
 
 DEFAULT_INTERVAL: Final = 60.0
 #: The share of requests profiled by default: a profiled request costs
-#: about 300 us of CPU on the benchmark workload (its session, and folding
-#: it in), so one in twenty keeps the average within 3% (bench_continuous.py);
+#: about 350 us of CPU on the benchmark workload (its session, and folding
+#: it in), about 20 us a request at one in twenty (bench_continuous.py);
 #: a service of 100 requests a second still profiles 300 a minute.
 DEFAULT_SAMPLE_RATE: Final = 0.05
 DEFAULT_MAX_STACKS: Final = 5_000

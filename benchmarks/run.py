@@ -17,6 +17,8 @@ BENCHMARKS = [
     "bench_session.py",
     "bench_gc.py",
     "bench_web_cost.py",
+    "bench_continuous.py",
+    "bench_run_memory.py",
     "bench_peers.py",
 ]
 

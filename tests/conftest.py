@@ -55,11 +55,14 @@ GREENPROF = (sys.executable, "-m", "greenprof")
 
 
 def greenprof_command(
-    *args: str, cwd: str | os.PathLike[str] | None = None, timeout: float = 300
+    *args: str,
+    cwd: str | os.PathLike[str] | None = None,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m greenprof ARGS`` in a real subprocess (text output)."""
     return subprocess.run(
-        [*GREENPROF, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd
+        [*GREENPROF, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
     )
 
 

@@ -1,15 +1,9 @@
-"""The pprof exporter, read back with protobuf's own decoder.
-
-``tests/data/profile.proto`` is google/pprof's ``proto/profile.proto`` as
-published (commit b9395ee17fa0d0013c3fd96ac9482318422ac337, Apache-2.0);
-each run compiles it with grpcio-tools, so the file is judged by the real
-schema, not by greenprof's own idea of it.
-"""
+"""The pprof exporter, read back with protobuf's own decoder (compiled from
+google/pprof's ``profile.proto`` for each run: see ``profile_proto``)."""
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import os
 import re
 import shutil
@@ -23,7 +17,6 @@ from typing import Any
 import attrs
 import gevent
 import pytest
-from grpc_tools import protoc
 
 import greenprof
 from greenprof import Frame, Snapshot, exporters
@@ -31,23 +24,15 @@ from greenprof.exceptions import ConfigurationError
 from greenprof.exporters import pprof
 from greenprof.sinks import JSONSink
 
+from .profile_proto import compile_profile_proto
 from .workloads import record_red_and_blue
 
-PROTO = Path(__file__).parent / "data" / "profile.proto"
 SAMPLE_TYPES = [("on_cpu", "nanoseconds"), ("off_cpu", "nanoseconds"), ("snapshots", "count")]
 
 
 @pytest.fixture(scope="module")
 def profile_pb2(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
-    out = tmp_path_factory.mktemp("profile_pb2")
-    status = protoc.main(["protoc", f"-I{PROTO.parent}", f"--python_out={out}", PROTO.name])
-    assert status == 0
-    spec = importlib.util.spec_from_file_location("profile_pb2", out / "profile_pb2.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return compile_profile_proto(tmp_path_factory.mktemp("profile_pb2"))
 
 
 @attrs.frozen

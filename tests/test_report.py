@@ -6,6 +6,8 @@ import random
 
 from greenprof import Frame, GreenletTime, Report, RunSlice, Snapshot
 
+from .workloads import record_red_and_blue
+
 Stack = tuple[Frame, ...]
 
 MAIN = Frame("app.py", "main", 1)
@@ -464,3 +466,18 @@ def test_sessions_in_one_list_are_replayed_apart() -> None:
     assert [w.duration_ns for w in report.waits] == [1_000, 3_000]
     # Without bounds each session starts at its first snapshot.
     assert [s.duration_ns for s in report.slices] == [0, 0]
+
+
+def test_a_report_without_timeline_adds_up_the_same_time() -> None:
+    profiler, _, _ = record_red_and_blue()
+    snapshots, sessions = profiler.snapshots, profiler.sessions
+    full = Report(snapshots, sessions=sessions)
+    lean = Report(snapshots, sessions=sessions, timeline=False)
+    assert full.segments
+    assert lean.segments == []
+    assert lean.stacks == full.stacks
+    assert lean.slices == full.slices
+    assert lean.waits == full.waits
+    assert lean.greenlets == full.greenlets
+    assert lean.merged("all").stacks == full.merged("all").stacks
+    assert lean.split_by("missing", missing="-")["-"].segments == []

@@ -503,6 +503,31 @@ def test_min_duration_writes_no_profile_of_a_shorter_run(tmp_path: Path) -> None
     assert greenprof.Report.from_file(existing).sessions
 
 
+@pytest.mark.parametrize("options", [["--min-duration", "60"], ["-o", "-"]])
+def test_a_run_that_writes_no_profile_leaves_no_spool_behind(
+    tmp_path: Path, options: list[str]
+) -> None:
+    import subprocess
+
+    from .conftest import GREENPROF
+
+    # A forked child of "-o -" writes nothing either (stdout is its parent's).
+    script = write(tmp_path / "quick.py", "import os, gevent\ngevent.sleep(0)\nos.fork()\n")
+    spools = tmp_path / "tmp"
+    spools.mkdir()
+    result = subprocess.run(
+        [*GREENPROF, "run", "--no-progress", *options, str(script)],
+        cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(spools)},
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"no profile" in result.stderr
+    assert list(spools.iterdir()) == []
+
+
 # -- greenprof's frames are not the program's -------------------------------------------
 
 MIXED = """
@@ -589,3 +614,56 @@ def test_options_end_at_the_script_or_module(
     args: list[str], own: list[str], program: Program | None
 ) -> None:
     assert split_arguments(args, WITH_VALUES) == (own, program)
+
+
+BROWSER = """#!{python}
+import os, sys
+# What a browser would get: the URL, and whether the file was there to show.
+path = sys.argv[1].removeprefix("file://")
+with open(os.environ["BROWSER_RECORD"], "w") as record:
+    record.write(sys.argv[1] + "\\n" + str(os.path.getsize(path)) + "\\n")
+"""
+
+
+def test_open_shows_the_html_profile_in_the_browser_once_written(tmp_path: Path) -> None:
+    import sys
+
+    script = write(tmp_path / "prog.py", PROGRAM)
+    browser = tmp_path / "browser.py"
+    browser.write_text(BROWSER.format(python=sys.executable))
+    browser.chmod(0o755)
+    record = tmp_path / "opened.txt"
+    env = {**os.environ, "BROWSER": str(browser), "BROWSER_RECORD": str(record)}
+    result = greenprof_command(
+        "run", "--open", "-o", "profile.html", str(script), cwd=tmp_path, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    profile = tmp_path / "profile.html"
+    url, size = record.read_text().splitlines()
+    assert url == profile.resolve().as_uri()
+    assert int(size) == profile.stat().st_size > 0  # opened after it was whole
+
+
+@pytest.mark.parametrize("output", [["-o", "p.jsonl"], ["-o", "-", "--format", "html"], []])
+def test_open_without_an_html_file_is_refused_before_the_program_runs(
+    tmp_path: Path, output: list[str]
+) -> None:
+    script = write(tmp_path / "prog.py", "open('ran', 'w').close()\n")
+    result = greenprof_command("run", "--open", *output, str(script), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == "greenprof: --open needs an HTML file: -o FILE.html, or --format html\n"
+    assert files_in(tmp_path) == ["prog.py"]
+
+
+def test_open_without_a_browser_says_so_and_keeps_the_status(tmp_path: Path) -> None:
+
+    script = write(tmp_path / "prog.py", "import sys\nsys.exit(3)\n")
+    missing = tmp_path / "no-such-browser"
+    env = {**os.environ, "BROWSER": str(missing), "PATH": str(tmp_path), "DISPLAY": ""}
+    env.pop("WAYLAND_DISPLAY", None)
+    result = greenprof_command("run", "--open", "-o", "p.html", str(script), cwd=tmp_path, env=env)
+    assert result.returncode == 3
+    assert (tmp_path / "p.html").exists()
+    assert result.stderr.endswith(
+        "greenprof: found no web browser to open p.html in; open it yourself\n"
+    )

@@ -90,3 +90,31 @@ def shop(environ: dict[str, object], start_response: object) -> list[bytes]:
     if environ["PATH_INFO"] == "/boom":
         raise RuntimeError("boom")
     return search(environ, start_response)
+
+
+# -- a blocking handler among normal ones ----------------------------------------------
+
+
+def blocking_or_not(environ: dict[str, object], start_response: object) -> list[bytes]:
+    if environ["PATH_INFO"] == "/block":
+        gevent.sleep(0.001)  # resumes here
+        spin(0.05)  # 50 ms without a yield
+        gevent.sleep(0.001)  # yields here
+    else:
+        spin(0.0005)
+        gevent.sleep(0.001)
+    start_response("200 OK", [("Content-Type", "text/plain")])  # type: ignore[operator]
+    return [b"ok"]
+
+
+def slow_shop(environ: dict[str, object], start_response: object) -> list[bytes]:
+    """Two endpoints of known CPU and wait time, long enough that a few
+    hundred microseconds of the server's own work are under 2% of them."""
+    if environ["PATH_INFO"] == "/checkout":
+        spin(0.02)
+        gevent.sleep(0.03)
+    else:
+        spin(0.01)
+        gevent.sleep(0.015)
+    start_response("200 OK", [("Content-Type", "text/plain")])  # type: ignore[operator]
+    return [b"ok"]

@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Callable
+from typing import BinaryIO
 
-__all__ = ["check_writable", "replace_file"]
+__all__ = ["check_writable", "replace_file", "replace_file_with"]
 
 #: Tries at a free temporary name before giving up (each is random).
 _TRIES = 100
@@ -21,11 +23,17 @@ def replace_file(path: str | os.PathLike[str], data: bytes) -> None:
     ``os.replace`` then swaps it in. If anything fails, ``path`` is left as
     it was and the temporary file is removed.
     """
+    replace_file_with(path, lambda file: file.write(data))
+
+
+def replace_file_with(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
+    """:func:`replace_file` with what ``write`` writes to the (binary) file
+    it is given: a file written piece by piece, never whole in memory."""
     path = os.fspath(path)
     descriptor, temporary = _new_temporary(path)
     try:
         with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
+            write(file)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):

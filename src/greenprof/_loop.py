@@ -66,6 +66,8 @@ class BackgroundLoop:
         running when this returns: a thread left to start later could come
         up as the interpreter is still starting (a ``sitecustomize``), which
         CPython 3.11 in development mode does not always survive."""
+        if not _restart_registered:
+            _register_restart()
         with self._lock:
             self._stopping = False  # a thread still winding down keeps going
             if self._alive:
@@ -141,8 +143,9 @@ class BackgroundLoop:
                 self._alive = False
             self._exited.release()
 
-    def _after_fork_in_child(self) -> None:
-        # The thread did not survive the fork, and its locks may be held by it.
+    def _after_fork_in_child(self) -> bool:
+        # The thread did not survive the fork, and its locks may be held by
+        # it. Whether it ran: restarted once every module is ready for it.
         was_running = self._alive and not self._stopping
         self._lock = allocate_real_lock()
         self._wake = Waker()
@@ -155,16 +158,38 @@ class BackgroundLoop:
                 self.after_fork()
             except Exception:
                 _logger.exception("greenprof: %s could not reset after fork", self.name)
-        if was_running:
-            self.start()
+        return was_running
 
 
 _loops: weakref.WeakSet[BackgroundLoop] = weakref.WeakSet()
+#: Loops whose thread ran at the fork, to start again in the child.
+_to_restart: list[BackgroundLoop] = []
 
 
 def _after_fork_in_child() -> None:
-    for loop in list(_loops):
-        loop._after_fork_in_child()
+    _to_restart[:] = [loop for loop in list(_loops) if loop._after_fork_in_child()]
+
+
+def restart_after_fork() -> None:
+    """Start again, in a forked child, the loops that ran in the parent,
+    after the modules that a loop's step uses reset their state for the
+    child (their locks, above all): registered when the first loop starts,
+    so after every module that made a loop. A loop started earlier would
+    run its first step on locks a thread of the parent held at the fork,
+    and wait for them for ever."""
+    loops, _to_restart[:] = list(_to_restart), []
+    for loop in loops:
+        try:
+            loop.start()
+        except Exception:
+            _logger.exception("greenprof: %s could not start again after fork", loop.name)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+_restart_registered = False
+
+
+def _register_restart() -> None:
+    global _restart_registered
+    _restart_registered = True
+    os.register_at_fork(after_in_child=restart_after_fork)

@@ -5,12 +5,12 @@ their own profile once, however they end, and then end as they would have."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import Any, Final, NoReturn
 
@@ -19,18 +19,18 @@ import greenlet
 
 from ._launch import Launch
 from ._loop import BackgroundLoop
-from ._output import STDOUT, Destination, write_report
+from ._other_threads import ThreadFollower
+from ._output import STDOUT, Destination
 from ._profiler import Profiler
 from ._progress import Progress
-from ._report import Report
-from ._schema import load
+from ._run_output import Tally, write_profile
 from ._session import new_session_id
+from ._spool import Spool
 from ._threads import thread_ident
 from .exceptions import GreenprofError
-from .sinks import JSONSink
-from .snapshot import Frame, Session, Snapshot
+from .snapshot import Session, Snapshot
 
-__all__ = ["ENDING_SIGNALS", "ProfiledRun", "say", "since_fork"]
+__all__ = ["ENDING_SIGNALS", "ProfiledRun", "child_session", "say", "since_fork"]
 
 #: Seconds between two hand-overs of what the run recorded to its spool.
 SPOOL_INTERVAL: Final = 0.5
@@ -51,11 +51,19 @@ def say(line: str) -> None:
     stream = sys.stderr
     if stream is None or stream.closed:
         return
-    # A whole line, flushed at once: if its descriptor is gone, the failed
-    # write leaves nothing behind for python's own flush at exit to fail on.
     with contextlib.suppress(AttributeError, OSError, ValueError):
-        stream.write(line + "\n")
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file: a StringIO, say
+            stream.write(line + "\n")
+            stream.flush()
+            return
+        # Straight to the descriptor, after what the program wrote: a write
+        # to a descriptor the program closed fails and leaves nothing in
+        # python's buffer for its own flush at exit to fail on (which would
+        # change the exit status to 120).
         stream.flush()
+        os.write(fd, (line + "\n").encode(stream.encoding or "utf-8", "backslashreplace"))
 
 
 # -- one run, in each of its processes -------------------------------------------------
@@ -90,6 +98,8 @@ class ProfiledRun:
         self._fork: tuple[int, int] | None = None
         #: This process's profile was written (or given up).
         self._done = False
+        #: The file this process's profile went to, once written there.
+        self.written: str | None = None
         self._writing = False
         #: A signal that came while the profile was being written, to end by
         #: once it is whole.
@@ -101,6 +111,11 @@ class ProfiledRun:
         #: to a file of its own, and the loop restarts there).
         self._spool = Spool()
         self._loop = BackgroundLoop(self._hand_over, name="greenprof-run")
+        #: Follows the greenlets of the threads the program starts (not in
+        #: thread mode, which samples the main thread only).
+        self._threads = (
+            ThreadFollower(profiler, profiler._pipeline.wall_ns) if profiler.follow_all else None
+        )
 
     def start(self) -> None:
         for signum in ENDING_SIGNALS:
@@ -115,6 +130,8 @@ class ProfiledRun:
         os._exit = self._exit
         self.profiler.add_sink(self._spool)
         self.profiler.start()
+        if self._threads is not None:
+            self._threads.start()
         self._loop.start()
         if self._progress is not None:
             self._progress.start()
@@ -125,6 +142,11 @@ class ProfiledRun:
         written = self._write_once()
         self._restore()
         return written
+
+    @property
+    def forked(self) -> bool:
+        """Whether this process is a child the program forked."""
+        return self._fork is not None
 
     def abandon(self) -> None:
         """Stop profiling and write nothing: none of the program ran."""
@@ -202,11 +224,20 @@ class ProfiledRun:
         # Its hand-over must be done before the spool is read (building and
         # writing a busy program's last seconds can take a while).
         self._loop.stop(LAST_HAND_OVER)
+        if self._threads is not None:
+            self._threads.stop()  # before the profiler: no thread starts it again
         if self.profiler.is_running:
             self.profiler.stop()  # hands the rest over to the spool
 
     def _write(self) -> bool:
-        snapshots, session = self._recorded()
+        try:
+            return self._write_spooled()
+        finally:
+            self._spool.remove()
+
+    def _write_spooled(self) -> bool:
+        self.profiler.flush(LAST_HAND_OVER)  # all of it written before it is read
+        session = self._session()
         forked = self._fork is not None
         pid = os.getpid()
         if session.duration_ns < self._min_duration_ns:
@@ -220,86 +251,39 @@ class ProfiledRun:
             say(f"greenprof: no profile of forked process {pid}: stdout is its parent's (-o -)")
             return True
         try:
-            report = Report(snapshots, sessions=[session])
-            write_report(report, self._destination.format, path)
+            tally = write_profile(self._snapshots(session), session, self._destination.format, path)
         except (OSError, GreenprofError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             say(f"greenprof: cannot write {path}: {reason}")
             return False
-        finally:
-            self._spool.remove()
-        say(_summary(snapshots, path, session.mode))
+        say(_summary(tally, path, session.mode))
+        self.written = None if path == STDOUT else path
         return True
 
-    def _recorded(self) -> tuple[list[Snapshot], Session]:
-        """This process's snapshots, without greenprof's own frames, and its
-        session (a forked child's: its own part of it)."""
-        program_stack = _StackTrimmer(self._launch)
-        self.profiler.flush(LAST_HAND_OVER)  # all of it written before it is read
-        spooled = self._spool.read()
-        snapshots = [
-            program_stack.of(snapshot) for snapshot in (*spooled, *self.profiler.snapshots)
-        ]
+    def _recorded(self) -> Iterator[Snapshot]:
+        """What this process recorded, read as it is used, in sequence
+        order: the spool, then what was not handed over to it."""
+        return itertools.chain(self._spool.snapshots(), self.profiler.snapshots)
+
+    def _session(self) -> Session:
+        """This process's session: a followed thread's time ends with it,
+        and a forked child's is its own part of it."""
         session = self.profiler.sessions[-1]
+        if self._threads is not None:
+            session = self._threads.clipped(session)
         if self._fork is not None:
-            return since_fork(snapshots, session, *self._fork)
-        return snapshots, session
+            fork_ns, forker = self._fork
+            session = child_session(self._recorded(), session, fork_ns, forker)
+        return session
 
-
-class Spool:
-    """A sink writing what a run records to a JSON Lines file of the
-    process's own: each process of the run (the program's forked children
-    too) spools to a temporary file made the first time it writes, read
-    back when it writes its profile, then removed."""
-
-    #: Each export is written when it returns: called in place, and so is
-    #: its flush, which has nothing to wait for.
-    export_never_blocks = True
-    flush_never_blocks = True
-
-    def __init__(self) -> None:
-        self._files: dict[int, str] = {}
-
-    def path(self) -> str:
-        pid = os.getpid()
-        path = self._files.get(pid)
-        if path is None:
-            handle, path = tempfile.mkstemp(prefix=f"greenprof-run-{pid}-", suffix=".jsonl")
-            os.close(handle)
-            self._files = {pid: path}  # a forked child's own; its parent's stays the parent's
-        return path
-
-    def export(self, batch: Sequence[Snapshot]) -> None:
-        JSONSink(self.path()).export(batch)
-
-    def export_sessions(self, sessions: Sequence[Session]) -> None:
-        JSONSink(self.path()).export_sessions(sessions)
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return True  # every export is written when it returns
-
-    def close(self) -> None:
-        return None
-
-    def read(self) -> list[Snapshot]:
-        """What this process spooled so far."""
-        path = self._files.get(os.getpid())
-        if path is None or not os.path.getsize(path):
-            return []
-        # In sequence order: a sink thread's export and one made in place
-        # (at stop()) may reach the file in either order.
-        return sorted(load(path), key=_sequence_of)
-
-    def remove(self) -> None:
-        """This process's file."""
-        path = self._files.pop(os.getpid(), None)
-        if path is not None:
-            with contextlib.suppress(OSError):
-                os.remove(path)
-
-
-def _sequence_of(snapshot: Snapshot) -> int:
-    return snapshot.sequence
+    def _snapshots(self, session: Session) -> Iterator[Snapshot]:
+        """What the profile holds: this process's snapshots (a forked
+        child's from the fork on, renumbered), without greenprof's frames."""
+        snapshots = self._recorded()
+        if self._fork is not None:
+            snapshots = since_fork(snapshots, session.session_id, self._fork[0])
+        trimmer = _StackTrimmer(self._launch)
+        return map(trimmer.of, snapshots)
 
 
 class _StackTrimmer:
@@ -308,38 +292,41 @@ class _StackTrimmer:
 
     def __init__(self, launch: Launch) -> None:
         self._launch = launch
-        # Stacks are shared between snapshots: each is trimmed once.
-        self._trimmed: dict[int, tuple[Frame, ...]] = {}
+        # Whether a file's frames launched the program, by file name (a
+        # program has a bounded number of files).
+        self._launcher: dict[str, bool] = {}
 
     def of(self, snapshot: Snapshot) -> Snapshot:
         stack = snapshot.stack
-        if not stack or not self._launch.is_launcher(stack[0].filename):
-            return snapshot
-        trimmed = self._trimmed.get(id(stack))
-        if trimmed is None:
-            trimmed = self._trimmed[id(stack)] = self._launch.program_stack(stack)
-        return attrs.evolve(snapshot, stack=trimmed)
+        launcher = self._launcher
+        start = 0
+        while start < len(stack):
+            filename = stack[start].filename
+            found = launcher.get(filename)
+            if found is None:
+                found = launcher[filename] = self._launch.is_launcher(filename)
+            if not found:
+                break
+            start += 1
+        return attrs.evolve(snapshot, stack=stack[start:]) if start else snapshot
 
 
-def since_fork(
-    snapshots: Sequence[Snapshot], session: Session, fork_ns: int, forker: int
-) -> tuple[list[Snapshot], Session]:
-    """What a forked child did: the session it inherited, from the fork on,
+def child_session(
+    snapshots: Iterable[Snapshot], session: Session, fork_ns: int, forker: int
+) -> Session:
+    """The session of a forked child: what it inherited, from the fork on,
     under an id of its own, so that its file repeats none of its parent's.
 
-    Its snapshots are those from the fork on, numbered from 0. Its greenlets
-    count from the fork (those it picked up later, from their first
-    snapshot); the one that forked was running then, and the others
-    waiting; those that had ended are left out.
+    Its greenlets count from the fork (those it picked up later, from their
+    first snapshot); the one that forked was running then, and the others
+    waiting; those that had ended are left out. ``snapshots`` are read up
+    to the fork only.
     """
-    session_id = new_session_id()
     last_before: dict[int, str] = {}
-    kept: list[Snapshot] = []
     for snapshot in snapshots:
-        if snapshot.timestamp_ns < fork_ns:
-            last_before[snapshot.greenlet_id] = snapshot.event
-        else:
-            kept.append(attrs.evolve(snapshot, session_id=session_id, sequence=len(kept)))
+        if snapshot.timestamp_ns >= fork_ns:
+            break  # in sequence order: the rest is the child's own
+        last_before[snapshot.greenlet_id] = snapshot.event
     bounds = {}
     for greenlet_id, (start, stop) in session.bounds.items():
         if last_before.get(greenlet_id) == "exit":
@@ -347,24 +334,33 @@ def since_fork(
         if start or greenlet_id in last_before:
             start = max(start, fork_ns)
         bounds[greenlet_id] = (start, stop)
-    child = attrs.evolve(
+    return attrs.evolve(
         session,
-        session_id=session_id,
+        session_id=new_session_id(),
         start_ns=fork_ns,
         running_at_start={forker} & bounds.keys(),
         bounds=bounds,
     )
-    return kept, child
 
 
-def _summary(snapshots: Sequence[Snapshot], path: str, mode: str) -> str:
-    count = len(snapshots)
-    greenlets = len({snapshot.greenlet_id for snapshot in snapshots})
+def since_fork(snapshots: Iterable[Snapshot], session_id: str, fork_ns: int) -> Iterator[Snapshot]:
+    """A forked child's snapshots: those from the fork on, numbered from 0,
+    in its own session ``session_id``."""
+    sequence = 0
+    for snapshot in snapshots:
+        if snapshot.timestamp_ns >= fork_ns:
+            yield attrs.evolve(snapshot, session_id=session_id, sequence=sequence)
+            sequence += 1
+
+
+def _summary(tally: Tally, path: str, mode: str) -> str:
+    count = tally.snapshots
+    greenlets = tally.greenlets
     line = (
-        f"greenprof: {count} snapshot{'s' * (count != 1)} of {greenlets} "
+        f"greenprof: {count} snapshot{'s' * (count != 1)} of {tally.greenlets_shown} "
         f"greenlet{'s' * (greenlets != 1)} written to {'stdout' if path == STDOUT else path}"
     )
-    if mode == "greenlet" and all(s.event in ("start", "stop") for s in snapshots):
+    if mode == "greenlet" and not tally.switched:
         line += (
             "; no greenlet switched, so greenlet mode saw none of the program's "
             "stacks (--mode hybrid samples them)"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import os
+import pathlib
 import re
 import signal
 import sys
@@ -54,10 +55,11 @@ def add_parser(commands: argparse._SubParsersAction[OneLineParser]) -> OneLinePa
         help="run a Python program (script or -m module) with its greenlets profiled",
         usage=USAGE,
         description=textwrap.fill(  # the formatter keeps the epilog's table as it is
-            "Runs a script, or a module with -m, as python would, with the main "
-            "greenlet and every greenlet it spawns through gevent (and theirs) "
-            "profiled. greenprof's options come before the script or -m module; "
-            "everything after it goes to the program as sys.argv. The profile is "
+            "Runs a script, or a module with -m, as python would, with every "
+            "greenlet it runs profiled but gevent's hubs, in the main thread and in "
+            "each threading.Thread it starts. greenprof's options come before the "
+            "script or -m module; everything after it goes to the program as "
+            "sys.argv. The profile is "
             "written when the program ends, whether it returns, exits, or is "
             "ended by SIGINT (Ctrl-C), SIGTERM or SIGHUP; then greenprof ends as "
             "the program did: same exit status, or killed by the same signal.",
@@ -84,6 +86,14 @@ def add_parser(commands: argparse._SubParsersAction[OneLineParser]) -> OneLinePa
         "--format",
         choices=exporters.FORMATS,
         help="the output format, whatever the extension (default: from -o, else jsonl)",
+    )
+    run.add_argument(
+        "--open",
+        action="store_true",
+        help=(
+            "once the HTML profile is written, open it in a web browser, where "
+            "python's webbrowser finds one (needs an HTML output: -o FILE.html)"
+        ),
     )
     run.add_argument(
         "--mode",
@@ -230,6 +240,8 @@ def main(parser: argparse.ArgumentParser, args: Sequence[str]) -> int:
         destination = Destination.of(options.output, options.format)
     except ConfigurationError as exc:
         return _fail(EXIT_USAGE, str(exc))
+    if options.open and (destination.format != "html" or destination.template == STDOUT):
+        return _fail(EXIT_USAGE, "--open needs an HTML file: -o FILE.html, or --format html")
     first = destination.path(os.getpid())
     if first != STDOUT and first is not None:
         try:
@@ -282,6 +294,8 @@ def main(parser: argparse.ArgumentParser, args: Sequence[str]) -> int:
         run.abandon()
         return _fail(EXIT_CANNOT_RUN, str(exc))
     written = run.finish()
+    if options.open and run.written is not None and not run.forked:
+        _open_in_browser(run.written)
     if ending.signal == signal.SIGINT:
         _end_as_python_after_keyboard_interrupt()
     # The program's failure says more than the profile's.
@@ -314,6 +328,19 @@ def _matcher(patterns: Sequence[str]) -> Callable[[greenlet.greenlet], bool]:
         return isinstance(qualname, str) and match(qualname) is not None
 
     return matches
+
+
+def _open_in_browser(path: str) -> None:
+    """Open the file at ``path`` in the browser python's ``webbrowser``
+    picks (``BROWSER`` tells it which), or say there is none."""
+    import webbrowser
+
+    try:
+        opened = webbrowser.open(pathlib.Path(path).resolve().as_uri())
+    except Exception:  # webbrowser.Error, or a browser that could not start
+        opened = False
+    if not opened:
+        say(f"greenprof: found no web browser to open {path} in; open it yourself")
 
 
 def _is_terminal() -> bool:

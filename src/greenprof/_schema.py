@@ -51,6 +51,7 @@ __all__ = [
     "Recording",
     "encode_header",
     "encode_session",
+    "decode_line",
     "encode_snapshot",
     "load",
     "read",
@@ -184,6 +185,26 @@ def read(path: str | os.PathLike[str]) -> Recording:
             damaged[0],
         )
     return Recording(snapshots, sessions, damaged)
+
+
+def decode_line(
+    raw: bytes, frames: dict[tuple[str, str, int], Frame], *, name: str = "", number: int = 0
+) -> Snapshot | Session | None:
+    """The snapshot or session on one line of a snapshot file whose header
+    was read already; None for a header, a line of an unknown type, or a
+    line that is not JSON (a torn write). LoadError for a record that is
+    not valid. ``frames`` interns equal frames across calls."""
+    if not raw.strip():
+        return None
+    obj = _parse(raw)
+    if isinstance(obj, _NotJSON) or not isinstance(obj, dict):
+        return None
+    kind = obj.get("type")
+    if kind == "snapshot":
+        return _decode_snapshot(name, number, obj, frames)
+    if kind == "session":
+        return _decode_session(name, number, obj)
+    return None
 
 
 def _lines(name: str) -> Generator[tuple[int, bytes], None, None]:

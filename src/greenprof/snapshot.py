@@ -37,7 +37,7 @@ EVENTS: Final = ("switch_in", "throw", "switch_out", "exit", "sample", "start", 
 MODES: Final = ("greenlet", "hybrid", "thread")
 
 
-@attrs.frozen(slots=True)
+@attrs.frozen(slots=True, cache_hash=True)
 class Frame:
     """One frame of a stack: where a function was when the snapshot was taken."""
 

@@ -7,11 +7,14 @@ that the core of greenprof depends on a contract, not on any sink.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .snapshot import Session, Snapshot
 
-__all__ = ["SessionSink", "Sink"]
+if TYPE_CHECKING:
+    from .continuous._interval import Interval
+
+__all__ = ["IntervalExporter", "SessionSink", "Sink"]
 
 
 @runtime_checkable
@@ -61,3 +64,24 @@ class SessionSink(Sink, Protocol):
     mode, dump period and tags. Failures are handled as for ``export``."""
 
     def export_sessions(self, sessions: Sequence[Session]) -> None: ...
+
+
+@runtime_checkable
+class IntervalExporter(Protocol):
+    """Where a :class:`~greenprof.continuous.ContinuousProfiler` sends each
+    interval's profile.
+
+    - ``publish(interval)`` is called from the profiler's background thread
+      as each interval closes (and at ``flush()``/``stop()`` from the
+      caller's); it must not wait for the network: queue, and send from a
+      thread of your own. What it raises is counted and logged once.
+    - ``flush(timeout)`` sends what was published, waiting at most
+      ``timeout`` seconds (None: as long as it takes); False if it could not.
+    - ``close()`` releases what the exporter holds; idempotent.
+    """
+
+    def publish(self, interval: Interval) -> None: ...
+
+    def flush(self, timeout: float | None = None) -> bool: ...
+
+    def close(self) -> None: ...

@@ -35,7 +35,9 @@ def chrome_trace(report: Report, *, group_by: str | None = None) -> str:
             {"ph": "M", "name": "process_sort_index", "pid": pid, "args": {"sort_index": pid}}
         )
         events += _tracks(part, pid, origin)
-    other = {"start_ns": origin, "exporter": "greenprof"}
+    other: dict[str, Any] = {"start_ns": origin, "exporter": "greenprof"}
+    if report.timeline_cut_ns is not None:  # a long run's: the timeline stops there
+        other["timeline_cut_ns"] = report.timeline_cut_ns
     return json.dumps(
         {"traceEvents": events, "displayTimeUnit": "ms", "otherData": other},
         separators=(",", ":"),

@@ -44,9 +44,9 @@ def weighted(report: Report, weight: str) -> Iterator[tuple[int, str, Stack, int
     check_weight(weight)
     if weight == "snapshots":
         counts: dict[tuple[int, str, Stack], int] = {}
-        for snapshot in report.snapshots:
-            key = (*report.label_of(snapshot), shown(snapshot.stack, snapshot))
-            counts[key] = counts.get(key, 0) + 1
+        for (greenlet_id, name, stack, exited), count in report.counts().items():
+            key = (greenlet_id, name, stack or ((EXIT_FRAME,) if exited else (START_FRAME,)))
+            counts[key] = counts.get(key, 0) + count
         for (greenlet_id, name, stack), count in counts.items():
             yield greenlet_id, name, stack, count
         return
@@ -67,8 +67,9 @@ def frame_label(frame: Frame) -> str:
 
 
 def greenlet_label(greenlet_id: int, name: str) -> str:
-    """``"name [0xid]"``; a merged report's one greenlet (id 0) is its name."""
-    if not greenlet_id:
+    """``"name [0xid]"``; a merged entry (id 0 for a merged report's one,
+    below 0 for the greenlets a streamed report merged) is its name."""
+    if greenlet_id <= 0:
         return name or "greenlet"
     return f"{name or 'greenlet'} [{greenlet_id:#x}]"
 
@@ -171,5 +172,6 @@ def origin_ns(report: Report) -> int:
     """The first moment the report knows of: times in exports count from it."""
     starts = [s.start_ns for s in report.sessions if s.start_ns]
     starts += [s.start_ns for s in report.slices[:1]] + [w.start_ns for w in report.waits[:1]]
-    starts += [s.timestamp_ns for s in report.snapshots[:1]]
+    first = report.first_snapshot_ns
+    starts += [first] if first is not None else []
     return min(starts, default=0)

@@ -112,9 +112,7 @@ def _greenlet_view(report: Report, frames: _Frames) -> tuple[dict[str, Any], dic
         snapshots[row[0]] += row[4]
     # The sessions each greenlet was in: a request's greenlet is labelled
     # with what the request was (path=/checkout), not only its id.
-    sessions_of: dict[int, set[str]] = {}
-    for snapshot in report.snapshots:
-        sessions_of.setdefault(snapshot.greenlet_id, set()).add(snapshot.session_id)
+    sessions_of = {gid: set(ids) for gid, ids in report.greenlet_sessions.items()}
     for session in report.sessions:
         for gid in session.bounds:
             sessions_of.setdefault(gid, set()).add(session.session_id)
@@ -184,7 +182,8 @@ def _profile(report: Report, group_by: str | None = None) -> dict[str, Any]:
     origin = origin_ns(report)
     ends = [s.start_ns + s.duration_ns for s in report.slices]
     ends += [w.start_ns + w.duration_ns for w in report.waits]
-    ends += [s.timestamp_ns for s in report.snapshots[-1:]]
+    last = report.last_snapshot_ns
+    ends += [last] if last is not None else []
     ends += [s.stop_ns for s in report.sessions if s.stop_ns]
     slices = [
         [

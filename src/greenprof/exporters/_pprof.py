@@ -48,15 +48,15 @@ from ._common import (
     stack_values,
 )
 
-__all__ = ["pprof"]
+__all__ = ["UNITS", "Tables", "encode_profile", "pprof"]
 
 #: The unit of each sample type; the types are the weights, in ``WEIGHTS`` order.
-_UNITS: Final = {"on_cpu": "nanoseconds", "off_cpu": "nanoseconds", "snapshots": "count"}
+UNITS: Final = {"on_cpu": "nanoseconds", "off_cpu": "nanoseconds", "snapshots": "count"}
 _COMMENT: Final = "greenprof: on-CPU and off-CPU time and snapshots per greenlet and stack"
 _MAPPING_ID: Final = 1
 
 
-class _Tables:
+class Tables:
     """The tables samples point into: strings, functions and locations.
 
     Each entry is added the first time it is used, so ids and indices follow
@@ -104,16 +104,29 @@ class _Tables:
         self, greenlet_id: int, name: str, stack: Stack, values: list[int], tag: str | None
     ) -> bytes:
         if tag is not None:  # a merged report: name is "tag=value"
-            labels = [self.label(tag, text=name.partition("=")[2])] if tag else []
-        else:
-            labels = [self.label("greenlet", text=greenlet_label(greenlet_id, name))]
-            if name:  # an empty string label is no label to pprof
-                labels.append(self.label("greenlet_name", text=name))
-            labels.append(self.label("greenlet_id", number=greenlet_id))
+            labels = [(tag, name.partition("=")[2])] if tag else []
+            return self.labelled_sample(stack, values, labels)
+        labels = [("greenlet", greenlet_label(greenlet_id, name))]
+        if name:  # an empty string label is no label to pprof
+            labels.append(("greenlet_name", name))
+        return self.labelled_sample(stack, values, labels, numbers=[("greenlet_id", greenlet_id)])
+
+    def labelled_sample(
+        self,
+        stack: Stack,
+        values: list[int],
+        labels: Iterable[tuple[str, str]],
+        *,
+        numbers: Iterable[tuple[str, int]] = (),
+    ) -> bytes:
+        """One sample: ``stack`` (outermost first), its values in sample type
+        order, string labels and numeric ones."""
+        encoded = [self.label(key, text=text) for key, text in labels]
+        encoded += [self.label(key, number=number) for key, number in numbers]
         return (
             packed_field(1, [self.location(frame) for frame in reversed(stack)])  # leaf first
             + packed_field(2, values)
-            + _messages(3, labels)
+            + _messages(3, encoded)
         )
 
     def value_type(self, kind: str, unit: str) -> bytes:
@@ -137,8 +150,8 @@ def _order(item: tuple[tuple[int, str, Stack], list[int]]) -> tuple[object, ...]
 def pprof(report: Report, *, weight: Weight = "on_cpu", group_by: str | None = None) -> bytes:
     """The report as a gzipped pprof profile (see this module's docstring)."""
     check_weight(weight)
-    tables = _Tables()
-    sample_types = [tables.value_type(kind, _UNITS[kind]) for kind in WEIGHTS]
+    tables = Tables()
+    sample_types = [tables.value_type(kind, UNITS[kind]) for kind in WEIGHTS]
     samples = []
     for _, part in grouped(report, group_by):
         # A merged report's samples carry its tag (none if it was not grouped by one).
@@ -148,6 +161,33 @@ def pprof(report: Report, *, weight: Weight = "on_cpu", group_by: str | None = N
             for (greenlet_id, name, stack), values in sorted(stack_values(part).items(), key=_order)
         ]
 
+    ends = [s.stop_ns for s in report.sessions]
+    ends += [s.start_ns + s.duration_ns for s in report.segments]
+    last = report.last_snapshot_ns
+    ends += [last] if last is not None else []
+    start = origin_ns(report)
+    return encode_profile(
+        tables,
+        sample_types,
+        samples,
+        default_sample_type=weight,
+        start_ns=start,
+        duration_ns=max(0, max(ends, default=start) - start),
+    )
+
+
+def encode_profile(
+    tables: Tables,
+    sample_types: list[bytes],
+    samples: list[bytes],
+    *,
+    default_sample_type: str,
+    start_ns: int,
+    duration_ns: int,
+    comment: str = _COMMENT,
+) -> bytes:
+    """The gzipped ``Profile`` of ``samples`` (made with ``tables``), whose
+    values follow ``sample_types`` (made with :meth:`Tables.value_type`)."""
     mapping = (
         int_field(1, _MAPPING_ID)
         + int_field(5, tables.string("python"))
@@ -155,13 +195,9 @@ def pprof(report: Report, *, weight: Weight = "on_cpu", group_by: str | None = N
         + int_field(8, True)  # has_filenames
         + int_field(9, True)  # has_line_numbers
     )
-    start = origin_ns(report)
-    ends = [s.stop_ns for s in report.sessions]
-    ends += [s.start_ns + s.duration_ns for s in report.segments]
-    ends += [snapshot.timestamp_ns for snapshot in report.snapshots[-1:]]
-    period_type = tables.value_type("on_cpu", _UNITS["on_cpu"])
-    comment = tables.string(_COMMENT)
-    default_sample_type = tables.string(weight)
+    period_type = tables.value_type("on_cpu", UNITS["on_cpu"])
+    comment_index = tables.string(comment)
+    default_index = tables.string(default_sample_type)
     profile = b"".join(
         (
             _messages(1, sample_types),
@@ -172,11 +208,11 @@ def pprof(report: Report, *, weight: Weight = "on_cpu", group_by: str | None = N
             # Every entry, the empty one at index 0 too; "replace" keeps a
             # file name that is not valid UTF-8 from making the file unreadable.
             _messages(6, (text.encode("utf-8", "replace") for text in tables.strings)),
-            int_field(9, start),
-            int_field(10, max(0, max(ends, default=start) - start)),
+            int_field(9, start_ns),
+            int_field(10, duration_ns),
             length_field(11, period_type),
-            packed_field(13, [comment]),
-            int_field(14, default_sample_type),
+            packed_field(13, [comment_index]),
+            int_field(14, default_index),
         )
     )
     return gzip.compress(profile, mtime=0)

@@ -63,7 +63,9 @@ def speedscope(
     origin = origin_ns(report)
     profiles: list[dict[str, Any]] = []
     for _, part in grouped(report, group_by):
-        if weight == "snapshots" or part.merged_as is not None:
+        # A cut timeline (a long run's, see Report.streamed) would show part
+        # of the time: its totals then go in as samples.
+        if weight == "snapshots" or part.merged_as is not None or part.timeline_cut_ns is not None:
             profiles += _sampled(part, weight, frames)
         else:
             profiles += _evented(part, weight, frames, origin)

@@ -95,6 +95,12 @@ class ProfilerMiddleware:
         self.kept = 0
         self.discarded = 0
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every sink sent what the requests handed it
+        (``timeout`` seconds in all, default ``flush_timeout``): a request
+        never waits for a sink. False if one could not."""
+        return self._pipeline.flush(timeout)
+
     def _wanted(self, environ: Environ) -> bool:
         if self.paths is not None:
             path = str(environ.get("PATH_INFO", ""))

@@ -1,0 +1,122 @@
+"""What always-on profiling costs a service: ``ContinuousProfiler`` at its
+defaults on the web workload of ``bench_peers.py``.
+
+The ``gevent.pywsgi`` app of ``bench_peers.py`` (a client in another
+process, 32 keep-alive connections), served as it is and wrapped by
+``ContinuousProfiler.install(app)`` at its defaults (exporting to a
+``PprofEndpoint`` and a ``FileExporter``), runs interleaved in this one
+process. Printed: requests per second against unprofiled and server CPU
+per request added, medians with half their interquartile range, and the
+issue's targets: at least 0.97 of unprofiled throughput and at most 3%
+more CPU per request at the defaults; ``--check`` exits 1 when one is
+missed. For information: intervals of 1 s instead of 60 (one closed,
+encoded and written during each run), every request profiled
+(``sample_rate=1``), and the wrapper alone (``sample_rate=0``: what an
+unprofiled request pays).
+
+Run: ``python benchmarks/bench_continuous.py [--quick] [--check]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from typing import Any
+
+from bench_peers import WEB_CONCURRENCY, WEB_FULL, WEB_QUICK, WebService, _rotations, _web_once
+from bench_web_cost import spread
+from greenprof.continuous import ContinuousProfiler, FileExporter, PprofEndpoint
+from greenprof.continuous._profiler import DEFAULT_SAMPLE_RATE
+from peers import Peer
+
+#: The row the targets are about: every option at its default, two exporters.
+DEFAULTS = "defaults"
+
+
+class Serving(Peer):
+    """The service's app as it is, or wrapped by a continuous profiler."""
+
+    per_request = False
+
+    def __init__(self, service: WebService, name: str, **options: Any) -> None:
+        self.service = service
+        self.name = name
+        self.options = options
+        self.profiler: ContinuousProfiler | None = None
+
+    def start_run(self, concurrency: int = 1) -> None:
+        app = self.service.app
+        if self.options:
+            self.profiler = ContinuousProfiler(**self.options)
+            app = self.profiler.install(app)  # type: ignore[assignment]
+            self.profiler.start()
+        self.service.server.application = app
+
+    def stop_run(self) -> None:
+        if self.profiler is not None:
+            self.profiler.stop()
+            self.profiler = None
+        self.service.server.application = self.service.app
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    options = parser.parse_args()
+    duration, warmup, repeats = WEB_QUICK if options.quick else WEB_FULL
+    service = WebService()
+    endpoint = PprofEndpoint()
+    folder = tempfile.TemporaryDirectory()
+    exporters = [endpoint, FileExporter(folder.name, keep=5)]
+    peers = [
+        Serving(service, "unprofiled"),
+        Serving(service, DEFAULTS, exporters=exporters),
+        Serving(service, "1 s intervals", interval=1.0, exporters=exporters),
+        Serving(service, "every request", interval=60.0, sample_rate=1.0),
+        Serving(service, "wrapper only", sample_rate=0.0),
+    ]
+    runs: dict[str, list[dict[str, Any]]] = {p.name: [] for p in peers}
+    try:
+        _web_once(service, peers[0], WEB_CONCURRENCY, 1.0, 0.2)  # warm the process up
+        for order in _rotations(peers, repeats):
+            for peer in order:
+                runs[peer.name].append(_web_once(service, peer, WEB_CONCURRENCY, duration, warmup))
+    finally:
+        service.server.stop()
+        service.backend.stop()
+        endpoint.close()
+        folder.cleanup()
+    print(
+        f"Python {sys.version.split()[0]}; web workload, {WEB_CONCURRENCY} connections, "
+        f"{repeats} interleaved runs of {duration:g} s each; medians ± half the IQR; "
+        f"default sample_rate {DEFAULT_SAMPLE_RATE}"
+    )
+    base_rps = statistics.median(m["rps"] for m in runs["unprofiled"])
+    base_cpu = statistics.median(m["cpu_per_request_ms"] * 1000 for m in runs["unprofiled"])
+    print(f"{'':<28} {'rps ratio':>14} {'CPU per request':>16} {'added':>14}")
+    ratio: dict[str, float] = {}
+    added: dict[str, float] = {}
+    for name, values in runs.items():
+        ratios = [m["rps"] / base_rps for m in values]
+        cpus = [m["cpu_per_request_ms"] * 1000 for m in values]
+        ratio[name] = statistics.median(ratios)
+        added[name] = statistics.median(cpus) - base_cpu
+        print(
+            f"{name:<28} {ratio[name]:>7.3f} ±{spread(ratios):.3f} "
+            f"{statistics.median(cpus):>13.0f} us {added[name]:>+7.0f} ±{spread(cpus):>3.0f} us"
+        )
+    throughput = ratio[DEFAULTS]
+    cpu = added[DEFAULTS] / base_cpu
+    met = throughput >= 0.97 and cpu <= 0.03
+    print(
+        f"targets at the defaults: throughput {throughput:.3f} (>= 0.97), "
+        f"CPU per request {cpu:+.1%} (<= +3%): {'met' if met else 'MISSED'}"
+    )
+    return 0 if met or not options.check else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,13 +20,12 @@ Run: ``python benchmarks/bench_continuous.py [--quick] [--check]``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from typing import Any
 
-from bench_peers import WEB_CONCURRENCY, WEB_FULL, WEB_QUICK, WebService, _rotations, _web_once
-from bench_web_cost import spread
+from bench_peers import WEB_CONCURRENCY, WEB_FULL, WEB_QUICK, WebService, web_runs
+from bench_web_cost import layer_table
 from greenprof.continuous import ContinuousProfiler, FileExporter, PprofEndpoint
 from greenprof.continuous._profiler import DEFAULT_SAMPLE_RATE
 from peers import Peer
@@ -66,7 +65,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a short run")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     options = parser.parse_args()
-    duration, warmup, repeats = WEB_QUICK if options.quick else WEB_FULL
+    duration, _, repeats = WEB_QUICK if options.quick else WEB_FULL
     service = WebService()
     endpoint = PprofEndpoint()
     folder = tempfile.TemporaryDirectory()
@@ -78,15 +77,9 @@ def main() -> int:
         Serving(service, "every request", interval=60.0, sample_rate=1.0),
         Serving(service, "wrapper only", sample_rate=0.0),
     ]
-    runs: dict[str, list[dict[str, Any]]] = {p.name: [] for p in peers}
     try:
-        _web_once(service, peers[0], WEB_CONCURRENCY, 1.0, 0.2)  # warm the process up
-        for order in _rotations(peers, repeats):
-            for peer in order:
-                runs[peer.name].append(_web_once(service, peer, WEB_CONCURRENCY, duration, warmup))
+        runs = web_runs(peers, options.quick, service)
     finally:
-        service.server.stop()
-        service.backend.stop()
         endpoint.close()
         folder.cleanup()
     print(
@@ -94,20 +87,7 @@ def main() -> int:
         f"{repeats} interleaved runs of {duration:g} s each; medians ± half the IQR; "
         f"default sample_rate {DEFAULT_SAMPLE_RATE}"
     )
-    base_rps = statistics.median(m["rps"] for m in runs["unprofiled"])
-    base_cpu = statistics.median(m["cpu_per_request_ms"] * 1000 for m in runs["unprofiled"])
-    print(f"{'':<28} {'rps ratio':>14} {'CPU per request':>16} {'added':>14}")
-    ratio: dict[str, float] = {}
-    added: dict[str, float] = {}
-    for name, values in runs.items():
-        ratios = [m["rps"] / base_rps for m in values]
-        cpus = [m["cpu_per_request_ms"] * 1000 for m in values]
-        ratio[name] = statistics.median(ratios)
-        added[name] = statistics.median(cpus) - base_cpu
-        print(
-            f"{name:<28} {ratio[name]:>7.3f} ±{spread(ratios):.3f} "
-            f"{statistics.median(cpus):>13.0f} us {added[name]:>+7.0f} ±{spread(cpus):>3.0f} us"
-        )
+    ratio, added, base_cpu = layer_table(runs, "")
     throughput = ratio[DEFAULTS]
     cpu = added[DEFAULTS] / base_cpu
     met = throughput >= 0.97 and cpu <= 0.03

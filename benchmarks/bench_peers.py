@@ -378,10 +378,13 @@ WEB_QUICK = (1.5, 0.3, 3)
 WEB_FULL = (4.0, 0.5, 7)
 
 
-def web_runs(peers: list[Peer], quick: bool) -> dict[str, list[Metrics]]:
-    """Every peer's runs of the web workload, interleaved, on one server."""
+def web_runs(
+    peers: list[Peer], quick: bool, service: WebService | None = None
+) -> dict[str, list[Metrics]]:
+    """Every peer's runs of the web workload, interleaved, on one server
+    (``service``, else a new one); the server is stopped after."""
     duration, warmup, repeats = WEB_QUICK if quick else WEB_FULL
-    service = WebService()
+    service = service if service is not None else WebService()
     runs: dict[str, list[Metrics]] = {p.name: [] for p in peers}
     try:
         _web_once(service, peers[0], WEB_CONCURRENCY, 1.0, 0.2)  # warm the process up

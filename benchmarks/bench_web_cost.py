@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from typing import Any
 
 import greenlet
 
@@ -100,6 +101,29 @@ def spread(values: list[float]) -> float:
     return (quartiles[2] - quartiles[0]) / 2
 
 
+def layer_table(
+    runs: dict[str, list[Any]], heading: str
+) -> tuple[dict[str, float], dict[str, float], float]:
+    """Print each run's throughput against ``unprofiled`` and the CPU it
+    adds per request (medians ± half the IQR); ``(ratio, added us,
+    unprofiled CPU us)`` by name."""
+    base_rps = statistics.median(m["rps"] for m in runs["unprofiled"])
+    base_cpu = statistics.median(m["cpu_per_request_ms"] * 1000 for m in runs["unprofiled"])
+    ratio: dict[str, float] = {}
+    added: dict[str, float] = {}
+    print(f"{heading:<28} {'rps ratio':>14} {'CPU per request':>16} {'added':>14}")
+    for name, values in runs.items():
+        ratios = [m["rps"] / base_rps for m in values]
+        cpus = [m["cpu_per_request_ms"] * 1000 for m in values]
+        ratio[name] = statistics.median(ratios)
+        added[name] = statistics.median(cpus) - base_cpu
+        print(
+            f"{name:<28} {ratio[name]:>7.3f} ±{spread(ratios):.3f} "
+            f"{statistics.median(cpus):>13.0f} us {added[name]:>+7.0f} ±{spread(cpus):>3.0f} us"
+        )
+    return ratio, added, base_cpu
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run (tox -e bench)")
@@ -111,20 +135,7 @@ def main() -> int:
         f"Python {sys.version.split()[0]}; web workload, {WEB_CONCURRENCY} connections, "
         f"{repeats} interleaved runs of {duration:g} s per layer; medians ± half the IQR"
     )
-    base_rps = statistics.median(m["rps"] for m in runs["unprofiled"])
-    base_cpu = statistics.median(m["cpu_per_request_ms"] * 1000 for m in runs["unprofiled"])
-    ratio: dict[str, float] = {}
-    added: dict[str, float] = {}
-    print(f"{'layer':<28} {'rps ratio':>14} {'CPU per request':>16} {'added':>14}")
-    for name, values in runs.items():
-        ratios = [m["rps"] / base_rps for m in values]
-        cpus = [m["cpu_per_request_ms"] * 1000 for m in values]
-        ratio[name] = statistics.median(ratios)
-        added[name] = statistics.median(cpus) - base_cpu
-        print(
-            f"{name:<28} {ratio[name]:>7.3f} ±{spread(ratios):.3f} "
-            f"{statistics.median(cpus):>13.0f} us {added[name]:>+7.0f} ±{spread(cpus):>3.0f} us"
-        )
+    ratio, added, base_cpu = layer_table(runs, "layer")
     met_all = True
     print("targets (every request profiled):")
     for layer, what, wanted in TARGETS:

@@ -494,10 +494,12 @@ def test_a_discarded_session_formats_nothing(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_a_session_without_a_switch_still_reports_its_time() -> None:
+    outer = time.perf_counter()
     with greenprof.profile() as profiler:  # where it starts and stops
         start = time.perf_counter()
         busy(0.05)
         elapsed = time.perf_counter() - start
+    outer = time.perf_counter() - outer
     line = line_of(test_a_session_without_a_switch_still_reports_its_time, "where it starts")
     assert [s.event for s in profiler.snapshots] == ["start", "stop"]
     for snapshot in profiler.snapshots:
@@ -505,7 +507,9 @@ def test_a_session_without_a_switch_still_reports_its_time() -> None:
         assert snapshot.stack[-1].filename == __file__
     report = profiler.report()
     totals = report.greenlets[id(greenlet.getcurrent())]
-    assert totals.on_cpu_ns / 1e9 == pytest.approx(elapsed, rel=0.1)
+    # The session's time: what ran inside it, at most what the block took
+    # (a loaded machine only adds, and to both).
+    assert elapsed <= totals.on_cpu_ns / 1e9 <= outer
     assert len(report.slices) == 1
     # The time goes to where the session started, not to an empty stack.
     (cell,) = [t for t in report.stacks if t.on_cpu_ns]

@@ -237,7 +237,9 @@ def test_three_intervals_reach_pyroscope_per_endpoint_with_their_labels_times_an
             assert on + off == pytest.approx(truth[path], rel=0.05)
             spun, slept = (2 * 20 * MS, 2 * 30 * MS) if path == "/checkout" else (10 * MS, 15 * MS)
             assert on >= spun
-            assert off >= slept
+            # libev times a sleep from its loop's cached clock, which may
+            # be a little behind: a sleep can end up to a loop turn early.
+            assert off >= 0.9 * slept
 
 
 def test_the_server_going_away_and_back_loses_only_what_the_queue_cannot_hold(

@@ -377,7 +377,7 @@ class FrameFormatter:
         chain: list[tuple[Any, ...]] = []
         node: RawStack = raw
         frames: tuple[Frame, ...] = ()
-        while node is not None:
+        while type(node) is tuple:  # a raw stack's tuples end in None
             hit = done.get(id(node))
             if hit is not None and hit[0] is node:
                 frames = hit[1]

@@ -7,6 +7,7 @@ import dis
 import gc
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any
 
@@ -29,6 +30,8 @@ def ping_pong_under_signals(profiled: bool, signals: int) -> tuple[int, int, Any
     then and its handler raises; each greenlet catches what reaches it.
     ``(handler runs that raised, exceptions the program caught, profiler)``."""
     state = {"handled": 0, "caught": 0, "held": 0}
+    # A lost signal fails the test (too few caught) instead of hanging it.
+    give_up = time.monotonic() + 60.0
     # Whether a greenlet is inside its try block: the handler raises only
     # there, never into the test's own bookkeeping.
     inside = [False]
@@ -48,7 +51,7 @@ def ping_pong_under_signals(profiled: bool, signals: int) -> tuple[int, int, Any
     def body_pair(partner: greenlet.greenlet) -> None:
         try:
             inside[0] = True
-            while state["caught"] < signals:
+            while state["caught"] < signals and time.monotonic() < give_up:
                 partner.switch()
         except Tick:
             inside[0] = False

@@ -875,3 +875,15 @@ def test_a_thread_given_an_ident_whose_thread_ended_profiling_gets_its_own_dispa
     assert after[ident] is None  # its last session stopped: no tracer left
     assert installed_dispatcher(ident) is None
     left[0][0].stop()  # from another thread: what it held goes with it
+
+
+def test_a_greenlet_suspended_in_a_c_callable_is_not_taken_for_ended() -> None:
+    # Its run is a builtin (another greenlet's switch): no Python frame while
+    # suspended, like an ended greenlet, but it is alive and comes back.
+    main = greenlet.getcurrent()
+    glet = greenlet.greenlet(main.switch)
+    with greenprof.profile(glet) as profiler:
+        glet.switch()  # suspended inside main.switch
+        glet.switch()  # ended
+    assert [s.event for s in profiler.snapshots] == ["switch_in", "switch_out", "switch_in", "exit"]
+    assert profiler.snapshots[1].stack == ()

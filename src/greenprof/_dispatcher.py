@@ -337,8 +337,9 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                         watch = get(origin)
                     if watch is not None:
                         frame = origin.gr_frame
-                        if frame is None:
-                            record = (EXIT, now(), EMPTY_STACK)
+                        if frame is None:  # ended; or suspended in a C callable run
+                            watch.last_stack = EMPTY_STACK
+                            record = (EXIT if origin.dead else SWITCH_OUT, now(), EMPTY_STACK)
                         else:
                             # Before 3.12, the whole stack. Else the commonest
                             # case is inlined: the top frame is where it stopped

@@ -114,3 +114,61 @@ def test_stop_lets_the_picked_up_greenlets_go_and_keeps_their_records() -> None:
     picked_up = [s for s in snapshots if s.parent_id is not None]
     assert sum(s.event == "exit" for s in picked_up) == 300
     assert sum(s.event == "switch_out" for s in picked_up) == 300
+
+
+def objects_after_full_collection() -> dict[str, int]:
+    """What a leak check counts: the collector's tracked objects, by type,
+    after one ``gc.collect()`` (greenlet's own tests do it this way)."""
+    gc.collect()
+    counts: dict[str, int] = {}
+    for o in gc.get_objects():
+        name = type(o).__name__
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def test_a_full_collection_lets_ended_greenlets_go_at_once_under_follow_all() -> None:
+    """A leak check runs a test again and again, and after each run
+    counts what the collector tracks: nothing of greenprof's may grow."""
+
+    def one_run() -> None:  # as a greenlet test does: short greenlets, ended
+        main = greenlet.getcurrent()
+        glets = [greenlet.greenlet(main.switch) for _ in range(50)]
+        for glet in glets:
+            glet.switch()  # started, suspended
+        for glet in glets:
+            glet.switch()  # ended
+
+    ours = ("GreenletBuffer", "GreenletWatch", "weakref", "ReferenceType", "deque", "list")
+    with greenprof.profile(greenlet.getcurrent(), follow_all=True) as profiler:
+        one_run()
+        growth: list[dict[str, int]] = []
+        before = objects_after_full_collection()
+        for _ in range(5):  # far faster than the compactor's 0.5 s
+            one_run()
+            after = objects_after_full_collection()
+            growth.append({k: after.get(k, 0) - before.get(k, 0) for k in ours})
+        grown = [{k: v for k, v in g.items() if v > 0} for g in growth]
+        assert grown == [{}] * 5
+    exits = [s for s in profiler.snapshots if s.event == "exit"]
+    assert len(exits) == 300  # every run's 50 greenlets recorded to their end
+
+
+def test_a_full_collection_under_the_session_lock_leaves_it_to_the_compactor() -> None:
+    def buffers_now() -> int:  # no collection of its own
+        return sum(type(o) is GreenletBuffer for o in gc.get_objects())
+
+    glets = [greenlet.greenlet(lambda: None) for _ in range(20)]
+    before = tracked(GreenletBuffer)  # other tests' sessions, still referenced
+    with greenprof.profile(greenlet.getcurrent(), follow_all=True) as profiler:
+        for glet in glets:
+            glet.switch()  # picked up, ended
+        run = profiler._run
+        assert run is not None
+        with run.lock:  # as if a collection started under greenprof's own lock
+            gc.collect()  # returns: the hook does not wait for the lock
+            held = buffers_now() - before
+        freed = tracked(GreenletBuffer) - before
+    assert held == 21  # the 20 ended ones kept, and the session's own target's
+    assert freed == 1
+    assert sum(s.event == "exit" for s in profiler.snapshots) == 20

@@ -11,6 +11,7 @@ from __future__ import annotations
 import _thread
 import atexit
 import contextlib
+import gc
 import itertools
 import logging
 import os
@@ -552,6 +553,18 @@ class Run:
             if not self.discarded:
                 self.raw.extend(self._take_records())
 
+    def compact_if_free(self) -> None:
+        """:meth:`compact`, unless the session's lock is held (by this very
+        thread, perhaps: a garbage collection may start anywhere)."""
+        lock = self.lock
+        if not lock.acquire(False):
+            return
+        try:
+            if not self.discarded:
+                self.raw.extend(self._take_records())
+        finally:
+            lock.release()
+
     def _build_pending(self) -> None:
         # Under self.lock.
         self.raw.extend(self._take_records())
@@ -731,8 +744,31 @@ _compactor: Final = BackgroundLoop(_compact_following, name="greenprof's compact
 atexit.register(_compactor.stop, 1.0)
 
 
+def _compact_before_full_collection(phase: str, info: dict[str, int]) -> None:
+    """A full collection (``gc.collect()``, or the collector's own oldest
+    generation) first lets go what following sessions no longer need: the
+    buffer, watch and weak reference of each greenlet that ended since the
+    compactor last ran. Whoever counts objects after ``gc.collect()`` (a leak
+    check run again and again) then finds none of greenprof's, and the
+    collection does not traverse them. A collection may start in any thread,
+    at any allocation, greenprof's tracer included: a session whose lock is
+    held is left for the compactor, and nothing is ever raised."""
+    if phase != "start" or info.get("generation") != 2 or not _following:
+        return
+    try:
+        if sys.is_finalizing():
+            return
+        for run in list(_following):
+            if not (run.stop_ns or run.stopping):
+                run.compact_if_free()
+    except Exception:  # never into the collector: the compactor goes on anyway
+        return
+
+
 def _compact_while_running(run: Run) -> None:
     _following.add(run)
+    if _compact_before_full_collection not in gc.callbacks:
+        gc.callbacks.append(_compact_before_full_collection)
     if not _compactor.running:
         _compactor.start()
 

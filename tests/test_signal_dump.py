@@ -738,3 +738,18 @@ def test_installing_from_another_thread_raises_not_main_thread_error(
     assert isinstance(error, GreenprofError)
     assert "must be called from the main thread" in str(error)
     assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def test_a_dump_leaves_no_garbage_cycle_of_frames() -> None:
+    from greenprof._dump import render_dump
+
+    render_dump(sys._getframe())  # once: what is made on the first dump only
+    gc.collect()
+    gc.disable()
+    try:
+        text = render_dump(sys._getframe())
+        left = gc.collect()  # the scan held the frames, and they the scan
+    finally:
+        gc.enable()
+    assert "test_a_dump_leaves_no_garbage_cycle_of_frames" in text
+    assert left == 0

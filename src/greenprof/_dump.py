@@ -176,6 +176,15 @@ def render_dump(interrupted: FrameType | None, signum: int | None = None) -> str
     """The dump as text. Call it in the main thread with the frame the
     signal interrupted (the running greenlet's stack)."""
     scan = ProcessScan(interrupted)
+    try:
+        return _render(scan, signum)
+    finally:
+        # The scan holds this thread's frames, and they hold the scan: no
+        # cycle left for the collector.
+        scan.thread_frames.clear()
+
+
+def _render(scan: ProcessScan, signum: int | None) -> str:
     lines: list[str] = []
     _header(lines, scan, signum)
     groups: dict[tuple[int | None, int], list[LiveGreenlet]] = {}

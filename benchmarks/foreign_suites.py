@@ -192,35 +192,23 @@ JUSTIFIED: tuple[Explained, ...] = (
         "its script prints len(sys._current_frames()), the process's OS threads: hybrid "
         "mode's sampler is one, a real OS thread from the session's start",
     ),
-)
-
-#: Regressions whose cause is known and not fixed yet: still regressions
-#: (the exit status is 1 unless --allow-known), reported apart.
-KNOWN: tuple[Explained, ...] = (
-    Explained(
-        "greenlet",
-        "*",
-        ("*",),
-        MODES,
-        "greenlet's leak checks count the objects the gc tracks; with follow_all, "
-        "greenprof keeps the buffer, deque, weak reference and watch of each greenlet it "
-        "picked up until its compactor lets the ended ones go (every 0.5 s), so a test "
-        "run again and again sees more objects each time (records themselves are "
-        "untracked tuples)",
-        error="LeakCheckError",
-    ),
     Explained(
         "greenlet",
         "test_leaks",
         ("TestLeaks.test_untracked_memory_doesnt_increase",),
         MODES,
-        "measures the process's memory (USS) as rounds of 10,000 short greenlets run: "
-        "with follow_all greenprof keeps each one's records and buffer until the "
-        "session is read (flush() lets ended greenlets go; nothing reads this one)",
+        "measures the process's memory (USS) as rounds of 10,000 short greenlets run: a "
+        "follow_all session records every one of them, and keeps what it recorded until "
+        "it is read or handed to a sink (nothing reads this one): the memory is the "
+        "profile's",
         error="AssertionError",
         follows=("all",),
     ),
 )
+
+#: Regressions whose cause is known and not fixed yet: still regressions
+#: (the exit status is 1 unless --allow-known), reported apart.
+KNOWN: tuple[Explained, ...] = ()
 
 
 # -- what runs inside the test processes ------------------------------------

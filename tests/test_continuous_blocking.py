@@ -4,7 +4,9 @@ concurrent normal requests served by gevent.pywsgi on 127.0.0.1."""
 from __future__ import annotations
 
 import logging
+import time
 
+import gevent
 import pytest
 
 from greenprof import Frame
@@ -14,6 +16,25 @@ from greenprof.integrations.wsgi import ProfilerMiddleware
 
 from .conftest import function_name, line_of, serve
 from .workloads import blocking_or_not, spin
+
+#: perf_counter() when each /late request's handler returned.
+ANSWERED: list[float] = []
+
+
+def blocks_then_waits(environ: dict[str, object], start_response: object) -> list[bytes]:
+    """A slice well past the threshold, then a long wait before the answer."""
+    if environ["PATH_INFO"] == "/late":
+        gevent.sleep(0.001)  # resumes here
+        spin(0.1)  # 100 ms without a yield
+        gevent.sleep(0.001)  # yields here
+        gevent.sleep(0.5)  # the request goes on: the report must not wait for it
+        ANSWERED.append(time.perf_counter())
+    else:
+        spin(0.0005)
+        gevent.sleep(0.001)
+    start_response("200 OK", [("Content-Type", "text/plain")])  # type: ignore[operator]
+    return [b"ok"]
+
 
 PATHS = ["/normal"] * 50 + ["/block"] + ["/normal"] * 50
 MS = 1_000_000
@@ -114,3 +135,34 @@ def test_bad_options_raise_a_clear_error(options: dict[str, object], message: st
 def test_the_profiler_takes_only_a_blocking_monitor() -> None:
     with pytest.raises(ConfigurationError, match="BlockingMonitor"):
         ContinuousProfiler(blocking=0.1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["greenlet", "hybrid"])
+def test_a_long_slice_is_reported_as_it_ends_not_when_its_request_does(mode: str) -> None:
+    reported: list[tuple[float, BlockingSlice]] = []
+    monitor = BlockingMonitor(
+        threshold=0.03, callback=lambda found: reported.append((time.perf_counter(), found))
+    )
+    middleware = ProfilerMiddleware(
+        blocks_then_waits, sinks=[monitor], mode=mode, dump_period=0.005
+    )
+    ANSWERED.clear()
+    replies = serve(middleware, ["/normal"] * 20 + ["/late"] + ["/normal"] * 20)
+    assert all(reply.startswith(b"HTTP/1.1 200") for reply in replies)
+    assert middleware.flush(30)  # the sessions' ends: nothing reported twice
+    ((when, found),) = reported
+    (answered,) = ANSWERED
+    assert when < answered  # live: while the request still waited
+    assert found.tags["path"] == "/late"
+    assert found.duration_ns >= 100 * MS
+    site = blocks_then_waits
+    file = site.__code__.co_filename
+    assert Frame(file, function_name(site), line_of(site, "resumes here")) in found.resumed
+    assert Frame(file, function_name(site), line_of(site, "yields here")) in found.yielded
+    assert found.resumed[-1].function == found.yielded[-1].function == "sleep"
+    if mode == "hybrid":  # samples from inside the slice: spinning
+        assert any(s[-1].function == function_name(spin) for s in found.samples)
+    else:
+        assert found.samples == ()
+    assert monitor.reported == 1
+    monitor.close()

@@ -47,6 +47,7 @@ class GreenletBuffer:
         "limit",
         "parent_id",
         "records",
+        "run",
         "sampler",
         "thread_id",
     )
@@ -81,6 +82,9 @@ class GreenletBuffer:
         #: The hybrid-mode sampling session that samples into this buffer
         #: (shared by the greenlets ``follow`` adds); None in other modes.
         self.sampler: object | None = None
+        #: A weak reference to the session, when one of its sinks looks at
+        #: its greenlets' run slices as they happen (``BlockingMonitor``).
+        self.run: Callable[[], object] | None = None
 
     def add(self, record: Record) -> None:
         """Append from outside the switch path (the sampler thread)."""

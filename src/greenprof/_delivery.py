@@ -68,6 +68,7 @@ class _SinkState:
         "sending",
         "sink",
         "thread",
+        "watch_slices",
     )
 
     def __init__(self, sink: Sink) -> None:
@@ -76,6 +77,11 @@ class _SinkState:
         self.inline = _export_never_blocks(sink)
         #: Whether its flush does too (only for a sink whose export does).
         self.flushed_here = self.inline and _flush_never_blocks(sink)
+        #: Its ``watch_slices``, if it looks at run slices as they happen.
+        watch_slices = getattr(sink, "watch_slices", None)
+        self.watch_slices: Callable[[], None] | None = (
+            watch_slices if callable(watch_slices) else None
+        )
         #: The name of the thread that calls it otherwise.
         self.thread = f"greenprof's thread for {describe(sink)}"
         #: True while one thread or greenlet hands batches over; another
@@ -101,6 +107,9 @@ class Delivery:
         self.failures = 0
         #: Snapshots given up because a sink had too many waiting.
         self.given_up = 0
+        #: The sinks that look at run slices as they happen (a
+        #: ``BlockingMonitor``): sessions mark their buffers for them.
+        self.slice_watchers: tuple[object, ...] = ()
         for sink in sinks:
             self.add(sink)
         _deliveries.add(self)
@@ -134,15 +143,23 @@ class Delivery:
             for batch in past:
                 self._queue(state, batch)
             self._states.append(state)
+            self._find_slice_watchers()
+        if state.watch_slices is not None:
+            state.watch_slices()
 
     def remove(self, sink: Sink) -> None:
         with self._lock:
             for index, state in enumerate(self._states):
                 if state.sink is sink:
                     del self._states[index]
+                    self._find_slice_watchers()
                     return
         msg = f"{describe(sink)} was never added to this profiler; nothing to remove."
         raise UnknownSinkError(msg)
+
+    def _find_slice_watchers(self) -> None:
+        # Under self._lock.
+        self.slice_watchers = tuple(s.sink for s in self._states if s.watch_slices is not None)
 
     @property
     def sinks(self) -> list[Sink]:

@@ -134,6 +134,7 @@ class Run:
     """
 
     __slots__ = (
+        "__weakref__",
         "adopted",
         "batches",
         "bounds",
@@ -305,6 +306,8 @@ class Run:
             greenlet_name=None,  # named if the session is kept: see _name_targets
             thread_id=dispatcher.thread_id,
         )
+        if pipeline.delivery.slice_watchers:
+            buffer.run = weakref.ref(self)
         started = time.perf_counter_ns()
         buffer.count = 1  # max_snapshots >= 1: the start record always fits
         buffer.records.append((START, started, capture(_caller(caller), buffer.depth)))
@@ -424,13 +427,16 @@ class Run:
                 # Muted: followed, not recorded (max_snapshots is >= 1), and
                 # with depth 0 no stack is walked for it.
                 limit = depth = 0
-        return GreenletBuffer(
+        buffer = GreenletBuffer(
             limit=limit,
             depth=depth,
             greenlet_id=id(glet),
             greenlet_name=greenlet_name(glet),
             thread_id=thread_id,
         )
+        if self.pipeline.delivery.slice_watchers:
+            buffer.run = weakref.ref(self)
+        return buffer
 
     def _adopt(self, child: greenlet.greenlet, parent: GreenletBuffer) -> GreenletBuffer | None:
         # Runs inside the tracer: no lock, nothing that could switch.

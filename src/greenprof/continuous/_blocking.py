@@ -1,10 +1,14 @@
 """``BlockingMonitor``: greenlets that ran longer than a threshold without
 yielding, each reported once with where it resumed and where it yielded.
 
-It reads the run slices :class:`~greenprof.Report` finds in each profiled
-session (exact stacks from the switch path, and in hybrid mode the
-samples taken inside the slice), so it sees what ran, not what happened to
-run at the moment a monitor thread looked (gevent's ``max_blocking_time``).
+It reads what the switch path recorded for the greenlets its sessions
+profile (exact stacks, and in hybrid mode the samples taken inside the
+slice), so it sees what ran, not what happened to run at the moment a
+monitor thread looked (gevent's ``max_blocking_time``). Live: a thread of
+its own looks, a few times per threshold, at the greenlet each thread runs;
+one that has run past the threshold is reported as soon as its slice ends
+(the record of its switch-out is in). A slice too short to be seen running
+is found when its session ends, from the session's report.
 """
 
 from __future__ import annotations
@@ -12,11 +16,16 @@ from __future__ import annotations
 import logging
 import math
 import reprlib
+import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 import attrs
 
+from .._buffer import SAMPLE, START, SWITCH_IN, THROW, GreenletBuffer, Record
+from .._build import FORMATTER
+from .._dispatcher import installed_dispatchers
+from .._loop import BackgroundLoop
 from .._report import Report
 from .._threads import allocate_real_lock
 from .._validate import is_number
@@ -31,6 +40,15 @@ Stack = tuple[Frame, ...]
 
 #: Frames of each stack the default callback's line shows, innermost first.
 SHOWN_FRAMES: Final = 4
+#: Looks at the running greenlets this many times per threshold (a slice
+#: 1.25 thresholds long or more is always seen running, and reported live).
+LOOKS_PER_THRESHOLD: Final = 5
+#: Slices reported, remembered so the session's end reports none twice.
+REMEMBERED: Final = 4096
+#: Records looked through, back from the newest, for a slice's end.
+_LOOK_BACK: Final = 10_000
+#: What a slice starts with: a switch in, a throw in, or the session's start.
+_RESUMES: Final = frozenset((SWITCH_IN, THROW, START))
 
 
 @attrs.frozen
@@ -79,8 +97,9 @@ def log_blocking_slice(found: BlockingSlice) -> None:
 
 class BlockingMonitor:
     """Reports each run slice of ``threshold`` seconds or more, once, to
-    ``callback`` (default: a warning through ``logging``), when the
-    session it ran in ends.
+    ``callback`` (default: a warning through ``logging``), as soon as it
+    ends (or, for a slice shorter than 1.25 thresholds, when the session it
+    ran in ends).
 
     Give it to a :class:`~greenprof.continuous.ContinuousProfiler`
     (``blocking=BlockingMonitor()``), which shows it every request it
@@ -116,9 +135,98 @@ class BlockingMonitor:
         self._lock = allocate_real_lock()
         self._waiting: dict[str, list[Snapshot]] = {}
         self._failures_logged = False
+        #: Slices reported: (greenlet_id, start_ns), oldest first.
+        self._reported: dict[tuple[int, int], None] = {}
+        #: Slices seen running past the threshold, not ended yet:
+        #: (id(buffer), start) -> (buffer, the record it started with).
+        self._running: dict[tuple[int, int], tuple[GreenletBuffer, Record]] = {}
+        self._looks_every = min(max(self.threshold / LOOKS_PER_THRESHOLD, 0.002), 1.0)
+        self._loop = BackgroundLoop(
+            self._look, name="greenprof's blocking monitor", after_fork=self._running.clear
+        )
+
+    # -- live ------------------------------------------------------------------------
+
+    def watch_slices(self) -> None:
+        """Start looking at running greenlets (called when this monitor
+        becomes a sink of a profiler): from then on the sessions of that
+        profiler mark their greenlets for it."""
+        if not self._loop.running:
+            self._loop.start()
+
+    def _look(self) -> float:
+        # In the monitor's thread: reads what the switch path appends, never
+        # writes it. A deque's append and indexing are atomic.
+        now = time.perf_counter_ns()
+        for dispatcher in installed_dispatchers():
+            watch = dispatcher.get_running()
+            if watch is None:
+                continue
+            for buffer in watch.buffers:
+                if buffer.run is None or self._owner(buffer) is None:
+                    continue
+                first = _slice_start(buffer)
+                if first is not None and now - first[1] >= self._threshold_ns:
+                    self._running.setdefault((id(buffer), first[1]), (buffer, first))
+        for key, (buffer, first) in list(self._running.items()):
+            ended = _ended_slice(buffer, first)
+            if ended is None:
+                continue  # still running
+            del self._running[key]
+            if ended:
+                self._report_live(buffer, first, ended)
+        return self._looks_every
+
+    def _owner(self, buffer: GreenletBuffer) -> Any:
+        """The session of ``buffer``, if this monitor is one of its sinks."""
+        run: Any = buffer.run() if buffer.run is not None else None
+        if run is None or self not in run.pipeline.delivery.slice_watchers:
+            return None
+        return run
+
+    def _report_live(self, buffer: GreenletBuffer, first: Record, ended: list[Record]) -> None:
+        run = self._owner(buffer)
+        if run is None:
+            return
+        last = ended[-1]
+        depth = buffer.depth
+        offset = run.pipeline.offset_ns
+        tags = run.tags if run.tags is not None else run.pipeline.options.tags
+        self._report(
+            BlockingSlice(
+                greenlet_id=buffer.greenlet_id,
+                greenlet_name=buffer.greenlet_name or "",
+                start_ns=offset + first[1],
+                duration_ns=last[1] - first[1],
+                resumed=FORMATTER.stack(first[2], depth),
+                yielded=FORMATTER.stack(last[2], depth),
+                samples=tuple(FORMATTER.stack(r[2], depth) for r in ended[:-1]),
+                tags=dict(tags),
+            )
+        )
+
+    def _report(self, found: BlockingSlice) -> None:
+        key = (found.greenlet_id, found.start_ns)
+        with self._lock:
+            if key in self._reported:
+                return
+            self._reported[key] = None
+            if len(self._reported) > REMEMBERED:
+                del self._reported[next(iter(self._reported))]
+        self.reported += 1
+        try:
+            self.callback(found)
+        except Exception:
+            self.callback_failures += 1
+            if not self._failures_logged:
+                self._failures_logged = True
+                _logger.exception("greenprof: BlockingMonitor's callback failed")
+
+    # -- from a session's report -----------------------------------------------------
 
     def check(self, report: Report) -> None:
-        """Report the slices of ``report`` (one session's) past the threshold."""
+        """Report the slices of ``report`` (one session's) past the threshold
+        that were not reported live."""
         tags = report.sessions[0].tags if report.sessions else {}
         for found in report.slices:
             if found.duration_ns < self._threshold_ns:
@@ -141,14 +249,7 @@ class BlockingMonitor:
                 samples=samples,
                 tags=dict(tags),
             )
-            self.reported += 1
-            try:
-                self.callback(blocking)
-            except Exception:
-                self.callback_failures += 1
-                if not self._failures_logged:
-                    self._failures_logged = True
-                    _logger.exception("greenprof: BlockingMonitor's callback failed")
+            self._report(blocking)
 
     # -- as a sink --------------------------------------------------------------------
 
@@ -169,8 +270,46 @@ class BlockingMonitor:
         return True
 
     def close(self) -> None:
+        self._loop.stop()
         with self._lock:
             self._waiting.clear()
+        self._running.clear()
 
     def __repr__(self) -> str:
         return f"BlockingMonitor(threshold={self.threshold})"
+
+
+def _slice_start(buffer: GreenletBuffer) -> Record | None:
+    """The record the running slice of ``buffer``'s greenlet started with
+    (back past the samples taken in it), or None if it is not running."""
+    records = buffer.records
+    try:
+        for back in range(1, min(len(records), _LOOK_BACK) + 1):
+            record = records[-back]
+            if record[0] != SAMPLE:
+                return record if record[0] in _RESUMES else None
+    except IndexError:  # drained as it was read
+        return None
+    return None
+
+
+def _ended_slice(buffer: GreenletBuffer, first: Record) -> list[Record] | None:
+    """The records after ``first`` up to the one that ended its slice (the
+    samples inside it, then a switch-out, exit or stop); None while it
+    runs; empty if ``first`` was taken out of the buffer meanwhile (its
+    session drained it: the session's report tells of the slice)."""
+    records = buffer.records
+    try:
+        # From the end: the slice ended a few records back, unless the
+        # greenlet switched very often since (then the session's end tells).
+        for back in range(1, min(len(records), _LOOK_BACK) + 1):
+            record = records[-back]
+            if record is first:
+                after = [records[-i] for i in range(back - 1, 0, -1)]
+                for index, later in enumerate(after):
+                    if later[0] != SAMPLE:
+                        return after[: index + 1]
+                return None
+    except IndexError:  # drained as it was read
+        return []
+    return []

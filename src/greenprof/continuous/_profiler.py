@@ -218,6 +218,8 @@ class ContinuousProfiler:
                 self._next_close = time.monotonic() + self.interval
                 self._running = True
         self._loop.start()
+        if self.blocking is not None:
+            self.blocking.watch_slices()
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Stop profiling; the open interval is closed and published, and the
@@ -254,6 +256,8 @@ class ContinuousProfiler:
         """Stop if running, and close every exporter."""
         if self._running:
             self.stop()
+        if self.blocking is not None:
+            self.blocking.close()
         for exporter in self.exporters:
             try:
                 exporter.close()

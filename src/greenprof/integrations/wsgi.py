@@ -153,7 +153,14 @@ class _Request:
         self.error: str | None = None
 
     def start(self) -> None:
-        self.profiler.start()
+        profiler = self.profiler
+        profiler.start()
+        if self.middleware._pipeline.delivery.slice_watchers:
+            # A BlockingMonitor reports a slice as it ends: with the request
+            # it belongs to (else tagged only as the request ends).
+            tags = profiler.tags
+            tags["method"] = str(self.environ.get("REQUEST_METHOD", ""))
+            tags["path"] = str(self.environ.get("PATH_INFO", ""))
 
     def start_response(self, start_response: Any) -> Any:
         def recording(status: str, headers: Any, exc_info: Any = None) -> Any:

@@ -65,6 +65,15 @@ APP = textwrap.dedent(
 
         app.wsgi_app = traced
 
+    continuous = None
+    if os.environ.get("WITH_CONTINUOUS"):
+        # greenprof's continuous profiling, on the same requests.
+        from greenprof.continuous import ContinuousProfiler
+
+        continuous = ContinuousProfiler(interval=3600, sample_rate=1.0)
+        app.wsgi_app = continuous.install(app.wsgi_app)
+        continuous.start()
+
     def get(port, path):
         sock = gevent.socket.create_connection(("127.0.0.1", port))
         sock.sendall(f"GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n".encode())
@@ -89,16 +98,25 @@ APP = textwrap.dedent(
         gevent.sleep(0.02)
     gevent.sleep(1.5)  # the agent reports the last segments
     server.stop()
-    print(json.dumps({"flushed": flushed}))
+    totals = {}
+    if continuous is not None:
+        continuous.stop()
+        interval = continuous.latest
+        totals = {e.path: interval.totals(e) for e in interval.stacks}
+    print(json.dumps({"flushed": flushed, "continuous": totals}))
     sys.stdout.flush()
     os._exit(0)
     """
 )
 
 
-@pytest.mark.parametrize("patched", [False, True], ids=["plain", "patch_all"])
+@pytest.mark.parametrize(
+    ("patched", "continuous"),
+    [(False, False), (True, False), (True, True)],
+    ids=["plain", "patch_all", "patch_all-with-continuous-profiling"],
+)
 def test_agent_requests_are_profiled_with_its_segment_ids_and_the_task_finishes(
-    patched: bool,
+    patched: bool, continuous: bool
 ) -> None:
     # Under monkey.patch_all the agent switches grpc into gevent mode and its
     # own task check breaks on gevent's Queue: both are what greenprof must
@@ -125,12 +143,14 @@ def test_agent_requests_are_profiled_with_its_segment_ids_and_the_task_finishes(
             "SW_AGENT_METER_REPORTER_ACTIVE": "False",
             "SW_AGENT_LOG_REPORTER_ACTIVE": "False",
             "SW_AGENT_PVM_METER_REPORTER_ACTIVE": "False",
+            "WITH_CONTINUOUS": "1" if continuous else "",
         }
         result = subprocess.run(
             [sys.executable, "-c", app], capture_output=True, text=True, env=env, timeout=120
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        assert json.loads(result.stdout.strip().splitlines()[-1])["flushed"] is True
+        outcome = json.loads(result.stdout.strip().splitlines()[-1])
+        assert outcome["flushed"] is True
         snapshots = list(oap.snapshots)
         segments = [tracing_pb2.SegmentObject.FromString(raw) for raw in oap.segments]
         finished = list(oap.finished)
@@ -164,3 +184,10 @@ def test_agent_requests_are_profiled_with_its_segment_ids_and_the_task_finishes(
         span = entry_spans[message.segment_id]
         assert span.startTime <= message.time_ms <= span.endTime
     assert ("shop", "shop-1", "task-7") in finished
+    if continuous:  # both profiled the same requests, each to its own
+        totals = outcome["continuous"]
+        assert set(totals) == {"/slow", "/fast"}
+        slow, fast = totals["/slow"], totals["/fast"]
+        assert slow[1] >= 3 * 45_000_000  # off-CPU: three requests waiting 50 ms each
+        assert fast[1] < slow[1] / 10
+        assert min(slow[2], fast[2]) > 0  # snapshots of each

@@ -33,6 +33,14 @@ def _no_tracer_left_behind() -> Iterator[None]:
     assert greenlet.gettrace() is before, "a test left a greenlet tracer installed"
 
 
+@pytest.fixture(scope="session")
+def profile_pb2(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """google/pprof's ``profile.proto``, compiled for this run (see profile_proto)."""
+    from .profile_proto import compile_profile_proto
+
+    return compile_profile_proto(tmp_path_factory.mktemp("profile_pb2"))
+
+
 def function_name(func: object) -> str:
     """What ``Frame.function`` says for ``func``: qualified on 3.11+."""
     code = func.__code__  # type: ignore[attr-defined]

@@ -28,17 +28,12 @@ from greenprof.continuous._interval import IntervalTable
 from greenprof.exceptions import ConfigurationError, NotRunningError
 
 from .conftest import function_name, run_python, serve
-from .profile_proto import compile_profile_proto, decode_labelled
+from .profile_proto import decode_labelled
 from .workloads import checkout, shop, spin
 
 CHECKOUT = Endpoint("GET", "/checkout")  # the route the app tags it with
 SEARCH = Endpoint("GET", "/search")
 MS = 1_000_000
-
-
-@pytest.fixture(scope="module")
-def profile_pb2(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
-    return compile_profile_proto(tmp_path_factory.mktemp("profile_pb2"))
 
 
 class Published:

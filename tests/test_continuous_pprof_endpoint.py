@@ -17,13 +17,8 @@ from greenprof.continuous import ContinuousProfiler, PprofEndpoint
 from greenprof.exceptions import ConfigurationError
 
 from .conftest import function_name, http_get, run_python, serve
-from .profile_proto import compile_profile_proto, decode_labelled
+from .profile_proto import decode_labelled
 from .workloads import checkout, shop
-
-
-@pytest.fixture(scope="module")
-def profile_pb2(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
-    return compile_profile_proto(tmp_path_factory.mktemp("profile_pb2"))
 
 
 @pytest.fixture

@@ -31,16 +31,11 @@ from greenprof.continuous._interval import IntervalTable
 from greenprof.exceptions import ConfigurationError
 
 from .conftest import free_port
-from .profile_proto import LabelledProfile, compile_profile_proto, decode_labelled
+from .profile_proto import LabelledProfile, decode_labelled
 from .workloads import slow_shop
 
 MS = 1_000_000
 SEARCH = Endpoint("GET", "/search")
-
-
-@pytest.fixture(scope="module")
-def profile_pb2(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
-    return compile_profile_proto(tmp_path_factory.mktemp("profile_pb2"))
 
 
 @attrs.frozen

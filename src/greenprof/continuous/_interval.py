@@ -86,6 +86,11 @@ class IntervalTable:
         self.requests = 0
         self.stacks_folded = 0
         self.endpoints_folded = 0
+        # (id(endpoint's stacks), id(stack)) -> (stack, its values): the
+        # formatter hands the same stack object out for the same frames, so
+        # a stack seen before is found without hashing its frames again.
+        # The stack is kept, so its id stays its own.
+        self._seen: dict[tuple[int, int], tuple[Stack, list[int]]] = {}
 
     def add_session(self, session: Session, snapshots: Sequence[Snapshot]) -> None:
         """Fold one request's session in: its time per stack as
@@ -116,6 +121,19 @@ class IntervalTable:
     def _add(
         self, stacks: dict[Stack, list[int]], stack: Stack, on_cpu: int, off_cpu: int, count: int
     ) -> None:
+        key = (id(stacks), id(stack))
+        seen = self._seen.get(key)
+        if seen is not None and seen[0] is stack:
+            values = seen[1]
+        else:
+            values = self._values(stacks, stack)
+            if values is not stacks.get(OTHER_STACK):  # its own: at most max_stacks of them
+                self._seen[key] = (stack, values)
+        values[0] += on_cpu
+        values[1] += off_cpu
+        values[2] += count
+
+    def _values(self, stacks: dict[Stack, list[int]], stack: Stack) -> list[int]:
         values = stacks.get(stack)
         if values is None:
             if self.entries >= self.max_stacks and stack != OTHER_STACK:
@@ -126,9 +144,7 @@ class IntervalTable:
                 values = stacks[stack] = [0, 0, 0]
                 if stack != OTHER_STACK:
                     self.entries += 1
-        values[0] += on_cpu
-        values[1] += off_cpu
-        values[2] += count
+        return values
 
     def close(self, end_ns: int, tags: Mapping[str, str]) -> Interval:
         return Interval(

@@ -3,7 +3,6 @@ google/pprof's ``profile.proto`` for each run: see ``profile_proto``)."""
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 import shutil
@@ -24,15 +23,10 @@ from greenprof.exceptions import ConfigurationError
 from greenprof.exporters import pprof
 from greenprof.sinks import JSONSink
 
-from .profile_proto import compile_profile_proto
+from .profile_proto import decode_labelled
 from .workloads import record_red_and_blue
 
 SAMPLE_TYPES = [("on_cpu", "nanoseconds"), ("off_cpu", "nanoseconds"), ("snapshots", "count")]
-
-
-@pytest.fixture(scope="module")
-def profile_pb2(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
-    return compile_profile_proto(tmp_path_factory.mktemp("profile_pb2"))
 
 
 @attrs.frozen
@@ -48,32 +42,19 @@ class Decoded:
 
 
 def decode(profile_pb2: ModuleType, data: bytes) -> Decoded:
-    message = profile_pb2.Profile()
-    message.ParseFromString(gzip.decompress(data))
-    strings = list(message.string_table)
-    functions = {f.id: f for f in message.function}
-    locations = {loc.id: loc for loc in message.location}
+    """The profile by greenlet: each sample labelled with its greenlet."""
+    labelled = decode_labelled(profile_pb2, data)
     values: dict[tuple[int, tuple[Frame, ...]], list[int]] = {}
     labels: dict[int, dict[str, object]] = {}
-    for sample in message.sample:
-        found = {
-            strings[label.key]: strings[label.str] if label.str else label.num
-            for label in sample.label
-        }
-        assert len(found) == len(sample.label)  # no key twice
+    for label_set, stacks in labelled.samples.items():
+        found = dict(label_set)
         assert {"greenlet", "greenlet_id"} <= found.keys()
         greenlet_id = found["greenlet_id"]
         assert isinstance(greenlet_id, int)
         assert labels.setdefault(greenlet_id, found) == found
-        frames = []
-        for location_id in sample.location_id:
-            (line,) = locations[location_id].line
-            function = functions[line.function_id]
-            frames.append(Frame(strings[function.filename], strings[function.name], line.line))
-        stack = tuple(reversed(frames))  # pprof lists the leaf first
-        assert (greenlet_id, stack) not in values  # one sample per greenlet and stack
-        values[(greenlet_id, stack)] = list(sample.value)
-    return Decoded(message, strings, values, labels)
+        for stack, value in stacks.items():
+            values[(greenlet_id, stack)] = value
+    return Decoded(labelled.message, labelled.strings, values, labels)
 
 
 START = (Frame("", "<greenlet start>", 0),)

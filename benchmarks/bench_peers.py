@@ -379,11 +379,16 @@ WEB_FULL = (4.0, 0.5, 7)
 
 
 def web_runs(
-    peers: list[Peer], quick: bool, service: WebService | None = None
+    peers: list[Peer],
+    quick: bool,
+    service: WebService | None = None,
+    rounds: int | None = None,
 ) -> dict[str, list[Metrics]]:
     """Every peer's runs of the web workload, interleaved, on one server
-    (``service``, else a new one); the server is stopped after."""
+    (``service``, else a new one), ``rounds`` times (default: 3 quick, 7
+    full); the server is stopped after."""
     duration, warmup, repeats = WEB_QUICK if quick else WEB_FULL
+    repeats = rounds or repeats
     service = service if service is not None else WebService()
     runs: dict[str, list[Metrics]] = {p.name: [] for p in peers}
     try:

@@ -43,11 +43,13 @@ __all__ = [
 _logger = logging.getLogger("greenprof")
 
 DEFAULT_INTERVAL: Final = 60.0
-#: The share of requests profiled by default: a profiled request costs
-#: about 350 us of CPU on the benchmark workload (its session, and folding
-#: it in), about 20 us a request at one in twenty (bench_continuous.py);
-#: a service of 100 requests a second still profiles 300 a minute.
-DEFAULT_SAMPLE_RATE: Final = 0.05
+#: The share of requests profiled by default. A profiled request costs
+#: about 300 us of CPU on the benchmark workload of about 1 ms a request
+#: (its session and folding it in; bench_continuous.py), and while it runs
+#: every switch of the other requests pays for greenprof's tracer: on that
+#: workload each 1% of requests profiled costs about 1% of CPU. A service
+#: of 100 requests a second still profiles 60 a minute per process.
+DEFAULT_SAMPLE_RATE: Final = 0.01
 DEFAULT_MAX_STACKS: Final = 5_000
 DEFAULT_MAX_ENDPOINTS: Final = 100
 #: Frames kept per stack: deep enough for a web framework's stacks.

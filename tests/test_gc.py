@@ -5,6 +5,7 @@ picked up go once they end, not when the session stops or is read."""
 from __future__ import annotations
 
 import gc
+import sys
 import time
 
 import gevent
@@ -76,8 +77,8 @@ def test_greenlets_picked_up_are_let_go_as_they_end_while_the_session_runs() -> 
     main = gevent.spawn(server)
     with greenprof.profile(main, follow_spawned=True) as profiler:
         done.wait()
-        # The session's compactor lets the ended ones go, now and then, in
-        # a thread of its own: wait for it (no time is asserted).
+        # Collections let the ended ones go (tracked() runs full ones): at
+        # most one may be left, found ended once and let go the next time.
         for _ in range(400):
             if tracked(GreenletBuffer) - before <= 2:
                 break
@@ -144,7 +145,7 @@ def test_a_full_collection_lets_ended_greenlets_go_at_once_under_follow_all() ->
         one_run()
         growth: list[dict[str, int]] = []
         before = objects_after_full_collection()
-        for _ in range(5):  # far faster than the compactor's 0.5 s
+        for _ in range(5):  # far faster than a compaction every 0.5 s
             one_run()
             after = objects_after_full_collection()
             growth.append({k: after.get(k, 0) - before.get(k, 0) for k in ours})
@@ -154,7 +155,7 @@ def test_a_full_collection_lets_ended_greenlets_go_at_once_under_follow_all() ->
     assert len(exits) == 300  # every run's 50 greenlets recorded to their end
 
 
-def test_a_full_collection_under_the_session_lock_leaves_it_to_the_compactor() -> None:
+def test_a_full_collection_under_the_session_lock_leaves_it_to_the_next_one() -> None:
     def buffers_now() -> int:  # no collection of its own
         return sum(type(o) is GreenletBuffer for o in gc.get_objects())
 
@@ -172,3 +173,27 @@ def test_a_full_collection_under_the_session_lock_leaves_it_to_the_compactor() -
     assert held == 21  # the 20 ended ones kept, and the session's own target's
     assert freed == 1
     assert sum(s.event == "exit" for s in profiler.snapshots) == 20
+
+
+def test_a_following_session_starts_no_thread_and_compacts_as_the_program_allocates() -> None:
+    threads = len(sys._current_frames())
+    spawned = 0
+    seen_threads = set()
+
+    def server() -> None:
+        nonlocal spawned
+        end = time.monotonic() + 1.5  # three compactions' worth, at least
+        while time.monotonic() < end:
+            gevent.joinall([gevent.spawn(short_request, n) for n in range(100)])
+            spawned += 100
+            seen_threads.add(len(sys._current_frames()))
+
+    main = gevent.spawn(server)
+    with greenprof.profile(main, follow_spawned=True) as profiler:
+        main.join()
+        # No gc.collect() here: only the collections the program's own
+        # allocations started.
+        buffers = sum(type(o) is GreenletBuffer for o in gc.get_objects())
+    assert seen_threads == {threads}  # a program counting its OS threads sees no new one
+    assert buffers < spawned * 0.8  # let go as it ran, not kept to the end
+    assert sum(s.event == "exit" for s in profiler.snapshots) == spawned

@@ -9,7 +9,6 @@ takes them down and keeps its raw records.
 from __future__ import annotations
 
 import _thread
-import atexit
 import contextlib
 import gc
 import itertools
@@ -35,7 +34,6 @@ from ._dispatcher import (
     dispatcher_for_current_thread,
     installed_dispatcher,
 )
-from ._loop import BackgroundLoop
 from ._naming import greenlet_name
 from ._sampler import SAMPLER, HybridTaker, ThreadTaker
 from ._signals import redeliver
@@ -727,56 +725,49 @@ def _gone() -> None:
 COMPACT_EVERY: Final = 0.5
 #: Running sessions that follow greenlets (let go once stopped).
 _following: set[Run] = set()
+#: ``time.monotonic()`` of the last compaction.
+_compacted_at = 0.0
 
 
-def _compact_following() -> float | None:
-    if sys.is_finalizing():  # the program is gone: nothing to keep small
-        _following.clear()
-    for run in list(_following):
-        if run.stop_ns or run.stopping or run.discarded:
-            _following.discard(run)
-        else:
-            run.compact()
-    if _following:
-        return COMPACT_EVERY
-    _compactor.stop()
-    if _following:  # one came as the loop was stopping: go on
-        _compactor.start()
-    return None
+def _compact_on_collection(phase: str, info: dict[str, int]) -> None:
+    """Compact the running sessions that follow greenlets as a garbage
+    collection starts: at every full one (``gc.collect()``, or the
+    collector's oldest generation), else at most every COMPACT_EVERY seconds.
 
-
-_compactor: Final = BackgroundLoop(_compact_following, name="greenprof's compactor")
-# Ended before the interpreter's last steps, so it never runs among them.
-atexit.register(_compactor.stop, 1.0)
-
-
-def _compact_before_full_collection(phase: str, info: dict[str, int]) -> None:
-    """A full collection (``gc.collect()``, or the collector's own oldest
-    generation) first lets go what following sessions no longer need: the
-    buffer, watch and weak reference of each greenlet that ended since the
-    compactor last ran. Whoever counts objects after ``gc.collect()`` (a leak
-    check run again and again) then finds none of greenprof's, and the
-    collection does not traverse them. A collection may start in any thread,
-    at any allocation, greenprof's tracer included: a session whose lock is
-    held is left for the compactor, and nothing is ever raised."""
-    if phase != "start" or info.get("generation") != 2 or not _following:
+    Each compaction takes the sessions' records out of their buffers and
+    lets the buffer, watch and weak reference of each greenlet that ended
+    go. A program that records allocates (each record is a tuple), so its
+    collections come often enough, and no thread of greenprof's own is
+    needed: a program that counts its OS threads sees none. Whoever counts
+    objects after ``gc.collect()`` (a leak check run again and again) finds
+    none of greenprof's, and the collection does not traverse them. A
+    collection may start in any thread, at any allocation, greenprof's
+    tracer included: a session whose lock is held is left for the next
+    one, and nothing is ever raised."""
+    global _compacted_at
+    if phase != "start" or not _following:
         return
     try:
-        if sys.is_finalizing():
+        now = time.monotonic()
+        if info.get("generation") != 2 and now - _compacted_at < COMPACT_EVERY:
+            return
+        _compacted_at = now
+        if sys.is_finalizing():  # the program is gone: nothing to keep small
+            _following.clear()
             return
         for run in list(_following):
-            if not (run.stop_ns or run.stopping):
+            if run.stop_ns or run.stopping or run.discarded:
+                _following.discard(run)
+            else:
                 run.compact_if_free()
-    except Exception:  # never into the collector: the compactor goes on anyway
+    except Exception:  # never into the collector
         return
 
 
 def _compact_while_running(run: Run) -> None:
     _following.add(run)
-    if _compact_before_full_collection not in gc.callbacks:
-        gc.callbacks.append(_compact_before_full_collection)
-    if not _compactor.running:
-        _compactor.start()
+    if _compact_on_collection not in gc.callbacks:
+        gc.callbacks.append(_compact_on_collection)
 
 
 def _name_targets(targets: Iterable[_Target]) -> None:

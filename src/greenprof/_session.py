@@ -465,6 +465,9 @@ class Run:
         with self.lock:
             targets = list(self.targets.values())
             self.targets.clear()
+            # From here no compaction takes this session's buffers: with no
+            # targets left it would drop them before the stop record lands.
+            self.stopping = True
         for target in targets:
             if target.taker is not None:
                 SAMPLER.unsubscribe(target.taker)
@@ -564,7 +567,7 @@ class Run:
         if not lock.acquire(False):
             return
         try:
-            if not self.discarded:
+            if not (self.discarded or self.stopping or self.stop_ns):
                 self.raw.extend(self._take_records())
         finally:
             lock.release()
@@ -760,8 +763,8 @@ def _compact_on_collection(phase: str, info: dict[str, int]) -> None:
                 _following.discard(run)
             else:
                 run.compact_if_free()
-    except Exception:  # never into the collector
-        return
+    except BaseException as exc:  # never into the collector
+        redeliver(exc)  # a signal handler's, raised again where it can be seen
 
 
 def _compact_while_running(run: Run) -> None:

@@ -13,11 +13,14 @@ is found when its session ends, from the session's report.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import reprlib
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
+from itertools import islice
 from typing import Any, Final
 
 import attrs
@@ -152,6 +155,7 @@ class BlockingMonitor:
         becomes a sink of a profiler): from then on the sessions of that
         profiler mark their greenlets for it."""
         if not self._loop.running:
+            _watching.add(self)
             self._loop.start()
 
     def _look(self) -> float:
@@ -169,6 +173,9 @@ class BlockingMonitor:
                 if first is not None and now - first[1] >= self._threshold_ns:
                     self._running.setdefault((id(buffer), first[1]), (buffer, first))
         for key, (buffer, first) in list(self._running.items()):
+            if self._owner(buffer) is None:  # its session is gone
+                del self._running[key]
+                continue
             ended = _ended_slice(buffer, first)
             if ended is None:
                 continue  # still running
@@ -213,11 +220,12 @@ class BlockingMonitor:
             self._reported[key] = None
             if len(self._reported) > REMEMBERED:
                 del self._reported[next(iter(self._reported))]
-        self.reported += 1
+            self.reported += 1
         try:
             self.callback(found)
         except Exception:
-            self.callback_failures += 1
+            with self._lock:
+                self.callback_failures += 1
             if not self._failures_logged:
                 self._failures_logged = True
                 _logger.exception("greenprof: BlockingMonitor's callback failed")
@@ -279,17 +287,34 @@ class BlockingMonitor:
         return f"BlockingMonitor(threshold={self.threshold})"
 
 
+#: Monitors whose thread looks at running greenlets: stopped at exit, so
+#: none runs among the interpreter's last steps.
+_watching: weakref.WeakSet[BlockingMonitor] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_watching() -> None:
+    for monitor in list(_watching):
+        monitor._loop.stop(1.0)
+
+
+def _newest(buffer: GreenletBuffer) -> list[Record]:
+    """The buffer's newest records, newest first, copied at once (C code,
+    under the GIL): the program's thread appends meanwhile, and reading
+    record by record could mix two slices. Empty if the buffer was drained
+    as it was read (a collection that started during the copy compacts)."""
+    try:
+        return list(islice(reversed(buffer.records), _LOOK_BACK))
+    except RuntimeError:  # "deque mutated during iteration"
+        return []
+
+
 def _slice_start(buffer: GreenletBuffer) -> Record | None:
     """The record the running slice of ``buffer``'s greenlet started with
     (back past the samples taken in it), or None if it is not running."""
-    records = buffer.records
-    try:
-        for back in range(1, min(len(records), _LOOK_BACK) + 1):
-            record = records[-back]
-            if record[0] != SAMPLE:
-                return record if record[0] in _RESUMES else None
-    except IndexError:  # drained as it was read
-        return None
+    for record in _newest(buffer):
+        if record[0] != SAMPLE:
+            return record if record[0] in _RESUMES else None
     return None
 
 
@@ -298,18 +323,12 @@ def _ended_slice(buffer: GreenletBuffer, first: Record) -> list[Record] | None:
     samples inside it, then a switch-out, exit or stop); None while it
     runs; empty if ``first`` was taken out of the buffer meanwhile (its
     session drained it: the session's report tells of the slice)."""
-    records = buffer.records
-    try:
-        # From the end: the slice ended a few records back, unless the
-        # greenlet switched very often since (then the session's end tells).
-        for back in range(1, min(len(records), _LOOK_BACK) + 1):
-            record = records[-back]
-            if record is first:
-                after = [records[-i] for i in range(back - 1, 0, -1)]
-                for index, later in enumerate(after):
-                    if later[0] != SAMPLE:
-                        return after[: index + 1]
-                return None
-    except IndexError:  # drained as it was read
-        return []
+    newest = _newest(buffer)
+    for back, record in enumerate(newest):
+        if record is first:
+            after = newest[back - 1 :: -1] if back else []
+            for index, later in enumerate(after):
+                if later[0] != SAMPLE:
+                    return after[: index + 1]
+            return None
     return []

@@ -127,7 +127,9 @@ class IntervalTable:
             values = seen[1]
         else:
             values = self._values(stacks, stack)
-            if values is not stacks.get(OTHER_STACK):  # its own: at most max_stacks of them
+            if values is not stacks.get(OTHER_STACK):  # its own entry
+                if len(self._seen) >= 4 * self.max_stacks:
+                    self._seen.clear()  # new objects for the same stacks: start afresh
                 self._seen[key] = (stack, values)
         values[0] += on_cpu
         values[1] += off_cpu

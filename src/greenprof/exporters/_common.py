@@ -29,13 +29,18 @@ def check_weight(weight: str) -> None:
         raise ConfigurationError(msg)
 
 
+#: The stacks ``shown`` gives an empty one: always the same objects.
+_START_STACK: Final = (START_FRAME,)
+_EXIT_STACK: Final = (EXIT_FRAME,)
+
+
 def shown(stack: Stack, snapshot: Snapshot | None = None) -> Stack:
     """``stack`` as exporters show it: never empty (see ``START_FRAME``)."""
     if stack:
         return stack
     if snapshot is not None and snapshot.event == "exit":
-        return (EXIT_FRAME,)
-    return (START_FRAME,)
+        return _EXIT_STACK
+    return _START_STACK
 
 
 def weighted(report: Report, weight: str) -> Iterator[tuple[int, str, Stack, int]]:

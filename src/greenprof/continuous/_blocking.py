@@ -160,14 +160,14 @@ class BlockingMonitor:
 
     def _look(self) -> float:
         # In the monitor's thread: reads what the switch path appends, never
-        # writes it. A deque's append and indexing are atomic.
+        # writes it; a read the program's thread overlaps is done again.
         now = time.perf_counter_ns()
         for dispatcher in installed_dispatchers():
             watch = dispatcher.get_running()
             if watch is None:
                 continue
             for buffer in watch.buffers:
-                if buffer.run is None or self._owner(buffer) is None:
+                if self._owner(buffer) is None:
                     continue
                 first = _slice_start(buffer)
                 if first is not None and now - first[1] >= self._threshold_ns:
@@ -298,37 +298,36 @@ def _stop_watching() -> None:
         monitor._loop.stop(1.0)
 
 
-def _newest(buffer: GreenletBuffer) -> list[Record]:
-    """The buffer's newest records, newest first, copied at once (C code,
-    under the GIL): the program's thread appends meanwhile, and reading
-    record by record could mix two slices. Empty if the buffer was drained
-    as it was read (a collection that started during the copy compacts)."""
-    try:
-        return list(islice(reversed(buffer.records), _LOOK_BACK))
-    except RuntimeError:  # "deque mutated during iteration"
-        return []
-
-
 def _slice_start(buffer: GreenletBuffer) -> Record | None:
     """The record the running slice of ``buffer``'s greenlet started with
-    (back past the samples taken in it), or None if it is not running."""
-    for record in _newest(buffer):
-        if record[0] != SAMPLE:
-            return record if record[0] in _RESUMES else None
+    (back past the samples taken in it), or None if it is not running (or
+    the buffer changed as it was read: looked at again next time)."""
+    try:
+        for record in islice(reversed(buffer.records), _LOOK_BACK):
+            if record[0] != SAMPLE:
+                return record if record[0] in _RESUMES else None
+    except RuntimeError:  # "deque mutated during iteration"
+        pass
     return None
 
 
 def _ended_slice(buffer: GreenletBuffer, first: Record) -> list[Record] | None:
     """The records after ``first`` up to the one that ended its slice (the
     samples inside it, then a switch-out, exit or stop); None while it
-    runs; empty if ``first`` was taken out of the buffer meanwhile (its
-    session drained it: the session's report tells of the slice)."""
-    newest = _newest(buffer)
-    for back, record in enumerate(newest):
-        if record is first:
-            after = newest[back - 1 :: -1] if back else []
-            for index, later in enumerate(after):
-                if later[0] != SAMPLE:
-                    return after[: index + 1]
-            return None
+    runs, or if the buffer changed as it was read (a record of the next
+    slice is never taken for this one's end: looked at again next time);
+    empty if ``first`` was taken out of the buffer meanwhile (its session
+    drained it: the session's report tells of the slice)."""
+    newer: list[Record] = []  # newest first
+    try:
+        for record in islice(reversed(buffer.records), _LOOK_BACK):
+            if record is first:
+                after = newer[::-1]  # oldest first
+                for index, later in enumerate(after):
+                    if later[0] != SAMPLE:
+                        return after[: index + 1]
+                return None
+            newer.append(record)
+    except RuntimeError:  # "deque mutated during iteration"
+        return None
     return []

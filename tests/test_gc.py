@@ -60,6 +60,34 @@ def test_records_do_not_grow_what_the_collector_tracks() -> None:
     assert {s.stack[-1].function.rsplit(".", 1)[-1] for s in outs} == {"there", "elsewhere"}
 
 
+def test_reading_requests_does_not_grow_what_the_collector_tracks() -> None:
+    # Each request runs in frames of its own, so its raw stacks are new
+    # tuples; the formatter remembers each one's frames. Were that memory
+    # made of pairs (raw stack, frames), each pair would be tracked and live
+    # long enough to reach the oldest generation, whose growth is what
+    # starts full collections (one a second in a busy server).
+    scope = greenprof.profile()
+    main = greenlet.getcurrent()
+
+    def request() -> None:
+        with scope as profiler:
+            wander(6, main)
+        outs = [s for s in profiler.snapshots if s.event == "switch_out"]
+        assert len(outs) == 6
+        assert {s.stack[-1].function.rsplit(".", 1)[-1] for s in outs} == {"there", "elsewhere"}
+
+    def requests(count: int) -> None:
+        for _ in range(count):
+            glet = greenlet.greenlet(request)
+            while not glet.dead:
+                glet.switch()
+
+    requests(50)  # every path formatted once: what is cached from here is per request
+    tuples_then = tracked(tuple)
+    requests(400)
+    assert tracked(tuple) - tuples_then < 200
+
+
 def short_request(n: int) -> int:
     gevent.sleep(0)
     return n * 2

@@ -308,7 +308,7 @@ class FrameFormatter:
     """Turns raw stacks into ``Frame`` tuples.
 
     Each raw stack's formatted stack is kept (in ``_done``, by the tuple's
-    id, with the tuple), so the outer frames stacks share are formatted
+    id; the tuple in ``_done_raw``), so the outer frames stacks share are formatted
     once; and formatted stacks are shared by content (keyed by the
     formatted stack below and the codes' ids and offsets), so the same path
     taken again in new tuples costs one lookup a tuple. Codes are kept in
@@ -329,9 +329,16 @@ class FrameFormatter:
         # stays its own.
         self._stacks: dict[tuple[int, ...], tuple[tuple[Frame, ...], tuple[Frame, ...]]] = {}
         self._codes: dict[int, CodeType] = {}
-        # id(raw stack) -> (raw stack, its frames): the raw stack is kept, so
-        # its id stays its own.
-        self._done: dict[int, tuple[tuple[Any, ...], tuple[Frame, ...]]] = {}
+        # id(raw stack) -> its frames, and id(raw stack) -> the raw stack,
+        # kept so that its id stays its own. Two dicts, not one of pairs: a
+        # pair holding frames is an object the garbage collector tracks, and
+        # entries live long enough to reach its oldest generation, whose
+        # growth is what starts a full collection (one every second or so
+        # in a busy server, when every request's stacks were new pairs).
+        # Written frames first, cleared raw stacks first: a raw stack found
+        # in ``_done_raw`` with no frames is a miss.
+        self._done: dict[int, tuple[Frame, ...]] = {}
+        self._done_raw: dict[int, tuple[Any, ...]] = {}
         self._lock = allocate_real_lock()
         # The last raw stack of several frames formatted: (its code, offset,
         # frames under the top, stack below, stack). Before 3.12 every
@@ -371,21 +378,25 @@ class FrameFormatter:
         if raw is None:
             return ()
         done = self._done
-        hit = done.get(id(raw))
-        if hit is not None and hit[0] is raw:
-            return hit[1]
+        done_raw = self._done_raw
+        if done_raw.get(id(raw)) is raw:
+            hit = done.get(id(raw))
+            if hit is not None:
+                return hit
         chain: list[tuple[Any, ...]] = []
         node: RawStack = raw
         frames: tuple[Frame, ...] = ()
         while type(node) is tuple:  # a raw stack's tuples end in None
-            hit = done.get(id(node))
-            if hit is not None and hit[0] is node:
-                frames = hit[1]
-                break
+            if done_raw.get(id(node)) is node:
+                hit = done.get(id(node))
+                if hit is not None:
+                    frames = hit
+                    break
             chain.append(node)
             node = node[-1]
         if len(done) + len(chain) > self._max_done:
             with self._lock:
+                done_raw.clear()
                 done.clear()
         stacks = self._stacks
         for node in reversed(chain):
@@ -406,7 +417,8 @@ class FrameFormatter:
                     and all(map(is_, rest[0::2], last[2][0::2]))
                 ):
                     frames = last[4]
-                    done[id(node)] = (node, frames)
+                    done[id(node)] = frames
+                    done_raw[id(node)] = node
                     continue
                 # A stack formatted before (a request's wait sites come back
                 # again and again): found by its top frame, the frames under
@@ -418,7 +430,8 @@ class FrameFormatter:
                 if found is not None:
                     self._last = (code, lasti, rest, frames, found)
                     frames = found
-                    done[id(node)] = (node, frames)
+                    done[id(node)] = frames
+                    done_raw[id(node)] = node
                     continue
                 key: tuple[int, ...] = (
                     id(frames),
@@ -433,7 +446,8 @@ class FrameFormatter:
             stacked = stacks.get(key)
             below = frames
             frames = self._add(key, frames, code, lasti, rest) if stacked is None else stacked[0]
-            done[id(node)] = (node, frames)
+            done[id(node)] = frames
+            done_raw[id(node)] = node
             if rest:
                 self._last = (code, lasti, rest, below, frames)
                 self._remember(top, code, rest, frames)
@@ -464,6 +478,7 @@ class FrameFormatter:
                 self._stacks.clear()
                 self._frames.clear()
                 self._tops.clear()
+                self._done_raw.clear()
                 self._done.clear()
                 self._codes.clear()
             codes = [code, *rest[0::2]]

@@ -887,3 +887,54 @@ def test_a_greenlet_suspended_in_a_c_callable_is_not_taken_for_ended() -> None:
         glet.switch()  # ended
     assert [s.event for s in profiler.snapshots] == ["switch_in", "switch_out", "switch_in", "exit"]
     assert profiler.snapshots[1].stack == ()
+
+
+def test_a_session_stopped_in_its_own_greenlet_captures_nothing_more_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A request's session stops in the request's greenlet, which goes on
+    # (writes the response, waits for the next request) while other
+    # sessions keep the tracer installed: its next switch-outs are nobody's,
+    # and walking its stack for them is wasted on every request.
+    from greenprof import _dispatcher
+
+    walks: list[int] = []
+    capture, walk_whole = _dispatcher.capture, _dispatcher.walk_whole
+
+    def counted(frame: Any, depth: int, **options: Any) -> Any:
+        walks.append(depth)
+        return capture(frame, depth, **options)
+
+    def counted_whole(frame: Any, depth: int) -> Any:  # before 3.12
+        walks.append(depth)
+        return walk_whole(frame, depth)
+
+    main = greenlet.getcurrent()
+    scope = greenprof.profile()
+
+    def wait_elsewhere() -> None:
+        main.switch()  # a frame no walk has seen
+
+    sessions: list[greenprof.Profiler] = []
+
+    def request() -> None:
+        with scope as profiler:
+            main.switch()
+        sessions.append(profiler)
+        walks.clear()
+        for _ in range(3):
+            wait_elsewhere()
+
+    idle = greenlet.greenlet(lambda: None)  # never runs: keeps the tracer installed
+    other = greenprof.Profiler()
+    other.start(idle)
+    try:
+        monkeypatch.setattr(_dispatcher, "capture", counted)
+        monkeypatch.setattr(_dispatcher, "walk_whole", counted_whole)
+        glet = greenlet.greenlet(request)
+        while not glet.dead:
+            glet.switch()
+    finally:
+        other.stop()
+    assert walks == []
+    assert [s.event for s in sessions[0].snapshots] == ["start", "switch_out", "switch_in", "stop"]

@@ -280,6 +280,12 @@ class SwitchDispatcher:
             found = self.watches.pop(watch, None)
             if found is not None and found is not watch:
                 self.watches[found] = found  # another watch of an equal greenlet: not ours
+            if self.get_running() is watch and thread_ident() == self.thread_id:
+                # Stopped in the greenlet itself (a request's session): its
+                # next switch-out would capture its stack for no one. (From
+                # another thread the tracer may be switching meanwhile: it
+                # drops the watch at the next switch.)
+                self.set_running(None)
 
     def _forget(self, watch: GreenletWatch) -> None:
         # Runs when the greenlet is freed: it will never switch again.

@@ -1,10 +1,11 @@
 """Raw stacks on the switch path, readable frames later.
 
-A raw stack is a chain of :class:`StackNode` objects, innermost first: the
-code objects and ``f_lasti`` of one or more frames, and a link to the node
-of the frames below. Stacks of one greenlet share their outer nodes, so a
-snapshot costs (and is formatted for) the frames that changed since the
-last one, not the depth of the stack.
+A raw stack is a chain of tuples, innermost first: the code objects and
+``f_lasti`` of one or more frames, and the tuple of the frames below.
+Stacks of one greenlet share their outer tuples, so a snapshot costs (and
+is formatted for) the frames that changed since the last one, not the depth
+of the stack; and from 3.12 the same path makes the same tuples, even in
+new frames (every request's), so it is formatted once.
 
 How the switch path knows what did not change (Python 3.12+): it leaves the
 node of each frame it walked in that frame's ``f_trace`` slot. A frame found
@@ -54,13 +55,12 @@ class StackNode:
     """The mark left in a frame's ``f_trace`` (3.12+): where the frame was
     when a walk passed it, and the raw stack it stands for.
 
-    ``code`` and ``lasti`` (``f_lasti``) say where the frame was; ``key`` is
-    the raw stack of that frame and every frame below it, ``(code, lasti,
-    raw stack below)``. ``outer`` is the node of the frame below (None at
-    the bottom or where a walk stopped at its limit); ``height`` counts the
-    frames of ``key``. ``owner`` is ``id()`` of the frame whose ``f_trace``
-    holds this node (0: none). Nodes live in frames only: records hold
-    their ``key``, never a node, so a frame's node goes with the frame.
+    ``code`` and ``lasti`` (``f_lasti``) say where the frame was; ``key``
+    is the raw stack of that frame and every frame below it, ``(code,
+    lasti, raw stack below)``; ``height`` counts the frames of ``key``.
+    ``owner`` is ``id()`` of the frame whose ``f_trace`` holds this node (0:
+    none). Nodes live in frames only: records hold their ``key``, never a
+    node, so a frame's node goes with the frame.
 
     Python calls a frame's ``f_trace`` only while a ``sys.settrace`` tracer
     runs, and only for frames that tracer left alone. A node then hands the
@@ -71,22 +71,20 @@ class StackNode:
     sets an attribute on what it finds in ``f_trace`` may do so.
     """
 
-    __slots__ = ("__dict__", "code", "height", "key", "lasti", "outer", "owner")
+    __slots__ = ("__dict__", "code", "height", "key", "lasti", "owner")
 
     code: CodeType
     lasti: int
-    outer: StackNode | None
     height: int
     owner: int
     key: tuple[Any, ...]
 
-    def __init__(self, code: CodeType, lasti: int, outer: StackNode | None) -> None:
+    def __init__(self, code: CodeType, lasti: int, below: StackNode | None) -> None:
         self.code = code
         self.lasti = lasti
-        self.outer = outer
-        self.height = 1 + (outer.height if outer is not None else 0)
+        self.height = 1 + (below.height if below is not None else 0)
         self.owner = 0
-        self.key = (code, lasti, outer.key if outer is not None else None)
+        self.key = (code, lasti, below.key if below is not None else None)
 
     def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
         tracer: Any = sys.gettrace()
@@ -145,8 +143,7 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = MARKS) -> RawSt
     if not mark:
         return _capture_run(frame, depth)
     top = frame
-    head = _new_node(StackNode)
-    node = head
+    nodes: list[StackNode] = []  # the new ones, top first
     walked = 0
     while frame is not None:
         found = frame.f_trace
@@ -158,26 +155,23 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = MARKS) -> RawSt
                 base = _new_node(StackNode)
                 base.code = code = found.code
                 base.lasti = lasti
-                base.outer = found.outer
                 base.height = found.height
                 base.owner = found.owner
-                base.key = (code, lasti, found.key[2])
+                base.key = _interned(code, lasti, found.key[2])
                 frame.f_trace = base
-            node.outer = base
-            return _measure(head.outer, walked, base.height, base.key)
+            if not walked:
+                return base.key
+            return _measure(nodes, base.height, base.key)
         if walked == depth:
-            node.outer = None
-            _unmark(top, head.outer)
-            return _measure(head.outer, walked, 0, None)
+            _unmark(top, nodes)
+            return _measure(nodes, 0, None)
         new = _new_node(StackNode)
         new.code = code = frame.f_code
         new.lasti = frame.f_lasti
         # Complete before it is published in f_trace, and untrusted until
         # _measure() gives it its height: a sampler thread may read it.
-        new.outer = None
         new.height = _UNMEASURED
-        node.outer = new
-        node = new
+        nodes.append(new)
         if (found is None or type(found) is StackNode) and not code.co_flags & UNTRUSTED_CODE:
             new.owner = id(frame)
             frame.f_trace = new
@@ -185,37 +179,58 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = MARKS) -> RawSt
             new.owner = 0
         frame = frame.f_back
         walked += 1
-    node.outer = None
-    return _measure(head.outer, walked, 0, None)
+    return _measure(nodes, 0, None)
 
 
-def _measure(first: StackNode | None, walked: int, below: int, key: RawStack) -> RawStack:
-    """Give the ``walked`` new nodes from ``first`` down their keys, on top
-    of the raw stack ``key``, and their heights, on top of ``below`` frames;
-    the top one's key. Bottom up, each node's key before its height: a node
-    is trusted once it has its height, and all below it are complete."""
-    nodes: list[StackNode] = []
-    node = first
-    for _ in range(walked):
-        nodes.append(node)  # type: ignore[arg-type]
-        node = node.outer  # type: ignore[union-attr]
+#: Raw stack tuples of one frame (3.12+), by ``(id(code), f_lasti, id(raw
+#: stack below))``: the same path, walked again in new frames (every
+#: request's), makes the very same tuples, so reading its snapshots finds
+#: them formatted already, and records share them. The value keeps the code
+#: and the stack below alive: the ids in its key stay their own. Cleared
+#: when full (the tracer of any thread may add to it; each step is atomic).
+_INTERNED: dict[tuple[int, int, int], tuple[Any, ...]] = {}
+MAX_INTERNED: Final = 1 << 14
+
+
+def _interned(code: CodeType, lasti: int, below: RawStack) -> tuple[Any, ...]:
+    """The one raw stack tuple of ``code`` at ``lasti`` on top of ``below``."""
+    interned = _INTERNED
+    found = interned.get((id(code), lasti, id(below)))
+    if found is None:
+        found = (code, lasti, below)
+        if len(interned) >= MAX_INTERNED:
+            interned.clear()
+        interned[id(code), lasti, id(below)] = found
+    return found
+
+
+def _measure(nodes: list[StackNode], below: int, key: RawStack) -> RawStack:
+    """Give the new ``nodes`` (top first) their keys, on top of the raw
+    stack ``key``, and their heights, on top of ``below`` frames; the top
+    one's key. Bottom up, each node's key before its height: a node is
+    trusted once it has its height, and all below it are complete."""
     height = below
+    interned = _INTERNED
     for new in reversed(nodes):
-        new.key = key = (new.code, new.lasti, key)
+        code = new.code
+        lasti = new.lasti
+        found = interned.get((id(code), lasti, id(key)))
+        new.key = key = found if found is not None else _interned(code, lasti, key)
         height += 1
         new.height = height
     return key
 
 
-def _unmark(frame: FrameType | None, node: StackNode | None) -> None:
-    """Take back the marks of a walk that stopped at its limit: the nodes
-    below them are missing."""
-    while frame is not None and node is not None:
+def _unmark(frame: FrameType | None, nodes: list[StackNode]) -> None:
+    """Take back the marks of a walk that stopped at its limit (``nodes``,
+    top first, from ``frame`` down): the nodes below them are missing."""
+    for node in nodes:
+        if frame is None:
+            break
         if frame.f_trace is node:
             frame.f_trace = None
         node.owner = 0
         frame = frame.f_back
-        node = node.outer
 
 
 def _capture_run(frame: FrameType | None, depth: int) -> RawStack:

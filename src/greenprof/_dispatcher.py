@@ -35,6 +35,9 @@ TraceFunction = Callable[[str, Any], Any]
 _MAX_CHAIN = 32
 
 
+_new_ref: Any = weakref.ref.__new__
+
+
 class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
     """The switch path's view of one watched greenlet, and its key: a weak
     reference to it (calling the watch gives the greenlet, or None once it
@@ -50,25 +53,26 @@ class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
 
     __slots__ = ("_hash", "buffers", "depth", "last_stack")
 
-    def __new__(
+    _hash: int
+    buffers: tuple[GreenletBuffer, ...]
+    depth: int
+    last_stack: RawStack
+
+    @classmethod
+    def of(
         cls,
         glet: greenlet.greenlet,
         forget: Callable[[GreenletWatch], None],
         depth: int,
     ) -> GreenletWatch:
-        return super().__new__(cls, glet, forget)
-
-    def __init__(
-        self,
-        glet: greenlet.greenlet,
-        forget: Callable[[GreenletWatch], None],
-        depth: int,
-    ) -> None:
-        super().__init__(glet, forget)  # type: ignore[call-arg]
-        self._hash = hash(glet)
-        self.buffers: tuple[GreenletBuffer, ...] = ()
-        self.depth = depth
-        self.last_stack: RawStack = EMPTY_STACK
+        """A watch of ``glet``; ``forget`` is called with it once ``glet``
+        is freed. (Made without ``__init__``: one is made per request.)"""
+        watch: GreenletWatch = _new_ref(cls, glet, forget)
+        watch._hash = hash(glet)
+        watch.buffers = ()
+        watch.depth = depth
+        watch.last_stack = EMPTY_STACK
+        return watch
 
     def __hash__(self) -> int:
         return self._hash
@@ -255,7 +259,7 @@ class SwitchDispatcher:
         watch = self.watches.get(glet)
         running = glet is greenlet.getcurrent()
         if watch is None:
-            watch = GreenletWatch(glet, self.forget, buffer.depth)
+            watch = GreenletWatch.of(glet, self.forget, buffer.depth)
             if not running and glet.gr_frame is not None:
                 # Suspended: it will resume right here. (Running now: its next
                 # event is a switch-out, which captures its stack. Not started:

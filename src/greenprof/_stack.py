@@ -144,15 +144,17 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = MARKS) -> RawSt
         return _capture_run(frame, depth)
     top = frame
     nodes: list[StackNode] = []  # the new ones, top first
+    append = nodes.append
+    node_type = StackNode
     walked = 0
     while frame is not None:
         found = frame.f_trace
-        if type(found) is StackNode and trusted(found, frame, walked, depth):
+        if found is not None and type(found) is node_type and trusted(found, frame, walked, depth):
             lasti = frame.f_lasti
             if lasti == found.lasti:
                 base = found
             else:  # the same call, at another place now
-                base = _new_node(StackNode)
+                base = _new_node(node_type)
                 base.code = code = found.code
                 base.lasti = lasti
                 base.height = found.height
@@ -165,14 +167,14 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = MARKS) -> RawSt
         if walked == depth:
             _unmark(top, nodes)
             return _measure(nodes, 0, None)
-        new = _new_node(StackNode)
+        new = _new_node(node_type)
         new.code = code = frame.f_code
         new.lasti = frame.f_lasti
         # Complete before it is published in f_trace, and untrusted until
         # _measure() gives it its height: a sampler thread may read it.
         new.height = _UNMEASURED
-        nodes.append(new)
-        if (found is None or type(found) is StackNode) and not code.co_flags & UNTRUSTED_CODE:
+        append(new)
+        if (found is None or type(found) is node_type) and not code.co_flags & UNTRUSTED_CODE:
             new.owner = id(frame)
             frame.f_trace = new
         else:
@@ -182,25 +184,29 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = MARKS) -> RawSt
     return _measure(nodes, 0, None)
 
 
-#: Raw stack tuples of one frame (3.12+), by ``(id(code), f_lasti, id(raw
-#: stack below))``: the same path, walked again in new frames (every
+#: Raw stack tuples of one frame (3.12+), found by the ``id()`` of the raw
+#: stack below and the frame's ``f_lasti`` (above an address's bits, so two
+#: live stacks below never share a slot at a given offset) and checked
+#: against the code: the same path, walked again in new frames (every
 #: request's), makes the very same tuples, so reading its snapshots finds
-#: them formatted already, and records share them. The value keeps the code
-#: and the stack below alive: the ids in its key stay their own. Cleared
-#: when full (the tracer of any thread may add to it; each step is atomic).
-_INTERNED: dict[tuple[int, int, int], tuple[Any, ...]] = {}
+#: them formatted already, and records share them. The value keeps the
+#: stack below alive, so the id in its slot stays its own. A slot taken by
+#: another code at the same place is overwritten. Cleared when full (the
+#: tracer of any thread may add to it; each step is atomic).
+_INTERNED: dict[int, tuple[Any, ...]] = {}
 MAX_INTERNED: Final = 1 << 14
 
 
 def _interned(code: CodeType, lasti: int, below: RawStack) -> tuple[Any, ...]:
     """The one raw stack tuple of ``code`` at ``lasti`` on top of ``below``."""
     interned = _INTERNED
-    found = interned.get((id(code), lasti, id(below)))
-    if found is None:
+    slot = id(below) ^ lasti << 48
+    found = interned.get(slot)
+    if found is None or found[2] is not below or found[1] != lasti or found[0] is not code:
         found = (code, lasti, below)
         if len(interned) >= MAX_INTERNED:
             interned.clear()
-        interned[id(code), lasti, id(below)] = found
+        interned[slot] = found
     return found
 
 
@@ -214,8 +220,10 @@ def _measure(nodes: list[StackNode], below: int, key: RawStack) -> RawStack:
     for new in reversed(nodes):
         code = new.code
         lasti = new.lasti
-        found = interned.get((id(code), lasti, id(key)))
-        new.key = key = found if found is not None else _interned(code, lasti, key)
+        found = interned.get(id(key) ^ lasti << 48)
+        if found is None or found[2] is not key or found[1] != lasti or found[0] is not code:
+            found = _interned(code, lasti, key)
+        new.key = key = found
         height += 1
         new.height = height
     return key

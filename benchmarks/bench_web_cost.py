@@ -20,7 +20,8 @@ then the targets: kept sessions at 0.95 of unprofiled throughput on 3.12
 (0.93 on 3.10 and 3.11), dropped ones at 0.96, and at most 5% more CPU per
 request; ``--check`` exits 1 when one is missed.
 
-Run: ``python benchmarks/bench_web_cost.py [--quick] [--check]``.
+Run: ``python benchmarks/bench_web_cost.py [--quick] [--check] [--rounds N]``
+(more rounds when this shared machine is noisy).
 """
 
 from __future__ import annotations
@@ -128,9 +129,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run (tox -e bench)")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="interleaved runs per layer (default 7, quick 3)"
+    )
     options = parser.parse_args()
-    runs = web_runs(layers(), options.quick)
+    runs = web_runs(layers(), options.quick, rounds=options.rounds)
     duration, _, repeats = WEB_QUICK if options.quick else WEB_FULL
+    repeats = options.rounds or repeats
     print(
         f"Python {sys.version.split()[0]}; web workload, {WEB_CONCURRENCY} connections, "
         f"{repeats} interleaved runs of {duration:g} s per layer; medians ± half the IQR"

@@ -938,3 +938,35 @@ def test_a_session_stopped_in_its_own_greenlet_captures_nothing_more_there(
         other.stop()
     assert walks == []
     assert [s.event for s in sessions[0].snapshots] == ["start", "switch_out", "switch_in", "stop"]
+
+
+def test_an_inner_session_stopped_in_the_greenlet_leaves_the_outer_one_recording() -> None:
+    # Stopping a session in its own greenlet lets the tracer forget that
+    # greenlet only when no other session watches it.
+    main = greenlet.getcurrent()
+    scope = greenprof.profile()
+
+    def wait_here() -> None:
+        main.switch()
+
+    def body() -> None:
+        with scope:
+            main.switch()
+        wait_here()  # after the inner session: the outer one's alone
+
+    def run() -> None:
+        with greenprof.profile() as outer:
+            body()
+        sessions.append(outer)
+
+    sessions: list[greenprof.Profiler] = []
+    glet = greenlet.greenlet(run)
+    while not glet.dead:
+        glet.switch()
+    outs = [s for s in sessions[0].snapshots if s.event == "switch_out"]
+
+    def name(frame: Frame) -> str:
+        return frame.function.rsplit(".", 1)[-1]
+
+    assert [name(s.stack[-1]) for s in outs] == ["body", "wait_here"]
+    assert [name(s.stack[-2]) for s in outs] == ["run", "body"]

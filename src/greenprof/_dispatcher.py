@@ -284,11 +284,16 @@ class SwitchDispatcher:
             found = self.watches.pop(watch, None)
             if found is not None and found is not watch:
                 self.watches[found] = found  # another watch of an equal greenlet: not ours
-            if self.get_running() is watch and thread_ident() == self.thread_id:
+            if (
+                self.get_running() is watch
+                and thread_ident() == self.thread_id
+                and watch() is greenlet.getcurrent()
+            ):
                 # Stopped in the greenlet itself (a request's session): its
                 # next switch-out would capture its stack for no one. (From
-                # another thread the tracer may be switching meanwhile: it
-                # drops the watch at the next switch.)
+                # another thread the tracer may be switching meanwhile, and a
+                # watch that is not the current greenlet's is stale: either
+                # way the tracer drops it at the next switch.)
                 self.set_running(None)
 
     def _forget(self, watch: GreenletWatch) -> None:
@@ -376,11 +381,13 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                                 buffer.records.append(record)
                             else:
                                 buffer.dropped += 1
-                running = get(target)
-                if running is not None and origin is not target:
+                # A local copy: a garbage collection started below may run
+                # code that unwatches it and resets ``running``.
+                running = entered = get(target)
+                if entered is not None and origin is not target:
                     kind = SWITCH_IN if event == "switch" else THROW
-                    record = (kind, now(), running.last_stack)
-                    for buffer in running.buffers:
+                    record = (kind, now(), entered.last_stack)
+                    for buffer in entered.buffers:
                         if buffer.count < buffer.limit:
                             buffer.count += 1
                             buffer.records.append(record)

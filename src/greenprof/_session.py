@@ -37,7 +37,7 @@ from ._dispatcher import (
 from ._naming import greenlet_name
 from ._sampler import SAMPLER, HybridTaker, ThreadTaker
 from ._signals import redeliver
-from ._stack import capture
+from ._stack import capture, clear_interned_if_full
 from ._threads import allocate_real_lock, thread_ident
 from .exceptions import (
     AlreadyProfilingError,
@@ -495,6 +495,7 @@ class Run:
             if target.dispatcher is not None and target.dispatcher is not released:
                 released = target.dispatcher
                 released.release()
+        clear_interned_if_full()
         if stopped - self.start_ns < options.min_duration_ns:
             self.discard()
             return

@@ -191,8 +191,10 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = MARKS) -> RawSt
 #: request's), makes the very same tuples, so reading its snapshots finds
 #: them formatted already, and records share them. The value keeps the
 #: stack below alive, so the id in its slot stays its own. A slot taken by
-#: another code at the same place is overwritten. Cleared when full (the
-#: tracer of any thread may add to it; each step is atomic).
+#: another code at the same place goes to the newer one. Once full it takes no
+#: more until a session's ``stop()`` clears it (the tracer of any thread
+#: may add to it; each step is atomic). It stays after the last session,
+#: up to ``MAX_INTERNED`` small tuples, as the formatter's caches do.
 _INTERNED: dict[int, tuple[Any, ...]] = {}
 MAX_INTERNED: Final = 1 << 14
 
@@ -204,10 +206,17 @@ def _interned(code: CodeType, lasti: int, below: RawStack) -> tuple[Any, ...]:
     found = interned.get(slot)
     if found is None or found[2] is not below or found[1] != lasti or found[0] is not code:
         found = (code, lasti, below)
-        if len(interned) >= MAX_INTERNED:
-            interned.clear()
-        interned[slot] = found
+        if len(interned) < MAX_INTERNED:  # full: cleared by a stop(), off the switch path
+            interned[slot] = found
     return found
+
+
+def clear_interned_if_full() -> None:
+    """Start the table of raw stacks afresh once it is full (a session's
+    ``stop()``: freeing its tuples, and the code objects only they held,
+    never happens on the switch path)."""
+    if len(_INTERNED) >= MAX_INTERNED:
+        _INTERNED.clear()
 
 
 def _measure(nodes: list[StackNode], below: int, key: RawStack) -> RawStack:

@@ -372,14 +372,14 @@ class FrameFormatter:
         self._done: dict[int, tuple[Frame, ...]] = {}
         self._done_raw: dict[int, tuple[Any, ...]] = {}
         self._lock = allocate_real_lock()
-        # The last raw stack of several frames formatted: (its code, offset,
-        # frames under the top, stack below, stack). Before 3.12 every
-        # snapshot is one such tuple, walked anew: a greenlet waiting at the
-        # same place again makes a new tuple equal to the last one, and
-        # comparing with that costs less than the key. (From 3.12 only a
-        # sampler's captures make such tuples.)
+        # The last raw stack of several frames formatted: (it, its codes and
+        # the raw stack below (``[0::2]``), the stack below, the stack).
+        # Before 3.12 every snapshot is one such tuple, walked anew: a
+        # greenlet waiting at the same place again makes a new tuple equal
+        # to the last one, and comparing with that costs less than the key.
+        # (From 3.12 only a sampler's captures make such tuples.)
         self._last: (
-            tuple[CodeType, int, tuple[Any, ...], tuple[Frame, ...], tuple[Frame, ...]] | None
+            tuple[tuple[Any, ...], tuple[Any, ...], tuple[Frame, ...], tuple[Frame, ...]] | None
         ) = None
         # (id(stack below), id(top code), top offset, len(rest)) -> a few
         # (top code, rest, stack) formatted with that top: see frames().
@@ -435,23 +435,21 @@ class FrameFormatter:
             code: CodeType = node[0]
             lasti: int = node[1]
             if len(node) > 3:
-                rest = node[2:-1]
                 # None below matches nothing: nothing was formatted yet.
                 last = self._last
                 if (
                     last is not None
-                    and last[3] is frames
-                    and last[1] == lasti
-                    and last[0] is code
-                    and last[2] == rest
+                    and last[2] is frames
+                    and last[0] == node
                     # == matches distinct code objects with equal bytecode;
                     # only the same code objects are the same stack.
-                    and all(map(is_, rest[0::2], last[2][0::2]))
+                    and all(map(is_, node[0::2], last[1]))
                 ):
-                    frames = last[4]
+                    frames = last[3]
                     done[id(node)] = frames
                     done_raw[id(node)] = node
                     continue
+                rest = node[2:-1]
                 # A stack formatted before (a request's wait sites come back
                 # again and again): found by its top frame, the frames under
                 # it and its length, then compared directly; cheaper than
@@ -460,7 +458,7 @@ class FrameFormatter:
                 seen = self._tops.get(top)
                 found = _same_run(rest, seen) if seen is not None else None
                 if found is not None:
-                    self._last = (code, lasti, rest, frames, found)
+                    self._last = (node, node[0::2], frames, found)
                     frames = found
                     done[id(node)] = frames
                     done_raw[id(node)] = node
@@ -481,7 +479,7 @@ class FrameFormatter:
             done[id(node)] = frames
             done_raw[id(node)] = node
             if rest:
-                self._last = (code, lasti, rest, below, frames)
+                self._last = (node, node[0::2], below, frames)
                 self._remember(top, code, rest, frames)
         return frames
 

@@ -381,10 +381,11 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                                 buffer.records.append(record)
                             else:
                                 buffer.dropped += 1
-                # A local copy: a garbage collection started below may run
-                # code that unwatches it and resets ``running``.
-                running = entered = get(target)
-                if entered is not None and origin is not target:
+                running = get(target)
+                if running is not None and origin is not target:
+                    # A local copy: a garbage collection started below may
+                    # run code that unwatches it and resets ``running``.
+                    entered = running
                     kind = SWITCH_IN if event == "switch" else THROW
                     record = (kind, now(), entered.last_stack)
                     for buffer in entered.buffers:

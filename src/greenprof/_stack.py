@@ -229,6 +229,7 @@ def _measure(nodes: list[StackNode], below: int, key: RawStack) -> RawStack:
     for new in reversed(nodes):
         code = new.code
         lasti = new.lasti
+        # _interned(), its hit inlined: a path walked before is the common case.
         found = interned.get(id(key) ^ lasti << 48)
         if found is None or found[2] is not key or found[1] != lasti or found[0] is not code:
             found = _interned(code, lasti, key)
@@ -340,8 +341,8 @@ class FrameFormatter:
     """Turns raw stacks into ``Frame`` tuples.
 
     Each raw stack's formatted stack is kept (in ``_done``, by the tuple's
-    id; the tuple in ``_done_raw``), so the outer frames stacks share are formatted
-    once; and formatted stacks are shared by content (keyed by the
+    id; the tuple in ``_done_raw``), so the outer frames stacks share are
+    formatted once; and formatted stacks are shared by content (keyed by the
     formatted stack below and the codes' ids and offsets), so the same path
     taken again in new tuples costs one lookup a tuple. Codes are kept in
     ``_codes`` while their ids are in keys, so an id is never reused

@@ -98,7 +98,7 @@ def shop(environ: dict[str, object], start_response: object) -> list[bytes]:
 def blocking_or_not(environ: dict[str, object], start_response: object) -> list[bytes]:
     if environ["PATH_INFO"] == "/block":
         gevent.sleep(0.001)  # resumes here
-        spin(0.05)  # 50 ms without a yield
+        spin(0.25)  # 250 ms without a yield
         gevent.sleep(0.001)  # yields here
     else:
         spin(0.0005)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import traceback
 from collections import Counter
+from types import FrameType
 from typing import Any
 
 import gevent
@@ -12,7 +15,8 @@ import greenlet
 import pytest
 
 import greenprof
-from greenprof._sampler import SAMPLER
+from greenprof._loop import BackgroundLoop
+from greenprof._sampler import SAMPLER, _greenprofs_own
 from greenprof.exceptions import ConfigurationError
 from greenprof.sinks import MemorySink
 
@@ -444,6 +448,95 @@ def test_thread_mode_labels_stay_right_under_a_tracer_that_chains_ours() -> None
         assert not any(f.filename.startswith(GREENPROF_DIR) for f in sample.stack)
         if sample.greenlet_id == id(target):
             assert sample.stack[0].function == "profiled_work"
+
+
+def blocked_in_a_loop_stop(release: threading.Event) -> BackgroundLoop:
+    """A loop whose step waits for ``release``: stopping it waits in greenprof's code."""
+
+    def step() -> float:
+        release.wait(10)
+        return 1.0
+
+    loop = BackgroundLoop(step, name="a step that waits")
+    loop.start()
+    return loop
+
+
+def program_work(loop: BackgroundLoop) -> None:
+    assert loop.stop(10)  # 150 ms in greenprof's code
+    busy(0.15)  # 150 ms in the program's
+
+
+def test_thread_mode_never_shows_greenprofs_own_work() -> None:
+    """A thread-mode sample taken while the sampled thread runs greenprof's
+    code (here a stop() waiting for its thread; under load, the start()
+    that started the sampling thread) is skipped, not shown as the
+    program's: a loaded machine once gave 62 such samples in 60 runs."""
+    release = threading.Event()
+    loop = blocked_in_a_loop_stop(release)
+    go = threading.Event()
+    worker = threading.Thread(target=lambda: (go.wait(10), program_work(loop)))
+    worker.start()
+    profiler = greenprof.Profiler(mode="thread", dump_period=0.001)
+    profiler.start(worker)
+    go.set()
+    time.sleep(0.15)
+    release.set()
+    worker.join()
+    profiler.stop()
+    samples = profiler.snapshots
+    in_busy = [s for s in samples if s.stack and s.stack[-1].function == "busy"]
+    assert len(in_busy) >= 20
+    assert all(s.stack[-2].function == "program_work" for s in in_busy)
+    for sample in samples:
+        assert not any(f.filename.startswith(GREENPROF_DIR) for f in sample.stack)
+
+
+def stack_of(thread: threading.Thread) -> FrameType:
+    for _ in range(1000):
+        frame = sys._current_frames()[thread.ident]  # type: ignore[index]
+        if any(f.f_code.co_name == "wait" for f, _ in traceback.walk_stack(frame)):
+            return frame
+        time.sleep(0.001)
+    raise AssertionError(f"{thread.name} never waited")
+
+
+def test_code_greenprof_calls_is_the_programs_and_greenprof_waiting_is_greenprofs() -> None:
+    release = threading.Event()
+
+    @greenprof.profile()
+    def handler() -> None:
+        release.wait(10)  # the program waits, in the standard library
+
+    def plain() -> None:
+        release.wait(10)
+
+    threads = [threading.Thread(target=f, name=f.__name__) for f in (handler, plain)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert [_greenprofs_own(stack_of(t)) for t in threads] == [False, False]
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join()
+
+    release.clear()
+    loop = blocked_in_a_loop_stop(release)
+    stopper = threading.Thread(target=loop.stop, args=(10,), name="stopper")
+    stopper.start()
+    try:
+        frame = sys._current_frames()[stopper.ident]  # type: ignore[index]
+        for _ in range(1000):
+            if frame.f_code.co_name == "stop":
+                break
+            time.sleep(0.001)
+            frame = sys._current_frames()[stopper.ident]  # type: ignore[index]
+        assert frame.f_code.co_name == "stop"
+        assert _greenprofs_own(frame)
+    finally:
+        release.set()
+        stopper.join()
 
 
 def test_follow_spawned_never_adopts_the_hub() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 import time
 from types import FrameType
 from typing import Any, Protocol
@@ -122,6 +123,14 @@ os.register_at_fork(after_in_child=SAMPLER._after_fork_in_child)
 # A sample taken while greenprof's tracer runs was taken in the middle of a
 # switch, when "the greenlet running" is ambiguous: it is skipped.
 _TRACER_FILE = dispatcher_module.__file__
+_PACKAGE_DIR = os.path.dirname(_TRACER_FILE) + os.sep
+#: Where frames that are neither the program's nor greenprof's come from:
+#: the standard library (``threading``'s waits, ``importlib``), and code
+#: that attrs generates for greenprof's classes.
+_LIBRARY_DIRS = tuple(
+    {os.path.join(sysconfig.get_path(name), "") for name in ("stdlib", "platstdlib")}
+)
+_GENERATED = ("<frozen ", "<attrs generated ")
 
 
 def _runs(glet: Any) -> bool:
@@ -134,12 +143,29 @@ def _runs(glet: Any) -> bool:
     return glet is not None and bool(glet) and glet.gr_frame is None
 
 
-def _mid_switch(frame: FrameType) -> bool:
-    """Whether the thread is inside greenprof's tracer (at any depth: other
-    tracers may run below or above it)."""
+def _is_library(filename: str) -> bool:
+    return (
+        filename.startswith(_LIBRARY_DIRS) and "-packages" + os.sep not in filename
+    ) or filename.startswith(_GENERATED)
+
+
+def _greenprofs_own(frame: FrameType) -> bool:
+    """Whether a sample of the thread at ``frame`` would show greenprof at
+    work rather than the program: the thread is inside greenprof's tracer
+    (at any depth: other tracers may run below or above it), or the
+    innermost frame that is not the standard library's is greenprof's (a
+    ``start()`` waiting for the sampling thread to run, a ``stop()``, a
+    report being read). The program's code that greenprof calls (a
+    decorated handler, a middleware's application) is the program's."""
+    below_the_program = False
     while frame is not None:
-        if frame.f_code.co_filename == _TRACER_FILE:
+        filename = frame.f_code.co_filename
+        if filename == _TRACER_FILE:
             return True
+        if not below_the_program and not _is_library(filename):
+            if filename.startswith(_PACKAGE_DIR):
+                return True
+            below_the_program = True
         frame = frame.f_back  # type: ignore[assignment]
     return False
 
@@ -182,7 +208,7 @@ class HybridTaker:
         frame = sys._current_frames().get(self.dispatcher.thread_id)
         if (
             frame is None
-            or _mid_switch(frame)
+            or _greenprofs_own(frame)
             or self.dispatcher.get_running() is not watch
             or buffer.count + buffer.dropped != before
             or not _runs(glet)
@@ -223,7 +249,7 @@ class ThreadTaker:
         if running is not None and not _runs(running):
             return
         frame = sys._current_frames().get(self.thread_id)
-        if frame is None or _mid_switch(frame):
+        if frame is None or _greenprofs_own(frame):
             return
         if dispatcher is not None and dispatcher.switches != before:
             return

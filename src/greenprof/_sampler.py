@@ -131,6 +131,8 @@ _LIBRARY_DIRS = tuple(
     {os.path.join(sysconfig.get_path(name), "") for name in ("stdlib", "platstdlib")}
 )
 _GENERATED = ("<frozen ", "<attrs generated ")
+#: The one module of greenprof that is a program (``greenprof demo``'s service).
+_DEMO_FILE = os.path.join(_PACKAGE_DIR, "_demo.py")
 
 
 def _runs(glet: Any) -> bool:
@@ -163,7 +165,7 @@ def _greenprofs_own(frame: FrameType) -> bool:
         if filename == _TRACER_FILE:
             return True
         if not below_the_program and not _is_library(filename):
-            if filename.startswith(_PACKAGE_DIR):
+            if filename.startswith(_PACKAGE_DIR) and filename != _DEMO_FILE:
                 return True
             below_the_program = True
         frame = frame.f_back  # type: ignore[assignment]

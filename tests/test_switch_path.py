@@ -940,6 +940,37 @@ def test_a_session_stopped_in_its_own_greenlet_captures_nothing_more_there(
     assert [s.event for s in sessions[0].snapshots] == ["start", "switch_out", "switch_in", "stop"]
 
 
+@pytest.mark.parametrize("min_duration", [0.0, 3600.0])
+def test_a_session_too_short_to_keep_walks_nothing_where_it_stops(
+    monkeypatch: pytest.MonkeyPatch, min_duration: float
+) -> None:
+    # Its records are dropped unread: the stop record's stack is not walked.
+    from greenprof import _session
+
+    walks: list[int] = []
+    capture = _session.capture
+
+    def counted(frame: Any, depth: int, **options: Any) -> Any:
+        walks.append(depth)
+        return capture(frame, depth, **options)
+
+    monkeypatch.setattr(_session, "capture", counted)
+    profiler = greenprof.Profiler(min_duration=min_duration)
+    profiler.start()
+    walks.clear()
+    profiler.stop()
+    if min_duration:
+        assert walks == []
+        assert profiler.discarded
+        assert profiler.snapshots == []
+    else:
+        assert walks == [profiler.options.max_depth]
+        assert [s.event for s in profiler.snapshots] == ["start", "stop"]
+        assert profiler.snapshots[-1].stack[-1].function == function_name(
+            test_a_session_too_short_to_keep_walks_nothing_where_it_stops
+        )
+
+
 def test_an_inner_session_stopped_in_the_greenlet_leaves_the_outer_one_recording() -> None:
     # Stopping a session in its own greenlet lets the tracer forget that
     # greenlet only when no other session watches it.

@@ -476,13 +476,16 @@ class Run:
         stopped = self.stop_ns = self.pipeline.offset_ns + stopped_perf  # wall_ns(), inlined
         self.stopping = True  # no more adoptions (the tracer may be in another thread)
         options = self.pipeline.options
+        # Shorter than min_duration: nothing recorded will be read, so where
+        # it stops is not walked.
+        discarding = stopped - self.start_ns < options.min_duration_ns
         current = greenlet.getcurrent()
         bounds = self.bounds
         released = None
         for target in targets:
             buffer, watch = target.buffer, target.watch
             if watch is not None and target.dispatcher is not None:  # greenlet and hybrid modes
-                if buffer.limit and watch() is current:
+                if buffer.limit and not discarding and watch() is current:
                     # Where the session stops, in the greenlet it ran in.
                     caller = _caller(caller)
                     buffer.add((STOP, stopped_perf, capture(caller, buffer.depth)))
@@ -496,7 +499,7 @@ class Run:
                 released = target.dispatcher
                 released.release()
         clear_interned_if_full()
-        if stopped - self.start_ns < options.min_duration_ns:
+        if discarding:
             self.discard()
             return
         _name_targets(targets)

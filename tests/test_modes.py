@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import queue
 import sys
 import threading
 import time
@@ -517,6 +519,31 @@ def test_code_greenprof_calls_is_the_programs_and_greenprof_waiting_is_greenprof
     try:
         assert [_greenprofs_own(stack_of(t)) for t in threads] == [False, False]
     finally:
+        release.set()
+        for thread in threads:
+            thread.join()
+
+    # The standard library is the program's, called by greenprof or not;
+    # threading's waits are greenprof's when greenprof called them.
+    jobs: queue.Queue[None] = queue.Queue()
+    greenprofs = compile(
+        "def hold(event):\n    event.wait(10)\n",
+        os.path.join(GREENPROF_DIR, "_waits_here.py"),
+        "exec",
+    )
+    namespace: dict[str, Any] = {}
+    exec(greenprofs, namespace)  # a function in greenprof's folder, as its own code is
+    release.clear()
+    threads = [
+        threading.Thread(target=greenprof.profile()(jobs.get), name="decorated stdlib"),
+        threading.Thread(target=namespace["hold"], args=(release,), name="greenprof waiting"),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        assert [_greenprofs_own(stack_of(t)) for t in threads] == [False, True]
+    finally:
+        jobs.put(None)
         release.set()
         for thread in threads:
             thread.join()

@@ -584,6 +584,28 @@ def test_no_stack_starts_in_greenprof_runpy_or_importlib(
     }
 
 
+@pytest.mark.parametrize("mode", ["thread", "hybrid"])
+def test_a_standard_library_program_is_the_programs(tmp_path: Path, mode: str) -> None:
+    # Run by greenprof's launcher, its samples are all in the standard
+    # library: they are the program's, not greenprof at work.
+    data = tmp_path / "in.json"
+    data.write_text(json.dumps([{"row": i, "cells": list(range(20))} for i in range(100_000)]))
+    out = tmp_path / "tool.jsonl"
+    result = greenprof_command(
+        "run", "--mode", mode, "--interval", "0.001", "-o", str(out),
+        "-m", "json.tool", "--indent", "2", str(data), str(tmp_path / "out.json"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    samples = [s for s in greenprof.load(out) if s.event == "sample"]
+    assert len(samples) >= 20
+    tool = os.path.join("json", "tool.py")
+    in_tool = [s for s in samples if any(f.filename.endswith(tool) for f in s.stack)]
+    assert len(in_tool) >= 0.9 * len(samples)
+    for sample in samples:
+        assert not sample.stack[-1].filename.startswith(GREENPROF_DIR)
+
+
 # -- the arguments, split as python splits them -----------------------------------------
 
 WITH_VALUES = {"-o", "--output", "--mode", "-m"}

@@ -940,9 +940,10 @@ def test_a_session_stopped_in_its_own_greenlet_captures_nothing_more_there(
     assert [s.event for s in sessions[0].snapshots] == ["start", "switch_out", "switch_in", "stop"]
 
 
+@pytest.mark.parametrize("follow_spawned", [False, True])  # a request's stop(), the general one
 @pytest.mark.parametrize("min_duration", [0.0, 3600.0])
 def test_a_session_too_short_to_keep_walks_nothing_where_it_stops(
-    monkeypatch: pytest.MonkeyPatch, min_duration: float
+    monkeypatch: pytest.MonkeyPatch, min_duration: float, follow_spawned: bool
 ) -> None:
     # Its records are dropped unread: the stop record's stack is not walked.
     from greenprof import _session
@@ -955,7 +956,7 @@ def test_a_session_too_short_to_keep_walks_nothing_where_it_stops(
         return capture(frame, depth, **options)
 
     monkeypatch.setattr(_session, "capture", counted)
-    profiler = greenprof.Profiler(min_duration=min_duration)
+    profiler = greenprof.Profiler(min_duration=min_duration, follow_spawned=follow_spawned)
     profiler.start()
     walks.clear()
     profiler.stop()

@@ -7,9 +7,10 @@ samples, and comes back in a child after ``os.fork()``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-import sysconfig
+import threading
 import time
 from types import FrameType
 from typing import Any, Protocol
@@ -124,13 +125,13 @@ os.register_at_fork(after_in_child=SAMPLER._after_fork_in_child)
 # switch, when "the greenlet running" is ambiguous: it is skipped.
 _TRACER_FILE = dispatcher_module.__file__
 _PACKAGE_DIR = os.path.dirname(_TRACER_FILE) + os.sep
-#: Where frames that are neither the program's nor greenprof's come from:
-#: the standard library (``threading``'s waits, ``importlib``), and code
-#: that attrs generates for greenprof's classes.
-_LIBRARY_DIRS = tuple(
-    {os.path.join(sysconfig.get_path(name), "") for name in ("stdlib", "platstdlib")}
-)
-_GENERATED = ("<frozen ", "<attrs generated ")
+#: Code greenprof's own work waits or runs in without being greenprof's:
+#: ``threading``'s locks and events, ``contextlib``'s context managers,
+#: ``importlib`` (frozen) and what attrs generates. Any other code is the
+#: program's, the standard library's included (``greenprof run -m json.tool``
+#: profiles ``json``).
+_PASSED_FILES = frozenset({threading.__file__, contextlib.__file__})
+_PASSED_PREFIXES = ("<frozen ", "<attrs generated ")
 #: The one module of greenprof that is a program (``greenprof demo``'s service).
 _DEMO_FILE = os.path.join(_PACKAGE_DIR, "_demo.py")
 
@@ -145,26 +146,25 @@ def _runs(glet: Any) -> bool:
     return glet is not None and bool(glet) and glet.gr_frame is None
 
 
-def _is_library(filename: str) -> bool:
-    return (
-        filename.startswith(_LIBRARY_DIRS) and "-packages" + os.sep not in filename
-    ) or filename.startswith(_GENERATED)
+def _passed(filename: str) -> bool:
+    return filename in _PASSED_FILES or filename.startswith(_PASSED_PREFIXES)
 
 
 def _greenprofs_own(frame: FrameType) -> bool:
     """Whether a sample of the thread at ``frame`` would show greenprof at
     work rather than the program: the thread is inside greenprof's tracer
     (at any depth: other tracers may run below or above it), or the
-    innermost frame that is not the standard library's is greenprof's (a
-    ``start()`` waiting for the sampling thread to run, a ``stop()``, a
-    report being read). The program's code that greenprof calls (a
-    decorated handler, a middleware's application) is the program's."""
+    innermost frame not in code it passes through (``_PASSED_FILES``) is
+    greenprof's (a ``start()`` waiting for the sampling thread to run, a
+    ``stop()``, a report being read). The program's code that greenprof
+    calls (a decorated handler, a middleware's application, a module
+    ``greenprof run`` runs) is the program's."""
     below_the_program = False
     while frame is not None:
         filename = frame.f_code.co_filename
         if filename == _TRACER_FILE:
             return True
-        if not below_the_program and not _is_library(filename):
+        if not below_the_program and not _passed(filename):
             if filename.startswith(_PACKAGE_DIR) and filename != _DEMO_FILE:
                 return True
             below_the_program = True

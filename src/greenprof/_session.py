@@ -517,8 +517,8 @@ class Run:
         dispatcher, buffer, watch = target.dispatcher, target.buffer, target.watch
         assert dispatcher is not None  # greenlet mode: a watch in this dispatcher
         assert watch is not None
-        if dispatcher.thread_id == thread_ident() and dispatcher.watches:
-            dispatcher.ensure_installed()  # counts a tracer other code removed
+        if dispatcher.thread_id == thread_ident() and (dispatcher.watches or dispatcher.tracking):
+            dispatcher.ensure_installed()  # counts a tracer other code removed (recheck_tracer)
         stopped_perf = time.perf_counter_ns()
         stopped = self.stop_ns = self.pipeline.offset_ns + stopped_perf
         discarding = stopped - self.start_ns < self.pipeline.options.min_duration_ns

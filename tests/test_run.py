@@ -593,16 +593,20 @@ def test_a_standard_library_program_is_the_programs(tmp_path: Path, mode: str) -
     out = tmp_path / "tool.jsonl"
     result = greenprof_command(
         "run", "--mode", mode, "--interval", "0.001", "-o", str(out),
-        "-m", "json.tool", "--indent", "2", str(data), str(tmp_path / "out.json"),
+        "-m", "json.tool", "--indent", "2", str(data), os.devnull,
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     samples = [s for s in greenprof.load(out) if s.event == "sample"]
-    assert len(samples) >= 20
+    # How many depends on when Python hands the sampler the GIL (on 3.10,
+    # from 20 to 800 samples of about a second): any at all means they are
+    # the program's.
+    assert len(samples) >= 5
     tool = os.path.join("json", "tool.py")
     in_tool = [s for s in samples if any(f.filename.endswith(tool) for f in s.stack)]
     assert len(in_tool) >= 0.9 * len(samples)
-    for sample in samples:
+    for sample in samples:  # none taken as greenprof's launcher finds the module
+        assert sample.stack
         assert not sample.stack[-1].filename.startswith(GREENPROF_DIR)
 
 

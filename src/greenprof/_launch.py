@@ -30,7 +30,7 @@ __all__ = ["Ending", "Launch", "Program", "print_uncaught", "split_arguments"]
 #: Files whose frames run a program without being part of it: runpy and
 #: importlib, frozen or not (``<frozen runpy>`` on 3.11+), and pkgutil,
 #: which runpy reads code with.
-_MACHINERY_FILES: Final = frozenset(
+MACHINERY_FILES: Final = frozenset(
     {
         runpy.__file__,
         "<frozen runpy>",
@@ -205,7 +205,7 @@ class Launch:
         """Whether a frame of ``filename`` launched the program rather than
         being part of it."""
         return (
-            filename in _MACHINERY_FILES
+            filename in MACHINERY_FILES
             or filename in self._callers
             or filename.startswith(_MACHINERY_DIRS)
         )

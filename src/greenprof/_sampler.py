@@ -8,6 +8,7 @@ samples, and comes back in a child after ``os.fork()``.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 import threading
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 from . import _dispatcher as dispatcher_module
 from ._buffer import SAMPLE, GreenletBuffer
 from ._dispatcher import GreenletWatch, SwitchDispatcher
+from ._launch import MACHINERY_FILES
 from ._loop import BackgroundLoop
 from ._naming import greenlet_name
 from ._stack import capture
@@ -127,11 +129,16 @@ _TRACER_FILE = dispatcher_module.__file__
 _PACKAGE_DIR = os.path.dirname(_TRACER_FILE) + os.sep
 #: Code greenprof's own work waits or runs in without being greenprof's:
 #: ``threading``'s locks and events, ``contextlib``'s context managers,
-#: ``importlib`` (frozen) and what attrs generates. Any other code is the
+#: what attrs generates, and what ``greenprof run`` starts a program with
+#: (runpy, pkgutil, importlib, frozen or not). Any other code is the
 #: program's, the standard library's included (``greenprof run -m json.tool``
 #: profiles ``json``).
-_PASSED_FILES = frozenset({threading.__file__, contextlib.__file__})
-_PASSED_PREFIXES = ("<frozen ", "<attrs generated ")
+_PASSED_FILES = MACHINERY_FILES | {threading.__file__, contextlib.__file__}
+_PASSED_PREFIXES = (
+    "<frozen ",
+    "<attrs generated ",
+    os.path.dirname(os.path.abspath(importlib.__file__)) + os.sep,
+)
 #: The one module of greenprof that is a program (``greenprof demo``'s service).
 _DEMO_FILE = os.path.join(_PACKAGE_DIR, "_demo.py")
 

@@ -9,6 +9,7 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -494,13 +495,18 @@ def test_thread_mode_never_shows_greenprofs_own_work() -> None:
         assert not any(f.filename.startswith(GREENPROF_DIR) for f in sample.stack)
 
 
-def stack_of(thread: threading.Thread) -> FrameType:
+def frame_when(thread: threading.Thread, ready: Callable[[FrameType], bool]) -> FrameType:
+    """``thread``'s current frame, once ``ready`` says it is where it should be."""
     for _ in range(1000):
         frame = sys._current_frames()[thread.ident]  # type: ignore[index]
-        if any(f.f_code.co_name == "wait" for f, _ in traceback.walk_stack(frame)):
+        if ready(frame):
             return frame
         time.sleep(0.001)
-    raise AssertionError(f"{thread.name} never waited")
+    raise AssertionError(f"{thread.name} never got there")
+
+
+def waiting(frame: FrameType) -> bool:
+    return any(f.f_code.co_name == "wait" for f, _ in traceback.walk_stack(frame))
 
 
 def test_code_greenprof_calls_is_the_programs_and_greenprof_waiting_is_greenprofs() -> None:
@@ -517,7 +523,7 @@ def test_code_greenprof_calls_is_the_programs_and_greenprof_waiting_is_greenprof
     for thread in threads:
         thread.start()
     try:
-        assert [_greenprofs_own(stack_of(t)) for t in threads] == [False, False]
+        assert [_greenprofs_own(frame_when(t, waiting)) for t in threads] == [False, False]
     finally:
         release.set()
         for thread in threads:
@@ -541,7 +547,7 @@ def test_code_greenprof_calls_is_the_programs_and_greenprof_waiting_is_greenprof
     for thread in threads:
         thread.start()
     try:
-        assert [_greenprofs_own(stack_of(t)) for t in threads] == [False, True]
+        assert [_greenprofs_own(frame_when(t, waiting)) for t in threads] == [False, True]
     finally:
         jobs.put(None)
         release.set()
@@ -553,12 +559,7 @@ def test_code_greenprof_calls_is_the_programs_and_greenprof_waiting_is_greenprof
     stopper = threading.Thread(target=loop.stop, args=(10,), name="stopper")
     stopper.start()
     try:
-        frame = sys._current_frames()[stopper.ident]  # type: ignore[index]
-        for _ in range(1000):
-            if frame.f_code.co_name == "stop":
-                break
-            time.sleep(0.001)
-            frame = sys._current_frames()[stopper.ident]  # type: ignore[index]
+        frame = frame_when(stopper, lambda f: f.f_code.co_name == "stop")
         assert frame.f_code.co_name == "stop"
         assert _greenprofs_own(frame)
     finally:

@@ -517,8 +517,7 @@ class Run:
         dispatcher, buffer, watch = target.dispatcher, target.buffer, target.watch
         assert dispatcher is not None  # greenlet mode: a watch in this dispatcher
         assert watch is not None
-        if dispatcher.thread_id == thread_ident() and (dispatcher.watches or dispatcher.tracking):
-            dispatcher.ensure_installed()  # counts a tracer other code removed (recheck_tracer)
+        recheck_tracer((target,))  # counts a tracer other code removed
         stopped_perf = time.perf_counter_ns()
         stopped = self.stop_ns = self.pipeline.offset_ns + stopped_perf
         discarding = stopped - self.start_ns < self.pipeline.options.min_duration_ns
@@ -838,7 +837,7 @@ def _new_session(*values: object) -> Session:
     return session
 
 
-def recheck_tracer(targets: list[_Target]) -> None:
+def recheck_tracer(targets: Iterable[_Target]) -> None:
     """Re-install the calling thread's tracer if other code removed it."""
     ident = thread_ident()
     checked = None

@@ -142,11 +142,87 @@ def switch_traced(glet: greenlet.greenlet, tracer: Any) -> object:
         sys.settrace(previous)
 
 
-def test_every_switch_out_is_the_stack_traceback_sees() -> None:
+@pytest.mark.parametrize("min_duration", [0.0, 1e-9], ids=["marking", "min_duration"])
+def test_every_switch_out_is_the_stack_traceback_sees(min_duration: float) -> None:
+    # With min_duration (here so short that every session is kept) the walks
+    # leave no marks: whole stacks, the same as traceback's too.
     for seed in range(6):
-        got, wanted = run_script(seed, 4000, max_depth=500)
+        got, wanted = run_script(seed, 4000, max_depth=500, min_duration=min_duration)
         assert len(got) > 100
         assert got == wanted
+
+
+def _marked_frames(frame: FrameType | None) -> int:
+    marked = 0
+    while frame is not None:
+        marked += isinstance(frame.f_trace, StackNode)
+        frame = frame.f_back
+    return marked
+
+
+@pytest.mark.skipif(not MARKS, reason="nothing is marked before 3.12")
+def test_a_session_min_duration_will_likely_drop_marks_no_frame() -> None:
+    # Marking pays off when snapshots are read; most sessions with a
+    # min_duration are dropped unread, and walking their whole stacks costs
+    # less than marking it. A session without one, on the same stack, marks.
+    main = greenlet.getcurrent()
+
+    def deep(n: int) -> None:
+        if n:
+            deep(n - 1)
+        else:
+            while True:
+                main.switch()
+
+    def switch_under(glet: greenlet.greenlet, **options: Any) -> greenprof.Profiler:
+        with greenprof.profile(glet, **options) as profiler:
+            for _ in range(4):
+                glet.switch()
+        return profiler
+
+    glet = greenlet.greenlet(deep)
+    glet.switch(12)
+    dropped = switch_under(glet, min_duration=3600)
+    assert dropped.discarded
+    assert _marked_frames(glet.gr_frame) == 0
+    kept = switch_under(glet, min_duration=1e-9)
+    assert not kept.discarded
+    assert _marked_frames(glet.gr_frame) == 0
+    outs = [s.stack for s in kept.snapshots if s.event == "switch_out"]
+    assert len(outs) == 4
+    assert [f.function.rsplit(".", 1)[-1] for f in outs[0][-14:]] == ["deep"] * 13
+    switch_under(glet)
+    assert _marked_frames(glet.gr_frame) >= 13
+
+
+@pytest.mark.parametrize("order", ["marking first", "min_duration first"])
+def test_a_greenlet_watched_by_both_kinds_of_session_records_exact_stacks(order: str) -> None:
+    main = greenlet.getcurrent()
+    script = Script(3, 3000, main)
+    glet = greenlet.greenlet(script.run)
+    counter = SwitchCounter(glet)
+    marking = greenprof.Profiler(max_snapshots=100_000, max_depth=500)
+    rare = greenprof.Profiler(max_snapshots=100_000, max_depth=500, min_duration=1e-9)
+    first, second = (marking, rare) if order == "marking first" else (rare, marking)
+    counter.install()
+    try:
+        first.start(glet)
+        for _ in range(100):
+            glet.switch()
+        second.start(glet)
+        for _ in range(400):
+            if glet.dead:
+                break
+            glet.switch()
+        second.stop()
+        first.stop()
+    finally:
+        counter.uninstall()
+    wanted = counter.stacks
+    for profiler, skipped in ((first, 0), (second, 100)):
+        got = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
+        assert len(got) > 100
+        assert got == wanted[skipped : skipped + len(got)]
 
 
 @pytest.mark.skipif(not MARKS, reason="one raw stack per path needs marks (3.12+)")

@@ -11,7 +11,7 @@ from typing import Final
 
 import greenlet
 
-from ._stack import RawStack
+from ._stack import MARKS, RawStack
 
 # Event codes stored on the switch path; indexes into ``snapshot.EVENTS``.
 SWITCH_IN: Final = 0
@@ -45,6 +45,7 @@ class GreenletBuffer:
         "greenlet_id",
         "greenlet_name",
         "limit",
+        "marks",
         "parent_id",
         "records",
         "run",
@@ -85,6 +86,11 @@ class GreenletBuffer:
         #: A weak reference to the session, when one of its sinks looks at
         #: its greenlets' run slices as they happen (``BlockingMonitor``).
         self.run: Callable[[], object] | None = None
+        #: Whether walks for it leave marks in frames (3.12+, see ``_stack``).
+        #: False for a session that ``min_duration`` will most likely drop:
+        #: marking pays off when the snapshots are read, and costs more than
+        #: walking the whole stack on a switch path nobody reads.
+        self.marks = MARKS
 
     def add(self, record: Record) -> None:
         """Append from outside the switch path (the sampler thread)."""

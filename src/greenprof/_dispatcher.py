@@ -51,12 +51,14 @@ class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
     instead of walking frames again.
     """
 
-    __slots__ = ("_hash", "buffers", "depth", "last_stack")
+    __slots__ = ("_hash", "buffers", "depth", "last_stack", "marks")
 
     _hash: int
     buffers: tuple[GreenletBuffer, ...]
     depth: int
     last_stack: RawStack
+    #: Whether its walks leave marks: if any of its buffers' do.
+    marks: bool
 
     @classmethod
     def of(
@@ -64,6 +66,7 @@ class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
         glet: greenlet.greenlet,
         forget: Callable[[GreenletWatch], None],
         depth: int,
+        marks: bool = MARKS,
     ) -> GreenletWatch:
         """A watch of ``glet``; ``forget`` is called with it once ``glet``
         is freed. (Made without ``__init__``: one is made per request.)"""
@@ -72,6 +75,7 @@ class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
         watch.buffers = ()
         watch.depth = depth
         watch.last_stack = EMPTY_STACK
+        watch.marks = marks
         return watch
 
     def __hash__(self) -> int:
@@ -259,15 +263,17 @@ class SwitchDispatcher:
         watch = self.watches.get(glet)
         running = glet is greenlet.getcurrent()
         if watch is None:
-            watch = GreenletWatch.of(glet, self.forget, buffer.depth)
+            watch = GreenletWatch.of(glet, self.forget, buffer.depth, buffer.marks)
             if not running and glet.gr_frame is not None:
                 # Suspended: it will resume right here. (Running now: its next
                 # event is a switch-out, which captures its stack. Not started:
                 # it starts with no stack.)
-                watch.last_stack = capture(glet.gr_frame, buffer.depth)
-        elif buffer.depth > watch.depth and not running and glet.gr_frame is not None:
-            # A deeper session joins: its first switch-in gets the whole stack.
-            watch.last_stack = capture(glet.gr_frame, buffer.depth)
+                watch.last_stack = capture(glet.gr_frame, buffer.depth, mark=watch.marks)
+        else:
+            watch.marks = watch.marks or buffer.marks
+            if buffer.depth > watch.depth and not running and glet.gr_frame is not None:
+                # A deeper session joins: its first switch-in gets the whole stack.
+                watch.last_stack = capture(glet.gr_frame, buffer.depth, mark=watch.marks)
         watch.depth = max(watch.depth, buffer.depth)
         watch.buffers = (*watch.buffers, buffer)
         self.watches[watch] = watch
@@ -356,11 +362,12 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                             watch.last_stack = EMPTY_STACK
                             record = (EXIT if origin.dead else SWITCH_OUT, now(), EMPTY_STACK)
                         else:
-                            # Before 3.12, the whole stack. Else the commonest
+                            # Before 3.12, and for sessions min_duration will
+                            # likely drop, the whole stack. Else the commonest
                             # case is inlined: the top frame is where it stopped
                             # last time, still in the same call (see _stack).
                             stack: RawStack
-                            if not MARKS:
+                            if not watch.marks:
                                 stack = walk_whole(frame, watch.depth)
                             elif (
                                 type(mark := frame.f_trace) is StackNode
@@ -461,7 +468,7 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
             while frame is not None and frame.f_code in own_code:
                 frame = frame.f_back
             if frame is not None:
-                watch.last_stack = capture(frame, watch.depth)
+                watch.last_stack = capture(frame, watch.depth, mark=watch.marks)
             record = (SWITCH_IN, now(), watch.last_stack)
             for buffer in watch.buffers:
                 buffer.add(record)

@@ -253,7 +253,8 @@ class Run:
             if running and mode != "thread" and buffer.limit:
                 # Where the session starts: a request that never yields still
                 # shows where its time went.
-                buffer.add((START, started, capture(_caller(caller), buffer.depth)))
+                start_stack = capture(_caller(caller), buffer.depth, mark=buffer.marks)
+                buffer.add((START, started, start_stack))
             if mode == "thread":
                 dispatcher.start_tracking()
                 record.tracking = True
@@ -306,9 +307,12 @@ class Run:
         )
         if pipeline.delivery.slice_watchers:
             buffer.run = weakref.ref(self)
+        if options.min_duration_ns:
+            buffer.marks = False  # most likely dropped: see GreenletBuffer.marks
         started = time.perf_counter_ns()
         buffer.count = 1  # max_snapshots >= 1: the start record always fits
-        buffer.records.append((START, started, capture(_caller(caller), buffer.depth)))
+        start_stack = capture(_caller(caller), buffer.depth, mark=buffer.marks)
+        buffer.records.append((START, started, start_stack))
         record = _Target(key, buffer, dispatcher)
         record.watch = record.ref = dispatcher.watch(glet, buffer)
         self.start_ns = wall = pipeline.offset_ns + started
@@ -434,6 +438,8 @@ class Run:
         )
         if self.pipeline.delivery.slice_watchers:
             buffer.run = weakref.ref(self)
+        if options.min_duration_ns:
+            buffer.marks = False  # most likely dropped: see GreenletBuffer.marks
         return buffer
 
     def _adopt(self, child: greenlet.greenlet, parent: GreenletBuffer) -> GreenletBuffer | None:
@@ -491,7 +497,8 @@ class Run:
                 if buffer.limit and not discarding and watch() is current:
                     # Where the session stops, in the greenlet it ran in.
                     caller = _caller(caller)
-                    buffer.add((STOP, stopped_perf, capture(caller, buffer.depth)))
+                    stop_stack = capture(caller, buffer.depth, mark=buffer.marks)
+                    buffer.add((STOP, stopped_perf, stop_stack))
                 bounds[buffer.greenlet_id] = (bounds[buffer.greenlet_id][0], stopped)
             self._take_down(target)
         if self.adopted or self.children:
@@ -522,7 +529,8 @@ class Run:
         stopped = self.stop_ns = self.pipeline.offset_ns + stopped_perf
         discarding = stopped - self.start_ns < self.pipeline.options.min_duration_ns
         if buffer.limit and not discarding and watch() is greenlet.getcurrent():
-            buffer.add((STOP, stopped_perf, capture(_caller(caller), buffer.depth)))
+            stop_stack = capture(_caller(caller), buffer.depth, mark=buffer.marks)
+            buffer.add((STOP, stopped_perf, stop_stack))
         bounds = self.bounds
         bounds[buffer.greenlet_id] = (bounds[buffer.greenlet_id][0], stopped)
         dispatcher.unwatch(watch, buffer)

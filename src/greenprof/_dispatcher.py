@@ -43,7 +43,8 @@ class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
     reference to it (calling the watch gives the greenlet, or None once it
     was freed, when ``forget`` drops the watch).
 
-    A watch hashes like its greenlet and compares equal to it, so
+    A watch hashes like its greenlet (a weak reference's own hash, in C,
+    cached when the watch is made) and compares equal to it, so
     ``watches.get(greenlet)`` finds it while the dispatcher holds the greenlet
     only weakly. A miss (an unwatched greenlet) never runs Python code: the
     hashes differ. ``last_stack`` is where the greenlet is suspended: a
@@ -51,9 +52,8 @@ class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
     instead of walking frames again.
     """
 
-    __slots__ = ("_hash", "buffers", "depth", "last_stack", "marks")
+    __slots__ = ("buffers", "depth", "last_stack", "marks")
 
-    _hash: int
     buffers: tuple[GreenletBuffer, ...]
     depth: int
     last_stack: RawStack
@@ -71,15 +71,14 @@ class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
         """A watch of ``glet``; ``forget`` is called with it once ``glet``
         is freed. (Made without ``__init__``: one is made per request.)"""
         watch: GreenletWatch = _new_ref(cls, glet, forget)
-        watch._hash = hash(glet)
+        hash(watch)  # computed now, while glet lives: kept for after
         watch.buffers = ()
         watch.depth = depth
         watch.last_stack = EMPTY_STACK
         watch.marks = marks
         return watch
 
-    def __hash__(self) -> int:
-        return self._hash
+    __hash__ = weakref.ref.__hash__
 
     def __eq__(self, other: object) -> bool:
         return other is self or other is self()

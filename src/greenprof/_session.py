@@ -565,8 +565,12 @@ class Run:
             for buffer in self.buffers:
                 buffer.records.clear()
             self.buffers = []
-            self.raw = []
-            self.built = []
+            # New lists only if something was taken or built (a reader may
+            # hold the old ones): a request's dropped session has neither.
+            if self.raw:
+                self.raw = []
+            if self.built:
+                self.built = []
             self.handed = self.sequence = 0
             self.discarded = True
             for batch in self.batches:

@@ -214,6 +214,8 @@ def test_a_greenlet_watched_by_both_kinds_of_session_records_exact_stacks(order:
             if glet.dead:
                 break
             glet.switch()
+        if MARKS:  # the marking session's walks mark, whichever came first
+            assert _marked_frames(glet.gr_frame) > 0
         second.stop()
         first.stop()
     finally:
@@ -223,6 +225,98 @@ def test_a_greenlet_watched_by_both_kinds_of_session_records_exact_stacks(order:
         got = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
         assert len(got) > 100
         assert got == wanted[skipped : skipped + len(got)]
+
+
+@pytest.mark.parametrize("marking_leaves", [True, False], ids=["leaves", "stays"])
+def test_a_greenlet_stops_marking_when_its_marking_session_leaves(marking_leaves: bool) -> None:
+    main = greenlet.getcurrent()
+
+    def hop(n: int) -> None:
+        if n:
+            hop(n - 1)
+        else:
+            main.switch()
+
+    glet = greenlet.greenlet(hop)
+    rare = greenprof.Profiler(min_duration=1e-9)
+    marking = greenprof.Profiler()
+    rare.start(glet)
+    marking.start(glet)
+    try:
+        if marking_leaves:
+            marking.stop()
+        glet.switch(6)  # its first switch-out: walked with marks only if marking stayed
+        marked = _marked_frames(glet.gr_frame)
+    finally:
+        rare.stop()
+        if marking.is_running:
+            marking.stop()
+    if marking_leaves or not MARKS:
+        assert marked == 0
+    else:
+        assert marked >= 7
+    outs = [s.stack for s in rare.snapshots if s.event == "switch_out"]
+    assert [f.function.rsplit(".", 1)[-1] for f in outs[0][-7:]] == ["hop"] * 7
+
+
+@pytest.mark.skipif(not MARKS, reason="nothing is marked before 3.12")
+@pytest.mark.parametrize("min_duration", [3600.0, 1e-9], ids=["dropped", "kept"])
+def test_a_min_duration_session_marks_nothing_where_it_starts_and_stops(
+    min_duration: float,
+) -> None:
+    main = greenlet.getcurrent()
+    marked: list[int] = []
+
+    def request(n: int, **options: Any) -> None:
+        if n:
+            request(n - 1, **options)
+            return
+        with greenprof.profile(**options) as profiler:
+            main.switch()
+        marked.append(_marked_frames(sys._getframe()))
+        assert profiler.discarded is (options.get("min_duration", 0) > 1)
+
+    for options in ({"min_duration": min_duration}, {}):
+        glet = greenlet.greenlet(request)
+        glet.switch(10, **options)
+        glet.switch()
+        assert glet.dead
+    assert marked[0] == 0  # start, switch-out and stop: whole walks, no marks
+    assert marked[1] >= 10  # without min_duration, the very same program marks
+
+
+@pytest.mark.parametrize("min_duration", [0.0, 1e-9], ids=["marking", "min_duration"])
+def test_greenlets_a_min_duration_session_follows_record_exact_stacks(
+    min_duration: float,
+) -> None:
+    import gevent
+
+    marked: list[int] = []
+
+    def deep(n: int) -> None:
+        if n:
+            deep(n - 1)
+            return
+        for _ in range(3):
+            gevent.sleep(0)
+        marked.append(_marked_frames(sys._getframe()))
+
+    with greenprof.profile(follow_spawned=True, min_duration=min_duration) as profiler:
+        gevent.spawn(deep, 8).join()
+    children = {s.greenlet_id for s in profiler.snapshots if s.parent_id is not None}
+    assert len(children) == 1
+    outs = [
+        s.stack for s in profiler.snapshots if s.greenlet_id in children and s.event == "switch_out"
+    ]
+    assert len(outs) >= 3
+    for stack in outs[:3]:
+        names = [f.function.rsplit(".", 1)[-1] for f in stack]
+        assert names[-1] == "sleep"
+        assert names[-10:-1] == ["deep"] * 9
+    if not MARKS or min_duration:
+        assert marked == [0]  # the picked-up greenlet's walks marked nothing
+    else:
+        assert marked[0] >= 9
 
 
 @pytest.mark.skipif(not MARKS, reason="one raw stack per path needs marks (3.12+)")

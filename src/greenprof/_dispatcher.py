@@ -285,7 +285,9 @@ class SwitchDispatcher:
         buffers = watch.buffers
         remaining = () if buffers == (buffer,) else tuple(b for b in buffers if b is not buffer)
         watch.buffers = remaining
-        if not remaining:
+        if remaining:
+            watch.marks = any(b.marks for b in remaining)
+        else:
             found = self.watches.pop(watch, None)
             if found is not None and found is not watch:
                 self.watches[found] = found  # another watch of an equal greenlet: not ours

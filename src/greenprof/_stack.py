@@ -24,7 +24,9 @@ Before 3.12 a frame's ``f_trace`` is also what lets code set its
 ``f_lineno`` (an error otherwise, and a crash if it is let through), and
 Python calls it on every line while any ``sys.settrace`` tracer runs; so
 there greenprof marks nothing and walks the whole stack each time, into one
-node.
+node. From 3.12 a session with a ``min_duration`` marks nothing either (see
+``GreenletBuffer.marks``): most such sessions are dropped unread, and on a
+server's switch path a whole walk costs less than marking.
 """
 
 from __future__ import annotations
@@ -132,8 +134,8 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = MARKS) -> RawSt
     A frame whose own node is in its ``f_trace`` ends the walk (see the
     module docstring). With ``mark`` the frames walked above it get a node
     each, left in their ``f_trace``; without, they go into one tuple and
-    nothing is written (before 3.12, and for a sampler reading another
-    thread's frames). A walk that reaches ``depth`` frames first keeps
+    nothing is written (before 3.12, for a sampler reading another
+    thread's frames, and for a session with a ``min_duration``). A walk that reaches ``depth`` frames first keeps
     those, unmarked. Runs on the switch path: nothing here raises, switches
     or frees a user object. (The tracer inlines the case where the top
     frame is unchanged.)
@@ -275,7 +277,8 @@ def _capture_run(frame: FrameType | None, depth: int) -> RawStack:
 
 def walk_whole(frame: FrameType, depth: int) -> RawStack:
     """The innermost ``depth`` frames in one tuple, trusting no mark: the
-    switch path before 3.12, where there are none. Unrolled: this loop is
+    switch path before 3.12, where there are none, and from 3.12 for
+    sessions that mark nothing (``GreenletBuffer.marks``). Unrolled: this loop is
     most of such a snapshot's cost."""
     if depth <= 0:
         return None
@@ -378,7 +381,8 @@ class FrameFormatter:
         # Before 3.12 every snapshot is one such tuple, walked anew: a
         # greenlet waiting at the same place again makes a new tuple equal
         # to the last one, and comparing with that costs less than the key.
-        # (From 3.12 only a sampler's captures make such tuples.)
+        # (From 3.12 a sampler's captures, and the switch path's for
+        # sessions that mark nothing, make such tuples.)
         self._last: (
             tuple[tuple[Any, ...], tuple[Any, ...], tuple[Frame, ...], tuple[Frame, ...]] | None
         ) = None

@@ -172,6 +172,7 @@ def test_a_session_min_duration_will_likely_drop_marks_no_frame() -> None:
             deep(n - 1)
         else:
             while True:
+                main.switch()  # never twice in a row at the same place
                 main.switch()
 
     def switch_under(glet: greenlet.greenlet, **options: Any) -> greenprof.Profiler:
@@ -191,8 +192,45 @@ def test_a_session_min_duration_will_likely_drop_marks_no_frame() -> None:
     outs = [s.stack for s in kept.snapshots if s.event == "switch_out"]
     assert len(outs) == 4
     assert [f.function.rsplit(".", 1)[-1] for f in outs[0][-14:]] == ["deep"] * 13
+    assert outs[0][-1].lineno != outs[1][-1].lineno
     switch_under(glet)
     assert _marked_frames(glet.gr_frame) >= 13
+
+
+@pytest.mark.skipif(not MARKS, reason="nothing is marked before 3.12")
+def test_a_min_duration_session_waiting_in_a_loop_marks_only_the_loop_frame() -> None:
+    # Waiting at the same place twice in a row, perhaps a loop in one frame:
+    # that frame, and it alone, gets a node, and its next waits there take
+    # the stack as it is, without a walk.
+    main = greenlet.getcurrent()
+
+    def deep(n: int) -> None:
+        if n:
+            deep(n - 1)
+        else:
+            while True:
+                main.switch()
+
+    glet = greenlet.greenlet(deep)
+    glet.switch(12)
+    dispatcher = None
+    raws = []
+    with greenprof.profile(glet, min_duration=1e-9) as profiler:
+        dispatcher = installed_dispatcher(thread_ident())
+        assert dispatcher is not None
+        for _ in range(4):
+            glet.switch()
+            raws.append(dispatcher.watches[glet].last_stack)
+    frame = glet.gr_frame
+    assert frame is not None
+    assert isinstance(frame.f_trace, StackNode)
+    assert _marked_frames(frame.f_back) == 0
+    # Its first wait is where it was suspended when the session started:
+    # marked there, then every wait takes the node's stack, unwalked.
+    assert raws[0] is raws[1] is raws[2] is raws[3]
+    outs = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
+    assert outs[0] == outs[1] == outs[2] == outs[3]
+    assert [name for _, name, _ in outs[0][-14:]] == ["deep"] * 13
 
 
 @pytest.mark.parametrize("order", ["marking first", "min_duration first"])

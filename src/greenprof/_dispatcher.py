@@ -24,6 +24,7 @@ from ._stack import (
     RawStack,
     StackNode,
     capture,
+    mark_top,
     walk_whole,
 )
 from ._threads import allocate_real_lock, original, thread_ident
@@ -363,14 +364,13 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                             watch.last_stack = EMPTY_STACK
                             record = (EXIT if origin.dead else SWITCH_OUT, now(), EMPTY_STACK)
                         else:
-                            # Before 3.12, and for sessions min_duration will
-                            # likely drop, the whole stack. Else the commonest
-                            # case is inlined: the top frame is where it stopped
-                            # last time, still in the same call (see _stack).
+                            # From 3.12 the commonest case is inlined: the top
+                            # frame is where it stopped last time, still in the
+                            # same call (see _stack). Else a walk, leaving
+                            # marks; or, before 3.12 and for sessions
+                            # min_duration will likely drop, of the whole stack.
                             stack: RawStack
-                            if not watch.marks:
-                                stack = walk_whole(frame, watch.depth)
-                            elif (
+                            if MARKS and (
                                 type(mark := frame.f_trace) is StackNode
                                 and mark.owner == id(frame)
                                 and frame.f_lasti == mark.lasti
@@ -378,8 +378,21 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                                 and mark.height <= watch.depth
                             ):
                                 stack = mark.key
-                            else:
+                            elif watch.marks:
                                 stack = capture(frame, watch.depth)
+                            else:
+                                stack = walk_whole(frame, watch.depth)
+                                last = watch.last_stack
+                                if (
+                                    MARKS
+                                    and last is not None
+                                    and stack is not None
+                                    and stack[1] == last[1]
+                                    and stack[0] is last[0]
+                                ):
+                                    # Where it waited last time: a loop in one
+                                    # frame, perhaps; its next wait there is free.
+                                    stack = mark_top(frame, stack, watch.depth)
                             watch.last_stack = stack
                             record = (SWITCH_OUT, now(), stack)
                         # GreenletBuffer.add(), inlined here and below.

@@ -135,10 +135,10 @@ def capture(frame: FrameType | None, depth: int, *, mark: bool = MARKS) -> RawSt
     module docstring). With ``mark`` the frames walked above it get a node
     each, left in their ``f_trace``; without, they go into one tuple and
     nothing is written (before 3.12, for a sampler reading another
-    thread's frames, and for a session with a ``min_duration``). A walk that reaches ``depth`` frames first keeps
-    those, unmarked. Runs on the switch path: nothing here raises, switches
-    or frees a user object. (The tracer inlines the case where the top
-    frame is unchanged.)
+    thread's frames, and for a session with a ``min_duration``). A walk
+    that reaches ``depth`` frames first keeps those, unmarked. Runs on the
+    switch path: nothing here raises, switches or frees a user object.
+    (The tracer inlines the case where the top frame is unchanged.)
     """
     if not MARKS:
         return walk_whole(frame, depth) if frame is not None else None
@@ -310,6 +310,34 @@ def walk_whole(frame: FrameType, depth: int) -> RawStack:
         del pairs[2 * depth :]  # up to 3 frames too many
     append(None)
     return tuple(pairs)
+
+
+def mark_top(frame: FrameType, stack: tuple[Any, ...], depth: int) -> RawStack:
+    """Leave a node in ``frame``, the top frame of ``stack`` (a whole walk
+    from it, just made: see ``walk_whole``), so that its next switch-out at
+    the same place takes ``stack`` as it is; the stack to record, the
+    node's key (``stack`` itself if nothing is marked: a walk cut at
+    ``depth``, a generator's frame, or another tool's ``f_trace``).
+
+    For a session that marks nothing else (``GreenletBuffer.marks``) and
+    waits at the same place twice in a row: one node, for a loop that
+    waits in one frame, instead of a whole walk at each of its waits."""
+    frames = len(stack) >> 1
+    found = frame.f_trace
+    if (
+        frames >= depth
+        or (found is not None and type(found) is not StackNode)
+        or frame.f_code.co_flags & UNTRUSTED_CODE
+    ):
+        return stack
+    node = _new_node(StackNode)
+    node.code = code = stack[0]
+    node.lasti = lasti = stack[1]
+    node.key = key = (code, lasti, stack[2:] if frames > 1 else None)
+    node.height = frames
+    node.owner = id(frame)
+    frame.f_trace = node  # complete before it is published: a sampler may read it
+    return key
 
 
 def _run(pairs: list[Any], below: RawStack) -> RawStack:

@@ -218,19 +218,65 @@ def test_a_min_duration_session_waiting_in_a_loop_marks_only_the_loop_frame() ->
     with greenprof.profile(glet, min_duration=1e-9) as profiler:
         dispatcher = installed_dispatcher(thread_ident())
         assert dispatcher is not None
-        for _ in range(4):
+        for _ in range(5):
             glet.switch()
             raws.append(dispatcher.watches[glet].last_stack)
     frame = glet.gr_frame
     assert frame is not None
     assert isinstance(frame.f_trace, StackNode)
     assert _marked_frames(frame.f_back) == 0
-    # Its first wait is where it was suspended when the session started:
-    # marked there, then every wait takes the node's stack, unwalked.
-    assert raws[0] is raws[1] is raws[2] is raws[3]
+    # Suspended there when the session started, then two waits there: the
+    # second is the third in a row, marked; every wait after takes the
+    # node's stack, unwalked.
+    assert raws[0] is not raws[1]
+    assert raws[1] is raws[2] is raws[3] is raws[4]
     outs = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
-    assert outs[0] == outs[1] == outs[2] == outs[3]
+    assert len(outs) == 5
+    assert all(out == outs[0] for out in outs)
     assert [name for _, name, _ in outs[0][-14:]] == ["deep"] * 13
+
+
+@pytest.mark.skipif(not MARKS, reason="nothing is marked before 3.12")
+def test_a_loop_calling_a_function_that_waits_gets_one_node_per_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # gevent.sleep in a loop: the same place every time, in a new frame each
+    # time, so a node never pays off; one per run of waits at most.
+    from greenprof import _stack
+
+    made: list[object] = []
+    new_node = _stack._new_node
+
+    def counted(cls: type) -> object:
+        node = new_node(cls)
+        made.append(node)
+        return node
+
+    monkeypatch.setattr(_stack, "_new_node", counted)
+    main = greenlet.getcurrent()
+
+    def wait() -> None:
+        main.switch()
+
+    def wait_too() -> None:
+        main.switch()
+
+    def loop() -> None:
+        for _ in range(20):
+            wait()
+        for _ in range(20):
+            wait_too()  # another place: another run
+
+    glet = greenlet.greenlet(loop)
+    with greenprof.profile(glet, min_duration=1e-9) as profiler:
+        while not glet.dead:
+            glet.switch()
+    assert len(made) == 2
+    outs = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
+    assert len(outs) == 40
+    assert [name for _, name, _ in outs[0][-2:]] == ["loop", "wait"]
+    assert [name for _, name, _ in outs[-1][-2:]] == ["loop", "wait_too"]
+    assert len({tuple(out) for out in outs}) == 2
 
 
 @pytest.mark.parametrize("order", ["marking first", "min_duration first"])

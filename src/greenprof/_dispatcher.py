@@ -53,13 +53,15 @@ class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
     instead of walking frames again.
     """
 
-    __slots__ = ("buffers", "depth", "last_stack", "marks")
+    __slots__ = ("buffers", "depth", "last_stack", "marks", "repeats")
 
     buffers: tuple[GreenletBuffer, ...]
     depth: int
     last_stack: RawStack
     #: Whether its walks leave marks: if any of its buffers' do.
     marks: bool
+    #: Whole walks in a row that found it where the last one did.
+    repeats: int
 
     @classmethod
     def of(
@@ -77,6 +79,7 @@ class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
         watch.depth = depth
         watch.last_stack = EMPTY_STACK
         watch.marks = marks
+        watch.repeats = 0
         return watch
 
     __hash__ = weakref.ref.__hash__
@@ -390,9 +393,16 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                                     and stack[1] == last[1]
                                     and stack[0] is last[0]
                                 ):
-                                    # Where it waited last time: a loop in one
-                                    # frame, perhaps; its next wait there is free.
-                                    stack = mark_top(frame, stack, watch.depth)
+                                    # A third wait in a row at one place: a loop
+                                    # in one frame, perhaps, whose next waits
+                                    # there a node makes free. Once a run: a
+                                    # loop calling a function that waits has a
+                                    # new top frame each time.
+                                    watch.repeats += 1
+                                    if watch.repeats == 2:
+                                        stack = mark_top(frame, stack, watch.depth)
+                                else:
+                                    watch.repeats = 0
                             watch.last_stack = stack
                             record = (SWITCH_OUT, now(), stack)
                         # GreenletBuffer.add(), inlined here and below.

@@ -320,8 +320,9 @@ def mark_top(frame: FrameType, stack: tuple[Any, ...], depth: int) -> RawStack:
     ``depth``, a generator's frame, or another tool's ``f_trace``).
 
     For a session that marks nothing else (``GreenletBuffer.marks``) and
-    waits at the same place twice in a row: one node, for a loop that
-    waits in one frame, instead of a whole walk at each of its waits."""
+    waits at the same place three times in a row: one node, for a loop
+    that waits in one frame, instead of a whole walk at each of its
+    waits."""
     frames = len(stack) >> 1
     found = frame.f_trace
     if (

@@ -160,29 +160,40 @@ def _marked_frames(frame: FrameType | None) -> int:
     return marked
 
 
-@pytest.mark.skipif(not MARKS, reason="nothing is marked before 3.12")
-def test_a_session_min_duration_will_likely_drop_marks_no_frame() -> None:
-    # Marking pays off when snapshots are read; most sessions with a
-    # min_duration are dropped unread, and walking their whole stacks costs
-    # less than marking it. A session without one, on the same stack, marks.
+def parked(depth: int, *, places: int = 1) -> greenlet.greenlet:
+    """A greenlet switched into once, now ``depth`` + 1 frames of ``deep``
+    down and switching back to the main greenlet for ever: at one place, or
+    at two in turn (``places=2``), never twice in a row at the same one."""
     main = greenlet.getcurrent()
 
     def deep(n: int) -> None:
         if n:
             deep(n - 1)
+        elif places == 1:
+            while True:
+                main.switch()
         else:
             while True:
-                main.switch()  # never twice in a row at the same place
+                main.switch()
                 main.switch()
 
+    glet = greenlet.greenlet(deep)
+    glet.switch(depth)
+    return glet
+
+
+@pytest.mark.skipif(not MARKS, reason="nothing is marked before 3.12")
+def test_a_session_min_duration_will_likely_drop_marks_no_frame() -> None:
+    # Marking pays off when snapshots are read; most sessions with a
+    # min_duration are dropped unread, and walking their whole stacks costs
+    # less than marking it. A session without one, on the same stack, marks.
     def switch_under(glet: greenlet.greenlet, **options: Any) -> greenprof.Profiler:
         with greenprof.profile(glet, **options) as profiler:
             for _ in range(4):
                 glet.switch()
         return profiler
 
-    glet = greenlet.greenlet(deep)
-    glet.switch(12)
+    glet = parked(12, places=2)
     dropped = switch_under(glet, min_duration=3600)
     assert dropped.discarded
     assert _marked_frames(glet.gr_frame) == 0
@@ -199,20 +210,10 @@ def test_a_session_min_duration_will_likely_drop_marks_no_frame() -> None:
 
 @pytest.mark.skipif(not MARKS, reason="nothing is marked before 3.12")
 def test_a_min_duration_session_waiting_in_a_loop_marks_only_the_loop_frame() -> None:
-    # Waiting at the same place twice in a row, perhaps a loop in one frame:
-    # that frame, and it alone, gets a node, and its next waits there take
-    # the stack as it is, without a walk.
-    main = greenlet.getcurrent()
-
-    def deep(n: int) -> None:
-        if n:
-            deep(n - 1)
-        else:
-            while True:
-                main.switch()
-
-    glet = greenlet.greenlet(deep)
-    glet.switch(12)
+    # Waiting at the same place a third time in a row, perhaps a loop in one
+    # frame: that frame, and it alone, gets a node, and its next waits there
+    # take the stack as it is, without a walk.
+    glet = parked(12)
     dispatcher = None
     raws = []
     with greenprof.profile(glet, min_duration=1e-9) as profiler:

@@ -61,6 +61,7 @@ class GreenletBuffer:
         greenlet_id: int,
         greenlet_name: str | None,
         thread_id: int,
+        marks: bool = MARKS,
     ) -> None:
         self.records: deque[Record] = deque()
         self.limit = limit
@@ -90,7 +91,7 @@ class GreenletBuffer:
         #: False for a session that ``min_duration`` will most likely drop:
         #: marking pays off when the snapshots are read, and costs more than
         #: walking the whole stack on a switch path nobody reads.
-        self.marks = MARKS
+        self.marks = marks
 
     def add(self, record: Record) -> None:
         """Append from outside the switch path (the sampler thread)."""

@@ -18,6 +18,7 @@ from typing import Final
 
 from ._delivery import Delivery
 from ._options import Options
+from ._stack import MARKS
 from ._validate import check_sinks, check_wait
 from .typing import Sink
 
@@ -31,7 +32,7 @@ EXIT_FLUSH_SECONDS: Final = 5.0
 class Pipeline:
     """Options, sinks, clock: shared by every session a profiler starts."""
 
-    __slots__ = ("__weakref__", "delivery", "offset_ns", "options", "plain")
+    __slots__ = ("__weakref__", "delivery", "marks", "offset_ns", "options", "plain")
 
     def __init__(self, options: Options, sinks: Iterable[Sink] = ()) -> None:
         self.options = options
@@ -40,6 +41,9 @@ class Pipeline:
         self.plain = (
             options.mode == "greenlet" and not options.follow_spawned and options.only is None
         )
+        #: Whether its sessions' walks leave marks in frames (3.12+): not
+        #: with a ``min_duration``, see ``GreenletBuffer.marks``.
+        self.marks = MARKS and not options.min_duration_ns
         self.delivery = Delivery(check_sinks(sinks))
         #: Turns ``perf_counter_ns()`` into wall-clock ns: one monotonic
         #: clock, anchored once, for every session of the pipeline.

@@ -304,11 +304,10 @@ class Run:
             greenlet_id=key,
             greenlet_name=None,  # named if the session is kept: see _name_targets
             thread_id=dispatcher.thread_id,
+            marks=pipeline.marks,
         )
         if pipeline.delivery.slice_watchers:
             buffer.run = weakref.ref(self)
-        if options.min_duration_ns:
-            buffer.marks = False  # most likely dropped: see GreenletBuffer.marks
         started = time.perf_counter_ns()
         buffer.count = 1  # max_snapshots >= 1: the start record always fits
         start_stack = capture(_caller(caller), buffer.depth, mark=buffer.marks)
@@ -435,11 +434,10 @@ class Run:
             greenlet_id=id(glet),
             greenlet_name=greenlet_name(glet),
             thread_id=thread_id,
+            marks=self.pipeline.marks,
         )
         if self.pipeline.delivery.slice_watchers:
             buffer.run = weakref.ref(self)
-        if options.min_duration_ns:
-            buffer.marks = False  # most likely dropped: see GreenletBuffer.marks
         return buffer
 
     def _adopt(self, child: greenlet.greenlet, parent: GreenletBuffer) -> GreenletBuffer | None:

@@ -346,11 +346,12 @@ def test_a_greenlet_stops_marking_when_its_marking_session_leaves(marking_leaves
 
 @pytest.mark.skipif(not MARKS, reason="nothing is marked before 3.12")
 @pytest.mark.parametrize("min_duration", [3600.0, 1e-9], ids=["dropped", "kept"])
-def test_a_min_duration_session_marks_nothing_where_it_starts_and_stops(
+def test_a_min_duration_session_marks_only_the_frame_under_its_caller(
     min_duration: float,
 ) -> None:
     main = greenlet.getcurrent()
     marked: list[int] = []
+    root_marked: list[bool] = []
 
     def request(n: int, **options: Any) -> None:
         if n:
@@ -359,6 +360,7 @@ def test_a_min_duration_session_marks_nothing_where_it_starts_and_stops(
         with greenprof.profile(**options) as profiler:
             main.switch()
         marked.append(_marked_frames(sys._getframe()))
+        root_marked.append(isinstance(sys._getframe(1).f_trace, StackNode))
         assert profiler.discarded is (options.get("min_duration", 0) > 1)
 
     for options in ({"min_duration": min_duration}, {}):
@@ -366,7 +368,10 @@ def test_a_min_duration_session_marks_nothing_where_it_starts_and_stops(
         glet.switch(10, **options)
         glet.switch()
         assert glet.dead
-    assert marked[0] == 0  # start, switch-out and stop: whole walks, no marks
+    # Start, switch-out and stop: whole walks, down to the frame under the
+    # one that started the session (its root), marked once at start().
+    assert marked[0] == 1
+    assert root_marked[0]
     assert marked[1] >= 10  # without min_duration, the very same program marks
 
 
@@ -928,8 +933,9 @@ class SessionScript(Script):
     """The script, with sessions opened and closed from inside its greenlet
     at every depth: ``with profile()`` around a call, and a profiler
     started in one call and stopped in another (its start frame gone by
-    then). Before 3.12 such sessions walk each switch-out only down to the
-    frame under the one they started from."""
+    then). With a ``min_duration`` (``options``), from 3.12, each
+    switch-out is walked down to the frame under the one the session
+    started from, which may have returned by then."""
 
     def __init__(self, seed: int, steps: int, main: greenlet.greenlet, counter: Any) -> None:
         super().__init__(seed, steps, main)
@@ -942,6 +948,8 @@ class SessionScript(Script):
         self.open: list[tuple[greenprof.Profiler, int]] = []
         #: (profiler, first switch-out index, last) of each session.
         self.sessions: list[tuple[greenprof.Profiler, int, int]] = []
+        #: Given to every session.
+        self.options: dict[str, Any] = {}
 
     def level_a(self, depth: int) -> None:
         self.steps(depth)
@@ -954,11 +962,11 @@ class SessionScript(Script):
             op = next(self.ops)
             if op == "with" and depth < 40:
                 first = len(self.counter.stacks)
-                with greenprof.profile(max_snapshots=100_000) as profiler:
+                with greenprof.profile(max_snapshots=100_000, **self.options) as profiler:
                     self.level_b(depth + 1)
                 self.sessions.append((profiler, first, len(self.counter.stacks)))
             elif op == "open":
-                profiler = greenprof.Profiler(max_snapshots=100_000)
+                profiler = greenprof.Profiler(max_snapshots=100_000, **self.options)
                 profiler.start()
                 self.open.append((profiler, len(self.counter.stacks)))
             elif op == "close" and self.open:
@@ -987,13 +995,18 @@ class SessionScript(Script):
             next(self.gen)
 
 
-def test_sessions_started_inside_their_greenlet_record_the_stacks_traceback_sees() -> None:
+# min_duration (kept: 1 ns): from 3.12 whole walks, cut at each session's root.
+@pytest.mark.parametrize("options", [{}, {"min_duration": 1e-9}], ids=["plain", "min_duration"])
+def test_sessions_started_inside_their_greenlet_record_the_stacks_traceback_sees(
+    options: dict[str, Any],
+) -> None:
     checked = 0
     for seed in range(4):
         main = greenlet.getcurrent()
         glet = greenlet.greenlet()
         counter = SwitchCounter(glet)
         script = SessionScript(seed, 3000, main, counter)
+        script.options = options
         glet.run = script.run
         counter.install()
         try:
@@ -1096,3 +1109,128 @@ def test_a_tool_that_traces_only_frames_without_f_trace_sees_marked_frames_too()
     unprofiled = run(False)
     assert ("return", "outer") in unprofiled
     assert run(True) == unprofiled
+
+
+# -- a min_duration session's root (3.12+) ------------------------------------------
+
+
+def _served(depth: int, request: Any) -> Any:
+    """``request()`` called ``depth`` frames down: a server's frames under a handler."""
+    if depth:
+        return _served(depth - 1, request)
+    return request()
+
+
+def _waits(depth: int, main: greenlet.greenlet, times: int) -> None:
+    if depth:
+        _waits(depth - 1, main, times)
+        return
+    for _ in range(times):
+        main.switch()
+
+
+@pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
+def test_a_min_duration_sessions_walks_stop_at_the_frame_under_its_caller() -> None:
+    # The frames under that one stay as start() found them while it runs:
+    # every switch-out takes the very raw stack start() walked for them.
+    main = greenlet.getcurrent()
+    seen: list[Any] = []
+
+    def request() -> None:
+        with greenprof.profile(min_duration=1e-9) as profiler:
+            _waits(4, main, 3)
+        seen.append(profiler)
+
+    glet = greenlet.greenlet(lambda: _served(12, request))
+    counter = SwitchCounter(glet)
+    counter.install()
+    try:
+        glet.switch()
+        dispatcher = installed_dispatcher(thread_ident())
+        assert dispatcher is not None
+        watch = dispatcher.watches[glet]
+        assert watch.root is not None
+        node, below, _ = watch.root
+        assert node.code is _served.__code__  # the frame under request()'s
+        assert height(below) >= 12
+        raws = []
+        while not glet.dead:
+            raws.append(watch.last_stack)
+            glet.switch()
+    finally:
+        counter.uninstall()
+    assert len(raws) == 3
+    # The frames above the root, then the root, then what start() walked.
+    for raw in raws:
+        chain = []
+        while raw is not None:
+            chain.append(raw)
+            raw = raw[-1]
+        assert any(part is below for part in chain)
+        assert len([part for part in chain if part is not below]) <= 2  # then a top's node
+    (profiler,) = seen
+    outs = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
+    assert outs == counter.stacks
+
+
+@pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
+def test_a_walk_that_cannot_reach_its_root_within_max_depth_keeps_the_innermost_frames() -> None:
+    main = greenlet.getcurrent()
+    seen: list[Any] = []
+
+    def request() -> None:
+        with greenprof.profile(min_duration=1e-9, max_depth=20) as profiler:
+            _waits(2, main, 1)  # root reachable: 5 frames above it
+            _waits(25, main, 1)  # not within 20 frames: the innermost 20
+        seen.append(profiler)
+
+    glet = greenlet.greenlet(lambda: _served(8, request))
+    counter = SwitchCounter(glet)
+    counter.install()
+    try:
+        glet.switch()
+        watch = installed_dispatcher(thread_ident()).watches[glet]  # type: ignore[union-attr]
+        assert watch.root is not None
+        while not glet.dead:
+            glet.switch()
+    finally:
+        counter.uninstall()
+    (profiler,) = seen
+    outs = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
+    assert [len(out) for out in outs] == [len(counter.stacks[0]), 20]
+    assert outs == [counter.stacks[0], counter.stacks[1][-20:]]
+
+
+@pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
+def test_no_root_where_another_tool_set_f_trace_or_in_a_generator() -> None:
+    from greenprof._stack import root_of, walk_whole
+
+    def tool(frame: FrameType, event: str, arg: Any) -> None:
+        return None
+
+    def caller_of(callee: Any) -> Any:
+        return callee()
+
+    def here() -> Any:
+        frame = sys._getframe()
+        return root_of(frame, walk_whole(frame, 128), 128)
+
+    assert caller_of(here) is not None  # the frame under here(): caller_of's
+    assert caller_of(here) is not None  # found marked the second time: the same
+
+    def traced_root() -> Any:
+        frame = sys._getframe()
+        frame.f_trace = tool
+        try:
+            return here()
+        finally:
+            assert frame.f_trace is tool  # left alone
+
+    assert traced_root() is None
+
+    def generator() -> Iterator[Any]:
+        yield here()
+
+    assert next(generator()) is None
+    frame = sys._getframe()
+    assert root_of(frame, walk_whole(frame, 3), 3) is None  # a stack cut at max_depth

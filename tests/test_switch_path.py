@@ -955,7 +955,13 @@ def test_a_session_too_short_to_keep_walks_nothing_where_it_stops(
         walks.append(depth)
         return capture(frame, depth, **options)
 
+    def counted_to_root(frame: Any, depth: int, root: Any) -> Any:
+        walks.append(depth)
+        return walk_to_root(frame, depth, root)
+
     monkeypatch.setattr(_session, "capture", counted)
+    walk_to_root = _session.walk_to_root
+    monkeypatch.setattr(_session, "walk_to_root", counted_to_root)
     profiler = greenprof.Profiler(min_duration=min_duration, follow_spawned=follow_spawned)
     profiler.start()
     walks.clear()

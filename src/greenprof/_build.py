@@ -82,22 +82,31 @@ def build(
     set_gid, set_name, set_thread, set_event, set_seq, set_time, set_stack, set_session, set_parent = SNAPSHOT_SETTERS  # fmt: skip  # noqa: E501
     new = object.__new__
     stack_of = FORMATTER.stack
-    stacks: dict[tuple[int, int], tuple[Frame, ...]] = {}
+    # Formatted stacks by the raw stack's id, for the current depth (a
+    # switch-in shares its raw stack with the switch-out before it).
+    stacks: dict[int, tuple[Frame, ...]] = {}
     sequence = first_sequence
     append = out.append
     current: Meta | None = None
     depth = gid = thread = 0
     name = ""
     parent: int | None = None
+    last_raw: object = stacks  # matches no raw stack
+    stack: tuple[Frame, ...] = ()
     for record, meta in pending:
         if meta is not current:  # hoisted: usually one buffer throughout
             current = meta
+            if meta[0] != depth:
+                stacks = {}
+                last_raw = stacks
             depth, gid, name, thread, parent, _ = meta
         raw = record[2]
-        key = (id(raw), depth)
-        stack = stacks.get(key)
-        if stack is None:
-            stack = stacks[key] = stack_of(raw, depth)
+        if raw is not last_raw:
+            last_raw = raw
+            found = stacks.get(id(raw))
+            if found is None:
+                found = stacks[id(raw)] = stack_of(raw, depth)
+            stack = found
         snapshot = new(Snapshot)
         if len(record) == 5:  # a thread-mode sample, labelled
             set_gid(snapshot, record[3])

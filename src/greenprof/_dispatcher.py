@@ -22,9 +22,11 @@ from ._stack import (
     EMPTY_STACK,
     MARKS,
     RawStack,
+    Root,
     StackNode,
     capture,
     mark_top,
+    walk_to_root,
     walk_whole,
 )
 from ._threads import allocate_real_lock, original, thread_ident
@@ -53,7 +55,7 @@ class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
     instead of walking frames again.
     """
 
-    __slots__ = ("buffers", "depth", "last_stack", "marks", "repeats")
+    __slots__ = ("buffers", "depth", "last_stack", "marks", "repeats", "root")
 
     buffers: tuple[GreenletBuffer, ...]
     depth: int
@@ -62,6 +64,12 @@ class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
     marks: bool
     #: Whole walks in a row that found it where the last one did.
     repeats: int
+    #: Where its whole walks stop (see ``_stack.walk_to_root``), or None:
+    #: the frame under the one that started a session in the greenlet
+    #: itself (a request's), with the frames under it, walked then. Good for
+    #: every session watching it, whatever its depth: a walk that would be
+    #: deeper carries on past it; once that frame returned, walks are whole.
+    root: Root | None
 
     @classmethod
     def of(
@@ -80,6 +88,7 @@ class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
         watch.last_stack = EMPTY_STACK
         watch.marks = marks
         watch.repeats = 0
+        watch.root = None
         return watch
 
     __hash__ = weakref.ref.__hash__
@@ -384,7 +393,12 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                             elif watch.marks:
                                 stack = capture(frame, watch.depth)
                             else:
-                                stack = walk_whole(frame, watch.depth)
+                                root = watch.root
+                                stack = (
+                                    walk_whole(frame, watch.depth)
+                                    if root is None
+                                    else walk_to_root(frame, watch.depth, root)
+                                )
                                 last = watch.last_stack
                                 if (
                                     MARKS

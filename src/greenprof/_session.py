@@ -37,7 +37,7 @@ from ._dispatcher import (
 from ._naming import greenlet_name
 from ._sampler import SAMPLER, HybridTaker, ThreadTaker
 from ._signals import redeliver
-from ._stack import capture, clear_interned_if_full
+from ._stack import capture, clear_interned_if_full, root_of, walk_to_root, walk_whole
 from ._threads import allocate_real_lock, thread_ident
 from .exceptions import (
     AlreadyProfilingError,
@@ -310,10 +310,18 @@ class Run:
             buffer.run = weakref.ref(self)
         started = time.perf_counter_ns()
         buffer.count = 1  # max_snapshots >= 1: the start record always fits
-        start_stack = capture(_caller(caller), buffer.depth, mark=buffer.marks)
+        caller = _caller(caller)
+        if buffer.marks or caller is None:
+            start_stack = capture(caller, buffer.depth, mark=buffer.marks)
+        else:  # nothing to mark: the whole walk, the cheapest
+            start_stack = walk_whole(caller, buffer.depth)
         buffer.records.append((START, started, start_stack))
         record = _Target(key, buffer, dispatcher)
-        record.watch = record.ref = dispatcher.watch(glet, buffer)
+        record.watch = record.ref = watch = dispatcher.watch(glet, buffer)
+        if not buffer.marks and caller is not None:
+            # Its switch-outs walk down to the frame under the caller, not
+            # further: the frames under that one stay as this walk found them.
+            watch.root = root_of(caller, start_stack, buffer.depth)
         self.start_ns = wall = pipeline.offset_ns + started
         self.targets[key] = record
         self.buffers.append(buffer)
@@ -527,7 +535,12 @@ class Run:
         stopped = self.stop_ns = self.pipeline.offset_ns + stopped_perf
         discarding = stopped - self.start_ns < self.pipeline.options.min_duration_ns
         if buffer.limit and not discarding and watch() is greenlet.getcurrent():
-            stop_stack = capture(_caller(caller), buffer.depth, mark=buffer.marks)
+            caller = _caller(caller)
+            root = watch.root
+            if root is None or caller is None:
+                stop_stack = capture(caller, buffer.depth, mark=buffer.marks)
+            else:
+                stop_stack = walk_to_root(caller, buffer.depth, root)
             buffer.add((STOP, stopped_perf, stop_stack))
         bounds = self.bounds
         bounds[buffer.greenlet_id] = (bounds[buffer.greenlet_id][0], stopped)

@@ -26,7 +26,9 @@ Python calls it on every line while any ``sys.settrace`` tracer runs; so
 there greenprof marks nothing and walks the whole stack each time, into one
 node. From 3.12 a session with a ``min_duration`` marks nothing either (see
 ``GreenletBuffer.marks``): most such sessions are dropped unread, and on a
-server's switch path a whole walk costs less than marking.
+server's switch path a whole walk costs less than marking. Such a walk
+stops at the session's root, the one frame its ``start()`` marks (see
+``root_of``).
 """
 
 from __future__ import annotations
@@ -312,6 +314,87 @@ def walk_whole(frame: FrameType, depth: int) -> RawStack:
     return tuple(pairs)
 
 
+#: Where a greenlet's whole walks may stop (3.12+, see ``walk_to_root``):
+#: the node in the root frame's ``f_trace``, the raw stack under that frame,
+#: and the most frames a walk may take down to it.
+Root = tuple[StackNode, RawStack, int]
+
+
+def root_of(caller: FrameType, stack: RawStack, depth: int) -> Root | None:
+    """Where whole walks of ``caller``'s greenlet may stop from now on: at
+    the frame under ``caller``, marked here (or found marked already) with
+    the raw stack under it, ``stack`` (a walk from ``caller``, just made)
+    less its top two frames. None before 3.12, at the bottom of a greenlet,
+    for a generator's frame, one whose ``f_trace`` another tool set, or a
+    stack cut at ``depth``."""
+    root = caller.f_back
+    frames = height(stack)
+    if not MARKS or root is None or frames >= depth:
+        return None
+    found = root.f_trace
+    if found is None:
+        if root.f_code.co_flags & UNTRUSTED_CODE:
+            return None
+        below = drop_top(stack, 2)
+        node = _new_node(StackNode)
+        node.code = code = root.f_code
+        node.lasti = lasti = root.f_lasti
+        node.key = (code, lasti, below)
+        node.height = frames - 1
+        node.owner = id(root)
+        root.f_trace = node  # complete before it is published: a sampler may read it
+    elif type(found) is StackNode and trusted(found, root, 0, depth):
+        node = found
+        below = found.key[2]
+    else:
+        return None
+    return (node, below, depth - (frames - 2))
+
+
+def walk_to_root(frame: FrameType, depth: int, root: Root) -> RawStack:
+    """``walk_whole()``, cut short at the root (see ``root_of``): the frames
+    from ``frame`` down to the root frame in one tuple, and the raw stack
+    under it, walked once when the session started. The root frame is
+    known by its node, still in its ``f_trace``: the very frame, alive all
+    along, so the frames under it are where they were (see the module
+    docstring), and only its own offset is read again. A stack where the
+    root is not met within the frames ``depth`` leaves room for (another
+    walk replaced its node, or it returned) is walked whole from there on.
+    """
+    node, below, above = root
+    if above <= 0:
+        return walk_whole(frame, depth)
+    pairs: list[Any] = []
+    append = pairs.append
+    left = above
+    while True:
+        append(frame.f_code)
+        append(frame.f_lasti)
+        if frame.f_trace is node:
+            append(below)
+            return tuple(pairs)
+        frame = frame.f_back  # type: ignore[assignment]
+        if frame is None:
+            append(None)
+            return tuple(pairs)
+        left -= 1
+        if not left:
+            break
+    append(walk_whole(frame, depth - above))
+    return tuple(pairs)
+
+
+def drop_top(raw: RawStack, frames: int) -> RawStack:
+    """The raw stack under the top ``frames`` frames of ``raw``."""
+    while frames > 0 and raw is not None:
+        pairs = len(raw) >> 1
+        if frames < pairs:
+            return raw[2 * frames :]
+        frames -= pairs
+        raw = raw[-1]
+    return raw
+
+
 def mark_top(frame: FrameType, stack: tuple[Any, ...], depth: int) -> RawStack:
     """Leave a node in ``frame``, the top frame of ``stack`` (a whole walk
     from it, just made: see ``walk_whole``), so that its next switch-out at
@@ -323,7 +406,7 @@ def mark_top(frame: FrameType, stack: tuple[Any, ...], depth: int) -> RawStack:
     waits at the same place three times in a row: one node, for a loop
     that waits in one frame, instead of a whole walk at each of its
     waits."""
-    frames = len(stack) >> 1
+    frames = height(stack)  # its first tuple, and the stack under a root (walk_to_root)
     found = frame.f_trace
     if (
         frames >= depth
@@ -334,7 +417,7 @@ def mark_top(frame: FrameType, stack: tuple[Any, ...], depth: int) -> RawStack:
     node = _new_node(StackNode)
     node.code = code = stack[0]
     node.lasti = lasti = stack[1]
-    node.key = key = (code, lasti, stack[2:] if frames > 1 else None)
+    node.key = key = (code, lasti, stack[2:] if len(stack) > 3 else stack[2])
     node.height = frames
     node.owner = id(frame)
     frame.f_trace = node  # complete before it is published: a sampler may read it

@@ -21,11 +21,21 @@ formatted). Printed: microseconds added to a request, and new / today.
 Run: ``python benchmarks/bench_session.py [--quick] [--baseline REV]``.
 Without git or the baseline commit, the new greenprof is compared with a
 ``Profiler()`` made per request in the new greenprof.
+
+``--alternate REV`` compares commit ``REV`` with this checkout in one
+process instead, both profiling each request with a ``profile()`` scope:
+REV's ``greenprof`` is imported under another name, and the two take turns
+in short blocks of requests (each with its own tracer installed), so a
+busy machine slows both alike; printed: each one's median, and the median
+of the ratios of the pairs with its quartiles. For a change to the switch
+path or the session, where runs in separate processes differ by more than
+the change.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import statistics
@@ -36,6 +46,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import greenlet
 
@@ -125,15 +136,7 @@ def measure(way: str, requests: int, shape: str) -> dict[str, float]:
         return body
 
     def scope(read: bool, **options: float) -> Callable[[], None]:
-        shared = greenprof.profile(**options)  # type: ignore[arg-type]
-
-        def body() -> None:
-            with shared as profiler:
-                handler(depth)
-            if read:
-                profiler.snapshots  # noqa: B018 - built when read
-
-        return body
+        return _scoped(greenprof, depth, read, options)
 
     make = profiler_each if way == "today" else scope
     bodies = {"dropped": make(False, min_duration=NEVER), "kept, read": make(True)}
@@ -149,6 +152,83 @@ def measure(way: str, requests: int, shape: str) -> dict[str, float]:
         return {kind: per_request(body, requests, shape) - base for kind, body in bodies.items()}
     finally:
         idle.stop()
+
+
+def alternate(rev: str, quick: bool) -> int:
+    """Commit ``rev`` and this checkout in this one process, taking turns."""
+    import greenprof
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = baseline_source(rev, Path(tmp))
+        if src is None:
+            print(f"cannot read commit {rev} of this repository", file=sys.stderr)
+            return 2
+        (src / "greenprof").rename(src / "greenprof_base")
+        sys.path.insert(0, str(src))
+        base = importlib.import_module("greenprof_base")
+    ways = {rev: base, "this checkout": greenprof}
+    pairs, requests = (7, 200) if quick else (20, 300)
+    print(
+        f"Python {sys.version.split()[0]}; {rev} and this checkout in one process, taking "
+        f"turns: {pairs} pairs of {requests} requests, each {DEPTH} frames deep with "
+        f"{SWITCHES} switches out and in"
+    )
+    print(f"{'request, session':<26} {rev:>12} {'this':>12} {'this / ' + rev:>14}  quartiles")
+    for shape in SHAPES:
+        depth = DEPTH if shape == "bottom" else DEPTH - KEPT_FRAMES - NEW_FRAMES
+
+        def unprofiled(depth: int = depth) -> None:
+            handler(depth)
+
+        for kind, options, read in (
+            ("dropped", {"min_duration": NEVER}, False),
+            ("kept, read", {}, True),
+        ):
+            bodies = {name: _scoped(module, depth, read, options) for name, module in ways.items()}
+            added: dict[str, list[float]] = {name: [] for name in ways}
+            plain: list[float] = []
+            profiled: dict[str, list[float]] = {name: [] for name in ways}
+            for _ in range(pairs):
+                for name, module in ways.items():
+                    idle = module.Profiler()
+                    never_runs = greenlet.greenlet(_nothing)
+                    idle.start(never_runs)
+                    try:
+                        plain.append(per_request(unprofiled, requests, shape))
+                        profiled[name].append(per_request(bodies[name], requests, shape))
+                        added[name].append(profiled[name][-1] - plain[-1])
+                    finally:
+                        idle.stop()
+            old, now = added[rev], added["this checkout"]
+            ratios = [b / a for a, b in zip(old, now, strict=True)]
+            quartiles = statistics.quantiles(ratios, n=4)
+            # The fastest blocks: what each costs when nothing else ran meanwhile.
+            fastest = {name: min(profiled[name]) - min(plain) for name in ways}
+            label = f"{shape}, {kind}"
+            print(
+                f"{label:<26} {statistics.median(old):>9.1f} us {statistics.median(now):>9.1f} us "
+                f"{statistics.median(ratios):>14.2f}  {quartiles[0]:.2f}..{quartiles[2]:.2f}"
+                f"  fastest: {fastest[rev]:.1f} / {fastest['this checkout']:.1f} us"
+                f" = {fastest['this checkout'] / fastest[rev]:.2f}"
+            )
+    print(
+        "(microseconds added to a request: medians, the ratios of the pairs, and the\n"
+        " fastest blocks of each against the fastest unprofiled ones)"
+    )
+    return 0
+
+
+def _scoped(module: Any, depth: int, read: bool, options: dict[str, float]) -> Callable[[], None]:
+    """A request profiled by one ``profile()`` scope of ``module``."""
+    shared = module.profile(**options)
+
+    def body() -> None:
+        with shared as profiler:
+            handler(depth)
+        if read:
+            profiler.snapshots  # noqa: B018 - built when read
+
+    return body
 
 
 def baseline_source(rev: str, into: Path) -> Path | None:
@@ -190,7 +270,12 @@ def main() -> int:
     parser.add_argument("--measure", choices=("today", "new"), help=argparse.SUPPRESS)
     parser.add_argument("--requests", type=int, default=3000, help=argparse.SUPPRESS)
     parser.add_argument("--shape", choices=SHAPES, default="bottom", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--alternate", metavar="REV", help="compare commit REV with this checkout in one process"
+    )
     options = parser.parse_args()
+    if options.alternate:
+        return alternate(options.alternate, options.quick)
     if options.measure:
         print(json.dumps(measure(options.measure, options.requests, options.shape)))
         return 0

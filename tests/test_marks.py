@@ -17,7 +17,7 @@ import random
 import subprocess
 import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -1129,6 +1129,27 @@ def _waits(depth: int, main: greenlet.greenlet, times: int) -> None:
         main.switch()
 
 
+def _serve(under: int, request: Callable[[], None]) -> tuple[SwitchCounter, Any, list[Any]]:
+    """Run ``request()`` ``under`` frames down in a greenlet, to its end:
+    the switch counter, the greenlet's watch (its first switch-out's), and
+    the raw stack of each switch-out."""
+    glet = greenlet.greenlet(lambda: _served(under, request))
+    counter = SwitchCounter(glet)
+    counter.install()
+    raws = []
+    try:
+        glet.switch()
+        dispatcher = installed_dispatcher(thread_ident())
+        assert dispatcher is not None
+        watch = dispatcher.watches[glet]
+        while not glet.dead:
+            raws.append(watch.last_stack)
+            glet.switch()
+    finally:
+        counter.uninstall()
+    return counter, watch, raws
+
+
 @pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
 def test_a_min_duration_sessions_walks_stop_at_the_frame_under_its_caller() -> None:
     # The frames under that one stay as start() found them while it runs:
@@ -1141,24 +1162,11 @@ def test_a_min_duration_sessions_walks_stop_at_the_frame_under_its_caller() -> N
             _waits(4, main, 3)
         seen.append(profiler)
 
-    glet = greenlet.greenlet(lambda: _served(12, request))
-    counter = SwitchCounter(glet)
-    counter.install()
-    try:
-        glet.switch()
-        dispatcher = installed_dispatcher(thread_ident())
-        assert dispatcher is not None
-        watch = dispatcher.watches[glet]
-        assert watch.root is not None
-        node, below, _ = watch.root
-        assert node.code is _served.__code__  # the frame under request()'s
-        assert height(below) >= 12
-        raws = []
-        while not glet.dead:
-            raws.append(watch.last_stack)
-            glet.switch()
-    finally:
-        counter.uninstall()
+    counter, watch, raws = _serve(12, request)
+    assert watch.root is not None
+    node, below, _ = watch.root
+    assert node.code is _served.__code__  # the frame under request()'s
+    assert height(below) >= 12
     assert len(raws) == 3
     # The frames above the root, then the root, then what start() walked.
     for raw in raws:
@@ -1184,17 +1192,8 @@ def test_a_walk_that_cannot_reach_its_root_within_max_depth_keeps_the_innermost_
             _waits(25, main, 1)  # not within 20 frames: the innermost 20
         seen.append(profiler)
 
-    glet = greenlet.greenlet(lambda: _served(8, request))
-    counter = SwitchCounter(glet)
-    counter.install()
-    try:
-        glet.switch()
-        watch = installed_dispatcher(thread_ident()).watches[glet]  # type: ignore[union-attr]
-        assert watch.root is not None
-        while not glet.dead:
-            glet.switch()
-    finally:
-        counter.uninstall()
+    counter, watch, _ = _serve(8, request)
+    assert watch.root is not None
     (profiler,) = seen
     outs = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
     assert [len(out) for out in outs] == [len(counter.stacks[0]), 20]
@@ -1234,3 +1233,36 @@ def test_no_root_where_another_tool_set_f_trace_or_in_a_generator() -> None:
     assert next(generator()) is None
     frame = sys._getframe()
     assert root_of(frame, walk_whole(frame, 3), 3) is None  # a stack cut at max_depth
+
+
+@pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
+def test_a_walk_down_to_a_root_is_the_whole_walk_for_any_depth() -> None:
+    from greenprof._stack import root_of, walk_to_root, walk_whole
+
+    formatter = FrameFormatter()
+    rng = random.Random(5)
+    rooted = 0
+    for _ in range(300):
+        under, above, depth = rng.randint(0, 20), rng.randint(1, 30), rng.randint(1, 60)
+        walks: list[Any] = []
+
+        def at_root(depth: int = depth, above: int = above, walks: list[Any] = walks) -> None:
+            def make_root() -> Any:
+                caller = sys._getframe()
+                return root_of(caller, walk_whole(caller, depth), depth)
+
+            root = make_root()
+
+            def top() -> None:
+                frame = sys._getframe()
+                if root is not None:
+                    walks.append((walk_whole(frame, depth), walk_to_root(frame, depth, root)))
+
+            _served(above, top)
+
+        _served(under, at_root)
+        for whole, to_root in walks:
+            rooted += 1
+            assert height(to_root) == height(whole) == min(depth, height(whole))
+            assert formatter.frames(to_root) == formatter.frames(whole)
+    assert rooted > 30  # the rest: stacks cut at depth, or too few frames under the root

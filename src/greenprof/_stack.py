@@ -314,6 +314,11 @@ def walk_whole(frame: FrameType, depth: int) -> RawStack:
     return tuple(pairs)
 
 
+#: Frames under a root that make it worth its cost (``root_of``): a walk
+#: down to a root looks at each frame's ``f_trace`` too, which costs about
+#: half a plain step; fewer frames under it save less than that costs.
+MIN_UNDER_ROOT: Final = 4
+
 #: Where a greenlet's whole walks may stop (3.12+, see ``walk_to_root``):
 #: the node in the root frame's ``f_trace``, the raw stack under that frame,
 #: and the most frames a walk may take down to it.
@@ -324,12 +329,13 @@ def root_of(caller: FrameType, stack: RawStack, depth: int) -> Root | None:
     """Where whole walks of ``caller``'s greenlet may stop from now on: at
     the frame under ``caller``, marked here (or found marked already) with
     the raw stack under it, ``stack`` (a walk from ``caller``, just made)
-    less its top two frames. None before 3.12, at the bottom of a greenlet,
-    for a generator's frame, one whose ``f_trace`` another tool set, or a
-    stack cut at ``depth``."""
+    less its top two frames. None before 3.12, near the bottom of a greenlet
+    (fewer than ``MIN_UNDER_ROOT`` frames under it), for a generator's
+    frame, one whose ``f_trace`` another tool set, or a stack cut at
+    ``depth``."""
     root = caller.f_back
     frames = height(stack)
-    if not MARKS or root is None or frames >= depth:
+    if not MARKS or root is None or frames >= depth or frames - 2 < MIN_UNDER_ROOT:
         return None
     found = root.f_trace
     if found is None:
@@ -362,8 +368,6 @@ def walk_to_root(frame: FrameType, depth: int, root: Root) -> RawStack:
     walk replaced its node, or it returned) is walked whole from there on.
     """
     node, below, above = root
-    if above <= 0:
-        return walk_whole(frame, depth)
     pairs: list[Any] = []
     append = pairs.append
     left = above
@@ -378,10 +382,9 @@ def walk_to_root(frame: FrameType, depth: int, root: Root) -> RawStack:
             append(None)
             return tuple(pairs)
         left -= 1
-        if not left:
-            break
-    append(walk_whole(frame, depth - above))
-    return tuple(pairs)
+        if not left:  # the root not met within its frames: the rest as a whole walk
+            append(walk_whole(frame, depth - above))
+            return tuple(pairs)
 
 
 def drop_top(raw: RawStack, frames: int) -> RawStack:

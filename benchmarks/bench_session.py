@@ -1,11 +1,13 @@
 """What one profiled request costs: greenprof as it was before sessions
 shared one pipeline ("today"), against greenprof now ("new").
 
-A "request" runs in a greenlet 25 frames deep and switches out and back 10
-times: at the bottom of the greenlet, and as in a server, under 12 frames
-(6 that stay between requests, a connection's loop, and 6 new for each,
-``gevent.pywsgi``'s ``handle_one_request`` to the app) with 13 above
-where the session starts. Today's greenprof is the source of commit ``BASELINE`` (taken with
+A "request" switches out and back 10 times, 28 frames deep: at the bottom
+of its greenlet (the session started 26 frames under where it waits), and
+as in a server, under 6 frames that stay between requests (a connection's
+loop) and 6 new for each (``gevent.pywsgi``'s ``handle_one_request`` down
+to the app), with 13 above the frame that starts the session; there a
+``min_duration`` session's root, the last of those 6 new frames, has 13
+under it. Today's greenprof is the source of commit ``BASELINE`` (taken with
 ``git archive`` from this repository), profiling each request with a
 ``Profiler()`` of its own, as its decorator and middleware did. The new one
 is this checkout's, profiling each request with a session of one
@@ -74,6 +76,13 @@ def _partner() -> None:
 _PARTNER = greenlet.greenlet(_partner)
 
 
+def handler_depth(shape: str) -> int:
+    """``handler()``'s depth for a request as high, in ``shape``, as at the
+    bottom (the server's frames and ``work()``'s between them stand in for
+    as many of the handler's)."""
+    return DEPTH if shape == "bottom" else DEPTH - KEPT_FRAMES - NEW_FRAMES - 1
+
+
 def handler(depth: int) -> None:
     """A request: ``depth`` frames deep, then ``SWITCHES`` waits."""
     if depth:
@@ -84,8 +93,8 @@ def handler(depth: int) -> None:
 
 
 def under(frames: int, call: Callable[[], None]) -> None:
-    """``call()``, ``frames`` frames down."""
-    if frames:
+    """``call()`` from the last of ``frames`` (at least 1) frames of this."""
+    if frames > 1:
         under(frames - 1, call)
         return
     call()
@@ -119,7 +128,7 @@ def measure(way: str, requests: int, shape: str) -> dict[str, float]:
     """In a child process: microseconds ``way`` adds to a request."""
     import greenprof
 
-    depth = DEPTH if shape == "bottom" else DEPTH - KEPT_FRAMES - NEW_FRAMES
+    depth = handler_depth(shape)
 
     def unprofiled() -> None:
         handler(depth)
@@ -165,17 +174,23 @@ def alternate(rev: str, quick: bool) -> int:
             return 2
         (src / "greenprof").rename(src / "greenprof_base")
         sys.path.insert(0, str(src))
-        base = importlib.import_module("greenprof_base")
-    ways = {rev: base, "this checkout": greenprof}
+        try:  # the files stay while it runs: a module may import another late
+            base = importlib.import_module("greenprof_base")
+            _take_turns(rev, {rev: base, "this checkout": greenprof}, quick)
+        finally:
+            sys.path.remove(str(src))
+    return 0
+
+
+def _take_turns(rev: str, ways: dict[str, Any], quick: bool) -> None:
     pairs, requests = (7, 200) if quick else (20, 300)
     print(
         f"Python {sys.version.split()[0]}; {rev} and this checkout in one process, taking "
-        f"turns: {pairs} pairs of {requests} requests, each {DEPTH} frames deep with "
-        f"{SWITCHES} switches out and in"
+        f"turns: {pairs} pairs of {requests} requests, each {SWITCHES} switches out and in"
     )
     print(f"{'request, session':<26} {rev:>12} {'this':>12} {'this / ' + rev:>14}  quartiles")
     for shape in SHAPES:
-        depth = DEPTH if shape == "bottom" else DEPTH - KEPT_FRAMES - NEW_FRAMES
+        depth = handler_depth(shape)
 
         def unprofiled(depth: int = depth) -> None:
             handler(depth)
@@ -200,7 +215,7 @@ def alternate(rev: str, quick: bool) -> int:
                     finally:
                         idle.stop()
             old, now = added[rev], added["this checkout"]
-            ratios = [b / a for a, b in zip(old, now, strict=True)]
+            ratios = [b / a for a, b in zip(old, now, strict=True) if a > 0]
             quartiles = statistics.quantiles(ratios, n=4)
             # The fastest blocks: what each costs when nothing else ran meanwhile.
             fastest = {name: min(profiled[name]) - min(plain) for name in ways}
@@ -215,7 +230,6 @@ def alternate(rev: str, quick: bool) -> int:
         "(microseconds added to a request: medians, the ratios of the pairs, and the\n"
         " fastest blocks of each against the fastest unprofiled ones)"
     )
-    return 0
 
 
 def _scoped(module: Any, depth: int, read: bool, options: dict[str, float]) -> Callable[[], None]:
@@ -292,7 +306,7 @@ def main() -> int:
                     src = SRC if way == "new" else old_src or SRC
                     added[way, shape].append(run_child(src, way, requests, shape))
     print(
-        f"Python {sys.version.split()[0]}; a request {DEPTH} frames deep, {SWITCHES} switches "
+        f"Python {sys.version.split()[0]}; a request 28 frames deep, {SWITCHES} switches "
         f"out and in; medians of {rounds} interleaved rounds of {requests} requests"
     )
     met = True

@@ -1131,8 +1131,8 @@ def _waits(depth: int, main: greenlet.greenlet, times: int) -> None:
 
 def _serve(under: int, request: Callable[[], None]) -> tuple[SwitchCounter, Any, list[Any]]:
     """Run ``request()`` ``under`` frames down in a greenlet, to its end:
-    the switch counter, the greenlet's watch (its first switch-out's), and
-    the raw stack of each switch-out."""
+    the switch counter, its watch's root at its first switch-out, and the
+    raw stack of each switch-out."""
     glet = greenlet.greenlet(lambda: _served(under, request))
     counter = SwitchCounter(glet)
     counter.install()
@@ -1142,12 +1142,13 @@ def _serve(under: int, request: Callable[[], None]) -> tuple[SwitchCounter, Any,
         dispatcher = installed_dispatcher(thread_ident())
         assert dispatcher is not None
         watch = dispatcher.watches[glet]
+        root = watch.root
         while not glet.dead:
             raws.append(watch.last_stack)
             glet.switch()
     finally:
         counter.uninstall()
-    return counter, watch, raws
+    return counter, root, raws
 
 
 @pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
@@ -1162,9 +1163,9 @@ def test_a_min_duration_sessions_walks_stop_at_the_frame_under_its_caller() -> N
             _waits(4, main, 3)
         seen.append(profiler)
 
-    counter, watch, raws = _serve(12, request)
-    assert watch.root is not None
-    node, below, _ = watch.root
+    counter, root, raws = _serve(12, request)
+    assert root is not None
+    node, below, _ = root
     assert node.code is _served.__code__  # the frame under request()'s
     assert height(below) >= 12
     assert len(raws) == 3
@@ -1192,8 +1193,8 @@ def test_a_walk_that_cannot_reach_its_root_within_max_depth_keeps_the_innermost_
             _waits(25, main, 1)  # not within 20 frames: the innermost 20
         seen.append(profiler)
 
-    counter, watch, _ = _serve(8, request)
-    assert watch.root is not None
+    counter, root, _ = _serve(8, request)
+    assert root is not None
     (profiler,) = seen
     outs = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
     assert [len(out) for out in outs] == [len(counter.stacks[0]), 20]
@@ -1266,3 +1267,203 @@ def test_a_walk_down_to_a_root_is_the_whole_walk_for_any_depth() -> None:
             assert height(to_root) == height(whole) == min(depth, height(whole))
             assert formatter.frames(to_root) == formatter.frames(whole)
     assert rooted > 30  # the rest: stacks cut at depth, or too few frames under the root
+
+
+def _inherit_f_trace(frame: FrameType, event: str, arg: Any) -> Any:
+    """A tracer that gives each new frame its caller's ``f_trace``, as some do."""
+    if event == "call" and frame.f_back is not None:
+        return frame.f_back.f_trace
+    return None
+
+
+@pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
+def test_a_root_node_copied_into_a_callee_is_not_the_root() -> None:
+    main = greenlet.getcurrent()
+    box: dict[str, Any] = {}
+
+    def begin() -> None:
+        box["profiler"] = greenprof.Profiler(min_duration=1e-9)
+        box["profiler"].start()
+
+    def callee() -> None:
+        main.switch()
+
+    def handler() -> None:  # the root: begin() is the frame that starts the session
+        begin()
+        sys.settrace(_inherit_f_trace)
+        try:
+            callee()  # its f_trace: the root's node
+        finally:
+            sys.settrace(None)
+        box["profiler"].stop()
+
+    counter, _, _ = _serve(6, handler)
+    outs = [short(s.stack) for s in box["profiler"].snapshots if s.event == "switch_out"]
+    assert [name for _, name, _ in outs[0][-2:]] == ["handler", "callee"]
+    assert outs == counter.stacks
+
+
+@pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
+def test_root_of_takes_no_node_copied_from_the_roots_caller() -> None:
+    from greenprof._stack import root_of, walk_whole
+
+    def here() -> Any:
+        frame = sys._getframe()
+        return root_of(frame, walk_whole(frame, 128), 128)
+
+    def root() -> Any:  # its f_trace: outer()'s node, copied at its call
+        return here()
+
+    def outer() -> Any:
+        assert here() is not None  # marks outer()'s frame
+        assert type(sys._getframe().f_trace) is StackNode
+        sys.settrace(_inherit_f_trace)
+        try:
+            return root()
+        finally:
+            sys.settrace(None)
+
+    assert _served(6, outer) is None
+
+
+@pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
+def test_no_root_for_a_stack_cut_at_max_depth() -> None:
+    from greenprof._stack import MIN_UNDER_ROOT, root_of, walk_whole
+
+    def here(depth: int) -> Any:
+        frame = sys._getframe()
+        return root_of(frame, walk_whole(frame, depth), depth)
+
+    deep_enough = MIN_UNDER_ROOT + 4
+    assert _served(20, lambda: here(200)) is not None
+    assert _served(20, lambda: here(deep_enough)) is None  # 20 frames: cut
+
+
+@pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
+def test_a_root_that_returned_is_let_go_and_stacks_stay_exact() -> None:
+    # Started from a hook that returns (Flask's before_request, say): the
+    # root is the hook's caller, which returns too. The first walk that
+    # reaches the bottom without meeting it lets it go: whole walks after,
+    # without looking for it.
+    main = greenlet.getcurrent()
+    box: dict[str, Any] = {}
+
+    def hook() -> None:
+        box["profiler"] = greenprof.Profiler(min_duration=1e-9)
+        box["profiler"].start()
+
+    def preprocess() -> None:
+        hook()
+
+    def handler() -> None:
+        preprocess()  # the root: returned by the time anything waits
+        _waits(3, main, 2)
+        box["profiler"].stop()
+
+    glet = greenlet.greenlet(lambda: _served(6, handler))
+    counter = SwitchCounter(glet)
+    counter.install()
+    roots = []
+    try:
+        glet.switch()
+        dispatcher = installed_dispatcher(thread_ident())
+        assert dispatcher is not None
+        watch = dispatcher.watches[glet]
+        roots.append(watch.root)
+        assert len(dispatcher.gone_roots) == 1  # set aside, not freed, by the tracer
+        while not glet.dead:
+            glet.switch()
+    finally:
+        counter.uninstall()
+    assert roots == [None]
+    assert dispatcher.gone_roots == []  # freed by stop()
+    outs = [short(s.stack) for s in box["profiler"].snapshots if s.event == "switch_out"]
+    assert outs == counter.stacks
+
+
+@pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
+def test_a_truncated_walk_to_a_root_is_never_marked_whole_for_a_deeper_session() -> None:
+    # Waiting at one place again and again, 30 frames above its root with a
+    # max_depth of 20: the node for its top frame must not claim those 20
+    # frames are the whole stack, or a deeper session joining records them.
+    main = greenlet.getcurrent()
+
+    def request() -> None:
+        with greenprof.profile(min_duration=1e-9, max_depth=20):
+            _waits(30, main, 6)
+
+    glet = greenlet.greenlet(lambda: _served(8, request))
+    counter = SwitchCounter(glet)
+    counter.install()
+    try:
+        for _ in range(4):
+            glet.switch()
+        with greenprof.profile(glet, max_depth=500) as deep:
+            while not glet.dead:
+                glet.switch()
+    finally:
+        counter.uninstall()
+    outs = [short(s.stack) for s in deep.snapshots if s.event == "switch_out"]
+    assert outs
+    assert outs == counter.stacks[4 : 4 + len(outs)]
+
+
+class DepthsScript(SessionScript):
+    """The script, each session with a ``min_duration`` and a random
+    ``max_depth``, nested in one greenlet: roots of sessions of every depth."""
+
+    def __init__(self, seed: int, steps: int, main: greenlet.greenlet, counter: Any) -> None:
+        super().__init__(seed, steps, main, counter)
+        self.rng = random.Random(seed + 77)
+        self.depths: dict[int, int] = {}
+
+    def steps(self, depth: int) -> None:
+        while True:
+            op = next(self.ops)
+            if op in ("with", "open"):
+                max_depth = self.rng.choice([3, 6, 9, 12, 20, 30, 128])
+                self.options = {"min_duration": 1e-9, "max_depth": max_depth}
+            if op == "with" and depth < 40:
+                first = len(self.counter.stacks)
+                with greenprof.profile(max_snapshots=100_000, **self.options) as profiler:
+                    self.depths[id(profiler)] = self.options["max_depth"]
+                    self.level_b(depth + 1)
+                self.sessions.append((profiler, first, len(self.counter.stacks)))
+            elif op == "open":
+                profiler = greenprof.Profiler(max_snapshots=100_000, **self.options)
+                self.depths[id(profiler)] = self.options["max_depth"]
+                profiler.start()
+                self.open.append((profiler, len(self.counter.stacks)))
+            elif op == "close" and self.open:
+                profiler, first = self.open.pop()
+                profiler.stop()
+                self.sessions.append((profiler, first, len(self.counter.stacks)))
+            elif op == "ret" and depth:
+                return
+            elif op not in ("with", "open", "close"):
+                self.do(op, depth)
+
+
+@pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
+def test_nested_sessions_of_every_depth_record_the_stacks_traceback_sees() -> None:
+    checked = 0
+    for seed in range(3):
+        main = greenlet.getcurrent()
+        glet = greenlet.greenlet()
+        counter = SwitchCounter(glet)
+        script = DepthsScript(seed, 3000, main, counter)
+        glet.run = script.run
+        counter.install()
+        try:
+            while not glet.dead:
+                glet.switch()
+        finally:
+            counter.uninstall()
+        for profiler, _ in script.open:
+            profiler.stop()
+        for profiler, first, last in script.sessions:
+            max_depth = script.depths[id(profiler)]
+            got = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
+            assert got == [stack[-max_depth:] for stack in counter.stacks[first:last]]
+            checked += len(got)
+    assert checked > 500

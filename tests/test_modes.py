@@ -401,8 +401,9 @@ def test_hybrid_with_follow_spawned_samples_the_children_too() -> None:
             assert sample.stack[0].function.endswith("request")
             continue
         assert sample.greenlet_id in children
-        # in busy(), or (rarely) caught in gevent.sleep just before it yields
-        assert sample.stack[-1].function in {"busy", "sleep"}
+        # in busy(), or (rarely) caught between busy() returning and
+        # gevent.sleep() yielding: in child_crunch itself, or in sleep
+        assert sample.stack[-1].function.rsplit(".", 1)[-1] in {"busy", "sleep", "child_crunch"}
         assert sample.stack[0].function.endswith("child_crunch")
     in_children = [s for s in samples if s.greenlet_id in children]
     assert sum(s.stack[-1].function == "busy" for s in in_children) >= 0.9 * len(in_children)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Callable
 from types import FrameType
 
+from greenprof import Snapshot
 from greenprof._stack import FrameFormatter, capture
 
 
@@ -59,3 +61,36 @@ def test_the_same_code_at_another_offset_is_another_stack() -> None:
     first, second = (formatter.stack(raw, 2) for raw in raws)
     assert first[-1] == second[-1]  # here() itself, at the same line
     assert first[0].lineno + 1 == second[0].lineno
+
+
+def test_build_cuts_one_raw_stack_to_each_buffers_depth() -> None:
+    # Records of two buffers of different max_depth share a raw stack (as
+    # switch-ins share their switch-out's): each snapshot gets its own depth.
+    from greenprof._build import build
+
+    def raw_here() -> object:
+        return capture(sys._getframe(), 128)
+
+    raw = nest_call(6, raw_here)
+    deep_meta = (128, 1, "deep", 7, None, False)
+    shallow_meta = (3, 2, "shallow", 7, None, False)
+    pending = [
+        ((2, 10, raw), deep_meta),
+        ((0, 11, raw), deep_meta),
+        ((2, 12, raw), shallow_meta),
+        ((0, 13, raw), shallow_meta),
+        ((2, 14, raw), deep_meta),
+    ]
+    out: list[Snapshot] = []
+    build(pending, out, session_id="s", first_sequence=0, offset_ns=0)
+    depths = [len(snapshot.stack) for snapshot in out]
+    assert depths[2:4] == [3, 3]
+    assert depths[0] == depths[1] == depths[4] > 8
+    assert [s.greenlet_name for s in out] == ["deep", "deep", "shallow", "shallow", "deep"]
+    assert out[2].stack == out[0].stack[-3:]
+
+
+def nest_call(levels: int, call: Callable[[], object]) -> object:
+    if levels:
+        return nest_call(levels - 1, call)
+    return call()

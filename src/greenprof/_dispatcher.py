@@ -55,7 +55,7 @@ class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
     instead of walking frames again.
     """
 
-    __slots__ = ("buffers", "depth", "last_stack", "marks", "repeats", "root")
+    __slots__ = ("buffers", "depth", "last_stack", "marks", "repeats", "root", "root_buffer")
 
     buffers: tuple[GreenletBuffer, ...]
     depth: int
@@ -68,8 +68,12 @@ class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
     #: the frame under the one that started a session in the greenlet
     #: itself (a request's), with the frames under it, walked then. Good for
     #: every session watching it, whatever its depth: a walk that would be
-    #: deeper carries on past it; once that frame returned, walks are whole.
+    #: deeper carries on past it. Let go when that session stops
+    #: (``root_buffer`` is its buffer), or when a walk finds that frame
+    #: gone (set aside in ``SwitchDispatcher.gone_roots``: the switch path
+    #: frees nothing).
     root: Root | None
+    root_buffer: GreenletBuffer | None
 
     @classmethod
     def of(
@@ -89,6 +93,7 @@ class GreenletWatch(weakref.ref):  # type: ignore[type-arg]
         watch.marks = marks
         watch.repeats = 0
         watch.root = None
+        watch.root_buffer = None
         return watch
 
     __hash__ = weakref.ref.__hash__
@@ -136,6 +141,9 @@ class SwitchDispatcher:
         #: Makes the tracer look at every switch beyond watched greenlets:
         #: tracking, following, or a pending request to detach.
         self.set_attention: Callable[[bool], None]
+        #: Roots the switch path found gone (see ``GreenletWatch.root``),
+        #: freed at the next watch or unwatch.
+        self.gone_roots: list[Root] = []
         self.trace, self.chained = _make_tracers(self)
         #: Drops a watch whose greenlet was freed (made once: it is every
         #: watch's weakref callback).
@@ -272,6 +280,8 @@ class SwitchDispatcher:
 
     def watch(self, glet: greenlet.greenlet, buffer: GreenletBuffer) -> GreenletWatch:
         """Start recording ``glet``'s switches into ``buffer``."""
+        if self.gone_roots:
+            self.gone_roots.clear()
         watch = self.watches.get(glet)
         running = glet is greenlet.getcurrent()
         if watch is None:
@@ -295,6 +305,10 @@ class SwitchDispatcher:
 
     def unwatch(self, watch: GreenletWatch, buffer: GreenletBuffer) -> None:
         """Stop recording into ``buffer``; forget the greenlet if nothing else watches it."""
+        if self.gone_roots:
+            self.gone_roots.clear()
+        if watch.root_buffer is buffer:  # the root its session set goes with it
+            watch.root = watch.root_buffer = None
         buffers = watch.buffers
         remaining = () if buffers == (buffer,) else tuple(b for b in buffers if b is not buffer)
         watch.buffers = remaining
@@ -332,6 +346,7 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
     """
     watches = dispatcher.watches
     get = watches.get
+    gone_roots = dispatcher.gone_roots
     now = time.perf_counter_ns
     gettrace = greenlet.gettrace
     running: GreenletWatch | None = None
@@ -394,11 +409,16 @@ def _make_tracers(dispatcher: SwitchDispatcher) -> tuple[TraceFunction, TraceFun
                                 stack = capture(frame, watch.depth)
                             else:
                                 root = watch.root
-                                stack = (
-                                    walk_whole(frame, watch.depth)
-                                    if root is None
-                                    else walk_to_root(frame, watch.depth, root)
-                                )
+                                if root is None:
+                                    stack = walk_whole(frame, watch.depth)
+                                else:
+                                    stack = walk_to_root(frame, watch.depth, root)
+                                    if stack[-1] is None:  # type: ignore[index]
+                                        # Down to the bottom without meeting
+                                        # it: it returned. Whole walks from
+                                        # now on; the root is freed later.
+                                        gone_roots.append(root)
+                                        watch.root = None
                                 last = watch.last_stack
                                 if (
                                     MARKS

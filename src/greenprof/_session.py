@@ -318,10 +318,11 @@ class Run:
         buffer.records.append((START, started, start_stack))
         record = _Target(key, buffer, dispatcher)
         record.watch = record.ref = watch = dispatcher.watch(glet, buffer)
-        if not buffer.marks and caller is not None:
+        if not buffer.marks and caller is not None and watch.root is None:
             # Its switch-outs walk down to the frame under the caller, not
             # further: the frames under that one stay as this walk found them.
             watch.root = root_of(caller, start_stack, buffer.depth)
+            watch.root_buffer = buffer
         self.start_ns = wall = pipeline.offset_ns + started
         self.targets[key] = record
         self.buffers.append(buffer)

@@ -64,7 +64,9 @@ class StackNode:
     lasti, raw stack below)``; ``height`` counts the frames of ``key``.
     ``owner`` is ``id()`` of the frame whose ``f_trace`` holds this node (0:
     none). Nodes live in frames only: records hold their ``key``, never a
-    node, so a frame's node goes with the frame.
+    node, so a frame's node goes with the frame; but for a session's root
+    (see ``root_of``), which its greenlet's watch holds too, until the
+    session stops or a walk finds the frame gone.
 
     Python calls a frame's ``f_trace`` only while a ``sys.settrace`` tracer
     runs, and only for frames that tracer left alone. A node then hands the
@@ -350,8 +352,18 @@ def root_of(caller: FrameType, stack: RawStack, depth: int) -> Root | None:
         node.owner = id(root)
         root.f_trace = node  # complete before it is published: a sampler may read it
     elif type(found) is StackNode and trusted(found, root, 0, depth):
-        node = found
         below = found.key[2]
+        node = found
+        if found.lasti != root.f_lasti:
+            # Moved on since it was marked: a new node, as capture() makes,
+            # else the next marking walk would replace it with one.
+            node = _new_node(StackNode)
+            node.code = code = found.code
+            node.lasti = lasti = root.f_lasti
+            node.key = _interned(code, lasti, below)
+            node.height = found.height
+            node.owner = found.owner
+            root.f_trace = node
     else:
         return None
     return (node, below, depth - (frames - 2))
@@ -374,7 +386,8 @@ def walk_to_root(frame: FrameType, depth: int, root: Root) -> RawStack:
     while True:
         append(frame.f_code)
         append(frame.f_lasti)
-        if frame.f_trace is node:
+        if frame.f_trace is node and node.owner == id(frame) and node.code is frame.f_code:
+            # (A tracer may copy a frame's f_trace into its callees.)
             append(below)
             return tuple(pairs)
         frame = frame.f_back  # type: ignore[assignment]

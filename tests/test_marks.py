@@ -950,6 +950,8 @@ class SessionScript(Script):
         self.sessions: list[tuple[greenprof.Profiler, int, int]] = []
         #: Given to every session.
         self.options: dict[str, Any] = {}
+        #: Each session's max_depth, by its profiler's id.
+        self.depths: dict[int, int] = {}
 
     def level_a(self, depth: int) -> None:
         self.steps(depth)
@@ -957,16 +959,22 @@ class SessionScript(Script):
         # this frame, the one under it, is in another place than then.
         self.main.switch()
 
+    def session_options(self) -> dict[str, Any]:
+        return self.options
+
     def steps(self, depth: int) -> None:
         while True:
             op = next(self.ops)
+            options = self.session_options() if op in ("with", "open") else {}
             if op == "with" and depth < 40:
                 first = len(self.counter.stacks)
-                with greenprof.profile(max_snapshots=100_000, **self.options) as profiler:
+                with greenprof.profile(max_snapshots=100_000, **options) as profiler:
+                    self.depths[id(profiler)] = options.get("max_depth", 128)
                     self.level_b(depth + 1)
                 self.sessions.append((profiler, first, len(self.counter.stacks)))
             elif op == "open":
-                profiler = greenprof.Profiler(max_snapshots=100_000, **self.options)
+                profiler = greenprof.Profiler(max_snapshots=100_000, **options)
+                self.depths[id(profiler)] = options.get("max_depth", 128)
                 profiler.start()
                 self.open.append((profiler, len(self.counter.stacks)))
             elif op == "close" and self.open:
@@ -995,6 +1003,32 @@ class SessionScript(Script):
             next(self.gen)
 
 
+def _run_script(
+    kind: type[SessionScript], seed: int, options: dict[str, Any]
+) -> tuple[Any, SwitchCounter]:
+    """Run a script of ``kind`` in a greenlet to its end, its sessions
+    given ``options``, and stop the sessions it left open."""
+    glet = greenlet.greenlet()
+    counter = SwitchCounter(glet)
+    script = kind(seed, 3000, greenlet.getcurrent(), counter)
+    script.options = options
+    glet.run = script.run
+    _to_the_end(glet, counter)
+    for profiler, _ in script.open:
+        profiler.stop()
+    return script, counter
+
+
+def _to_the_end(glet: greenlet.greenlet, counter: SwitchCounter) -> None:
+    """Switch into ``glet`` until it ends, ``counter`` counting."""
+    counter.install()
+    try:
+        while not glet.dead:
+            glet.switch()
+    finally:
+        counter.uninstall()
+
+
 # min_duration (kept: 1 ns): from 3.12 whole walks, cut at each session's root.
 @pytest.mark.parametrize("options", [{}, {"min_duration": 1e-9}], ids=["plain", "min_duration"])
 def test_sessions_started_inside_their_greenlet_record_the_stacks_traceback_sees(
@@ -1002,20 +1036,7 @@ def test_sessions_started_inside_their_greenlet_record_the_stacks_traceback_sees
 ) -> None:
     checked = 0
     for seed in range(4):
-        main = greenlet.getcurrent()
-        glet = greenlet.greenlet()
-        counter = SwitchCounter(glet)
-        script = SessionScript(seed, 3000, main, counter)
-        script.options = options
-        glet.run = script.run
-        counter.install()
-        try:
-            while not glet.dead:
-                glet.switch()
-        finally:
-            counter.uninstall()
-        for profiler, _ in script.open:
-            profiler.stop()
+        script, counter = _run_script(SessionScript, seed, options)
         for profiler, first, last in script.sessions:
             got = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
             assert got == counter.stacks[first:last]
@@ -1045,12 +1066,7 @@ def test_a_session_whose_start_frame_returned_records_exact_stacks() -> None:
     profiler = greenprof.Profiler()
     glet = greenlet.greenlet(lambda: _caller_of_start(profiler, main))
     counter = SwitchCounter(glet)
-    counter.install()
-    try:
-        while not glet.dead:
-            glet.switch()
-    finally:
-        counter.uninstall()
+    _to_the_end(glet, counter)
     got = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
     assert got == counter.stacks
     assert [f[1] for f in got[0][-2:]] == ["<lambda>", "_caller_of_start"]
@@ -1131,8 +1147,9 @@ def _waits(depth: int, main: greenlet.greenlet, times: int) -> None:
 
 def _serve(under: int, request: Callable[[], None]) -> tuple[SwitchCounter, Any, list[Any]]:
     """Run ``request()`` ``under`` frames down in a greenlet, to its end:
-    the switch counter, its watch's root at its first switch-out, and the
-    raw stack of each switch-out."""
+    the switch counter; its watch's root, and how many roots its
+    dispatcher had set aside, at its first switch-out, and that list; and
+    the raw stack of each switch-out."""
     glet = greenlet.greenlet(lambda: _served(under, request))
     counter = SwitchCounter(glet)
     counter.install()
@@ -1142,13 +1159,19 @@ def _serve(under: int, request: Callable[[], None]) -> tuple[SwitchCounter, Any,
         dispatcher = installed_dispatcher(thread_ident())
         assert dispatcher is not None
         watch = dispatcher.watches[glet]
-        root = watch.root
+        roots = (watch.root, len(dispatcher.gone_roots), dispatcher.gone_roots)
         while not glet.dead:
             raws.append(watch.last_stack)
             glet.switch()
     finally:
         counter.uninstall()
-    return counter, root, raws
+    return counter, roots, raws
+
+
+def _started(box: dict[str, Any]) -> None:
+    """Start a min_duration profiler into ``box``: a hook that returns."""
+    box["profiler"] = greenprof.Profiler(min_duration=1e-9)
+    box["profiler"].start()
 
 
 @pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
@@ -1163,7 +1186,7 @@ def test_a_min_duration_sessions_walks_stop_at_the_frame_under_its_caller() -> N
             _waits(4, main, 3)
         seen.append(profiler)
 
-    counter, root, raws = _serve(12, request)
+    counter, (root, _, _), raws = _serve(12, request)
     assert root is not None
     node, below, _ = root
     assert node.code is _served.__code__  # the frame under request()'s
@@ -1193,7 +1216,7 @@ def test_a_walk_that_cannot_reach_its_root_within_max_depth_keeps_the_innermost_
             _waits(25, main, 1)  # not within 20 frames: the innermost 20
         seen.append(profiler)
 
-    counter, root, _ = _serve(8, request)
+    counter, (root, _, _), _ = _serve(8, request)
     assert root is not None
     (profiler,) = seen
     outs = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]
@@ -1281,15 +1304,11 @@ def test_a_root_node_copied_into_a_callee_is_not_the_root() -> None:
     main = greenlet.getcurrent()
     box: dict[str, Any] = {}
 
-    def begin() -> None:
-        box["profiler"] = greenprof.Profiler(min_duration=1e-9)
-        box["profiler"].start()
-
     def callee() -> None:
         main.switch()
 
-    def handler() -> None:  # the root: begin() is the frame that starts the session
-        begin()
+    def handler() -> None:  # the root: _started() is the frame that starts the session
+        _started(box)
         sys.settrace(_inherit_f_trace)
         try:
             callee()  # its f_trace: the root's node
@@ -1348,35 +1367,18 @@ def test_a_root_that_returned_is_let_go_and_stacks_stay_exact() -> None:
     main = greenlet.getcurrent()
     box: dict[str, Any] = {}
 
-    def hook() -> None:
-        box["profiler"] = greenprof.Profiler(min_duration=1e-9)
-        box["profiler"].start()
-
     def preprocess() -> None:
-        hook()
+        _started(box)
 
     def handler() -> None:
         preprocess()  # the root: returned by the time anything waits
         _waits(3, main, 2)
         box["profiler"].stop()
 
-    glet = greenlet.greenlet(lambda: _served(6, handler))
-    counter = SwitchCounter(glet)
-    counter.install()
-    roots = []
-    try:
-        glet.switch()
-        dispatcher = installed_dispatcher(thread_ident())
-        assert dispatcher is not None
-        watch = dispatcher.watches[glet]
-        roots.append(watch.root)
-        assert len(dispatcher.gone_roots) == 1  # set aside, not freed, by the tracer
-        while not glet.dead:
-            glet.switch()
-    finally:
-        counter.uninstall()
-    assert roots == [None]
-    assert dispatcher.gone_roots == []  # freed by stop()
+    counter, (root, gone, gone_roots), _ = _serve(6, handler)
+    assert root is None
+    assert gone == 1  # set aside, not freed, by the tracer
+    assert gone_roots == []  # freed by stop()
     outs = [short(s.stack) for s in box["profiler"].snapshots if s.event == "switch_out"]
     assert outs == counter.stacks
 
@@ -1415,52 +1417,16 @@ class DepthsScript(SessionScript):
     def __init__(self, seed: int, steps: int, main: greenlet.greenlet, counter: Any) -> None:
         super().__init__(seed, steps, main, counter)
         self.rng = random.Random(seed + 77)
-        self.depths: dict[int, int] = {}
 
-    def steps(self, depth: int) -> None:
-        while True:
-            op = next(self.ops)
-            if op in ("with", "open"):
-                max_depth = self.rng.choice([3, 6, 9, 12, 20, 30, 128])
-                self.options = {"min_duration": 1e-9, "max_depth": max_depth}
-            if op == "with" and depth < 40:
-                first = len(self.counter.stacks)
-                with greenprof.profile(max_snapshots=100_000, **self.options) as profiler:
-                    self.depths[id(profiler)] = self.options["max_depth"]
-                    self.level_b(depth + 1)
-                self.sessions.append((profiler, first, len(self.counter.stacks)))
-            elif op == "open":
-                profiler = greenprof.Profiler(max_snapshots=100_000, **self.options)
-                self.depths[id(profiler)] = self.options["max_depth"]
-                profiler.start()
-                self.open.append((profiler, len(self.counter.stacks)))
-            elif op == "close" and self.open:
-                profiler, first = self.open.pop()
-                profiler.stop()
-                self.sessions.append((profiler, first, len(self.counter.stacks)))
-            elif op == "ret" and depth:
-                return
-            elif op not in ("with", "open", "close"):
-                self.do(op, depth)
+    def session_options(self) -> dict[str, Any]:
+        return {"min_duration": 1e-9, "max_depth": self.rng.choice([3, 6, 9, 12, 20, 30, 128])}
 
 
 @pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
 def test_nested_sessions_of_every_depth_record_the_stacks_traceback_sees() -> None:
     checked = 0
     for seed in range(3):
-        main = greenlet.getcurrent()
-        glet = greenlet.greenlet()
-        counter = SwitchCounter(glet)
-        script = DepthsScript(seed, 3000, main, counter)
-        glet.run = script.run
-        counter.install()
-        try:
-            while not glet.dead:
-                glet.switch()
-        finally:
-            counter.uninstall()
-        for profiler, _ in script.open:
-            profiler.stop()
+        script, counter = _run_script(DepthsScript, seed, {})
         for profiler, first, last in script.sessions:
             max_depth = script.depths[id(profiler)]
             got = [short(s.stack) for s in profiler.snapshots if s.event == "switch_out"]

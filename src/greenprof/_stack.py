@@ -344,29 +344,30 @@ def root_of(caller: FrameType, stack: RawStack, depth: int) -> Root | None:
         if root.f_code.co_flags & UNTRUSTED_CODE:
             return None
         below = drop_top(stack, 2)
-        node = _new_node(StackNode)
-        node.code = code = root.f_code
-        node.lasti = lasti = root.f_lasti
-        node.key = (code, lasti, below)
-        node.height = frames - 1
-        node.owner = id(root)
-        root.f_trace = node  # complete before it is published: a sampler may read it
+        node = _mark(root, (root.f_code, root.f_lasti, below), frames - 1)
     elif type(found) is StackNode and trusted(found, root, 0, depth):
         below = found.key[2]
         node = found
         if found.lasti != root.f_lasti:
             # Moved on since it was marked: a new node, as capture() makes,
             # else the next marking walk would replace it with one.
-            node = _new_node(StackNode)
-            node.code = code = found.code
-            node.lasti = lasti = root.f_lasti
-            node.key = _interned(code, lasti, below)
-            node.height = found.height
-            node.owner = found.owner
-            root.f_trace = node
+            node = _mark(root, _interned(found.code, root.f_lasti, below), found.height)
     else:
         return None
     return (node, below, depth - (frames - 2))
+
+
+def _mark(frame: FrameType, key: tuple[Any, ...], height: int) -> StackNode:
+    """A node for ``frame``, standing for ``key`` (``height`` frames), left
+    in its ``f_trace`` (off the walks' hot loops)."""
+    node = _new_node(StackNode)
+    node.code = key[0]
+    node.lasti = key[1]
+    node.key = key
+    node.height = height
+    node.owner = id(frame)
+    frame.f_trace = node  # complete before it is published: a sampler may read it
+    return node
 
 
 def walk_to_root(frame: FrameType, depth: int, root: Root) -> RawStack:
@@ -430,14 +431,7 @@ def mark_top(frame: FrameType, stack: tuple[Any, ...], depth: int) -> RawStack:
         or frame.f_code.co_flags & UNTRUSTED_CODE
     ):
         return stack
-    node = _new_node(StackNode)
-    node.code = code = stack[0]
-    node.lasti = lasti = stack[1]
-    node.key = key = (code, lasti, stack[2:] if len(stack) > 3 else stack[2])
-    node.height = frames
-    node.owner = id(frame)
-    frame.f_trace = node  # complete before it is published: a sampler may read it
-    return key
+    return _mark(frame, (stack[0], stack[1], stack[2:] if len(stack) > 3 else stack[2]), frames).key
 
 
 def _run(pairs: list[Any], below: RawStack) -> RawStack:

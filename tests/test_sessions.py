@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -572,3 +573,39 @@ def test_a_session_is_frozen_and_not_hashable() -> None:
     with pytest.raises(TypeError, match="unhashable"):
         hash(session)
     assert session == Session("s", 1, 2, tags={"a": "b"})
+
+
+@pytest.mark.parametrize("draft", ["draft", "setters"])
+def test_a_kept_sessions_record_is_the_session_its_constructor_makes(
+    draft: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # From 3.12 the record is filled as a draft that becomes a Session;
+    # before, and here with the draft taken away, through slot setters.
+    from greenprof import _session
+    from greenprof.snapshot import SESSION_DRAFT
+
+    assert (SESSION_DRAFT is not None) == (sys.version_info >= (3, 12))
+    if draft == "setters":
+        monkeypatch.setattr(_session, "SESSION_DRAFT", None)
+    elif SESSION_DRAFT is None:
+        pytest.skip("CPython before 3.12 refuses the draft's __class__ assignment")
+    sink = MemorySink()
+    with greenprof.profile(sinks=[sink], tags={"service": "shop"}, max_snapshots=7) as profiler:
+        gevent.sleep(0)
+    (session,) = sink.sessions
+    me = id(gevent.getcurrent())
+    assert type(session) is Session
+    assert session == Session(
+        session_id=profiler.snapshots[0].session_id,
+        start_ns=session.start_ns,
+        stop_ns=session.stop_ns,
+        mode="greenlet",
+        max_snapshots=7,
+        running_at_start=[me],
+        bounds={me: (session.start_ns, session.stop_ns)},
+        tags={"service": "shop"},
+    )
+    assert 0 < session.start_ns < session.stop_ns
+    assert profiler.report().sessions == [session]
+    with pytest.raises(AttributeError):
+        session.stop_ns = 3  # type: ignore[misc]

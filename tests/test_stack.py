@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
 import sys
 import traceback
+import weakref
 from collections.abc import Callable
 from types import FrameType
+
+import attrs
+import pytest
 
 from greenprof import Snapshot
 from greenprof._stack import FrameFormatter, capture
@@ -94,3 +99,39 @@ def nest_call(levels: int, call: Callable[[], object]) -> object:
     if levels:
         return nest_call(levels - 1, call)
     return call()
+
+
+@pytest.mark.parametrize("draft", ["draft", "setters"])
+def test_build_makes_snapshots_as_their_constructor_does(
+    draft: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # From 3.12 build() fills a draft object and turns it into a Snapshot;
+    # before, and here with the draft taken away, it calls slot setters.
+    from greenprof import _build
+    from greenprof.snapshot import SNAPSHOT_DRAFT
+
+    assert (SNAPSHOT_DRAFT is not None) == (sys.version_info >= (3, 12))
+    if draft == "setters":
+        monkeypatch.setattr(_build, "SNAPSHOT_DRAFT", None)
+    elif SNAPSHOT_DRAFT is None:
+        pytest.skip("CPython before 3.12 refuses the draft's __class__ assignment")
+    raw = nest_call(3, lambda: capture(sys._getframe(), 128, mark=False))
+    meta = (128, 11, "worker", 7, 5, False)
+    pending = [((0, 100, raw), meta), ((4, 150, raw, 12, "other"), meta), ((2, 190, None), meta)]
+    out: list[Snapshot] = []
+    _build.build(pending, out, session_id="s1", first_sequence=3, offset_ns=1000)
+    stack = _build.FORMATTER.stack(raw, 128)
+    assert len(stack) > 3
+    assert out == [
+        Snapshot(11, "worker", 7, "switch_in", 3, 1100, stack, "s1", 5),
+        Snapshot(12, "other", 7, "sample", 4, 1150, stack, "s1", 5),
+        Snapshot(11, "worker", 7, "switch_out", 5, 1190, (), "s1", 5),
+    ]
+    for snapshot in out:
+        assert type(snapshot) is Snapshot
+        assert hash(snapshot) == hash(attrs.evolve(snapshot))
+        assert pickle.loads(pickle.dumps(snapshot)) == snapshot
+        assert weakref.ref(snapshot)() is snapshot
+        assert repr(snapshot).startswith("Snapshot(greenlet_id=")
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            snapshot.sequence = 0  # type: ignore[misc]

@@ -21,7 +21,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from types import CodeType, FrameType
-from typing import TYPE_CHECKING, Final, TypeGuard
+from typing import TYPE_CHECKING, Any, Final, TypeGuard
 
 import greenlet
 
@@ -45,7 +45,7 @@ from .exceptions import (
     NotAGreenletError,
     WrongThreadError,
 )
-from .snapshot import SESSION_SETTERS, Session, Snapshot
+from .snapshot import SESSION_DRAFT, SESSION_SETTERS, Session, Snapshot
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
@@ -854,7 +854,27 @@ _NO_CHILDREN: Final[deque[Child]] = deque(maxlen=0)
 
 def _new_session(*values: object) -> Session:
     """A Session from values right by construction, without ``__init__``'s
-    converters and checks (a request-scoped profiler makes one per request)."""
+    converters and checks (a request-scoped profiler makes one per kept
+    request): filled as a draft that becomes one (3.12+), else with its
+    slot setters."""
+    if SESSION_DRAFT is not None:
+        draft: Any = object.__new__(SESSION_DRAFT)
+        (
+            draft.session_id,
+            draft.start_ns,
+            draft.stop_ns,
+            draft.mode,
+            draft.dump_period_ns,
+            draft.max_depth,
+            draft.max_snapshots,
+            draft.dropped,
+            draft.running_at_start,
+            draft.bounds,
+            draft.tags,
+        ) = values
+        draft.__class__ = Session
+        made: Session = draft
+        return made
     session = object.__new__(Session)
     for setter, value in zip(SESSION_SETTERS, values, strict=True):
         setter(session, value)

@@ -7,7 +7,7 @@ Value objects only; they are built outside the switch path from raw frames.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Any, Final
 
 import attrs
 
@@ -140,7 +140,8 @@ class Session:
 #: The field setters of ``Snapshot``'s slots, in field order. The profiler
 #: builds snapshots with them (``object.__new__`` and one call a field),
 #: skipping ``__init__``'s keyword parsing and event check: its values are
-#: right by construction, and this halves the cost of a snapshot.
+#: right by construction, and this halves the cost of a snapshot. From
+#: 3.12 it uses ``SNAPSHOT_DRAFT`` instead, cheaper still.
 _SNAPSHOT_FIELDS: Final = (
     "greenlet_id",
     "greenlet_name",
@@ -153,8 +154,29 @@ _SNAPSHOT_FIELDS: Final = (
     "parent_id",
 )
 if tuple(field.name for field in attrs.fields(Snapshot)) != _SNAPSHOT_FIELDS:  # pragma: no cover
-    raise RuntimeError("Snapshot's fields changed: update _SNAPSHOT_FIELDS and _drain()")
+    raise RuntimeError("Snapshot's fields changed: update _SNAPSHOT_FIELDS and build()")
 SNAPSHOT_SETTERS: Final = tuple(Snapshot.__dict__[name].__set__ for name in _SNAPSHOT_FIELDS)
+
+
+def _draft_of(cls: type) -> type | None:
+    """A plain class with ``cls``'s slots, laid out as ``cls``: an object
+    of it takes its fields as plain attribute stores (which the
+    interpreter does in a few steps, where a frozen class's slot setter is
+    a call of its own) and then becomes a ``cls`` by ``__class__``
+    assignment, exactly as ``cls`` would have made it. None where CPython
+    refuses that assignment: before 3.12 it does for any class whose
+    ``__weakref__`` slot follows its fields, as attrs lays them out."""
+    draft = type(f"_{cls.__name__}Draft", (), {"__slots__": cls.__dict__["__slots__"]})
+    probe: Any = object.__new__(draft)
+    try:
+        probe.__class__ = cls
+    except TypeError:
+        return None
+    return draft
+
+
+#: ``Snapshot``'s draft class (see ``_draft_of``), or None before 3.12.
+SNAPSHOT_DRAFT: Final = _draft_of(Snapshot)
 
 
 _SESSION_FIELDS: Final = (
@@ -172,6 +194,8 @@ _SESSION_FIELDS: Final = (
 )
 if tuple(field.name for field in attrs.fields(Session)) != _SESSION_FIELDS:  # pragma: no cover
     raise RuntimeError("Session's fields changed: update _SESSION_FIELDS")
-#: The field setters of ``Session``'s slots, in field order: a session is
-#: made this way at every ``stop()``, its values right by construction.
+#: The field setters of ``Session``'s slots, in field order, and its draft
+#: class (see ``_draft_of``), or None before 3.12: a kept session's record
+#: is made one of these ways, its values right by construction.
 SESSION_SETTERS: Final = tuple(Session.__dict__[name].__set__ for name in _SESSION_FIELDS)
+SESSION_DRAFT: Final = _draft_of(Session)

@@ -76,9 +76,9 @@ def build(
     wall-clock ones.
 
     The hot loop of reading a profile: a Snapshot is built as a
-    ``SNAPSHOT_DRAFT`` that becomes one (from 3.12), else with its slot
-    setters (see ``snapshot.SNAPSHOT_SETTERS``); each raw stack is
-    formatted once.
+    ``SNAPSHOT_DRAFT`` that becomes one, or with its slot setters where
+    there is no draft (see ``snapshot.SNAPSHOT_SETTERS``); each raw stack
+    is formatted once.
     """
     set_gid, set_name, set_thread, set_event, set_seq, set_time, set_stack, set_session, set_parent = SNAPSHOT_SETTERS  # fmt: skip  # noqa: E501
     draft: type | None = SNAPSHOT_DRAFT

@@ -1,0 +1,164 @@
+"""What one profiled request costs, in instructions counted under valgrind:
+a commit against this checkout, with none of a shared machine's noise.
+
+``bench_session.py``'s request (10 switches out and in, at the bottom of
+its greenlet and as in a server), profiled by one ``greenprof.profile()``
+scope and dropped by ``min_duration``, kept and never read, or kept and
+read. Each is run in a process of its own under ``valgrind
+--tool=cachegrind`` twice, with ``--requests`` more requests the second
+time; the difference, less the same for the unprofiled request, is what
+greenprof adds to a request, in instructions. The counts repeat to within
+half a percent from run to run (hash seeds fixed), where timings on this
+shared machine move by 10 to 25%: a change of a few percent shows. Instructions
+are not time (a cache miss costs no instruction), so a change that the
+count favours is then timed with ``bench_session.py --alternate REV``.
+
+Printed: instructions added to a request by commit ``REV``'s greenprof and
+by this checkout's, and this / REV.
+
+Run: ``python benchmarks/bench_instructions.py REV [--requests N]`` (needs
+valgrind and git; about 4 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import greenlet
+
+from bench_session import (
+    NEVER,
+    SHAPES,
+    SRC,
+    _nothing,
+    _scoped,
+    baseline_source,
+    handler,
+    handler_depth,
+    per_request,
+)
+
+#: What is counted: the unprofiled request, then each way of profiling it.
+WAYS = ("unprofiled", "dropped", "kept, unread", "kept, read")
+#: Requests run before counting starts, in both runs of a pair.
+WARM_UP = 200
+Executor = concurrent.futures.ThreadPoolExecutor
+
+
+def child(way: str, shape: str, requests: int) -> None:
+    """Run ``requests`` requests of ``way`` (after a warm-up), in this
+    process, under valgrind."""
+    import greenprof
+
+    depth = handler_depth(shape)
+    if way == "unprofiled":
+
+        def body() -> None:
+            handler(depth)
+
+    else:
+        options = {"min_duration": NEVER} if way == "dropped" else {}
+        body = _scoped(greenprof, depth, way == "kept, read", options)
+    # greenprof's tracer stays installed throughout, as in bench_session.py.
+    idle = greenprof.Profiler()
+    never_runs = greenlet.greenlet(_nothing)
+    idle.start(never_runs)
+    per_request(body, WARM_UP, shape)
+    if requests:
+        per_request(body, requests, shape)
+    idle.stop()
+
+
+def count(src: Path, way: str, shape: str, requests: int) -> int:
+    """Instructions valgrind counted for a whole child process."""
+    result = subprocess.run(
+        [
+            "valgrind",
+            "--tool=cachegrind",
+            "--cache-sim=no",
+            "--cachegrind-out-file=/dev/null",
+            sys.executable,
+            __file__,
+            "--child",
+            way,
+            shape,
+            str(requests),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(src), str(Path(__file__).parent)]),
+            "PYTHONHASHSEED": "0",  # dicts laid out alike in every run
+        },
+    )
+    found = re.search(r"I\s+refs:\s+([\d,]+)", result.stderr)
+    if found is None:
+        raise RuntimeError(f"valgrind printed no instruction count:\n{result.stderr}")
+    return int(found.group(1).replace(",", ""))
+
+
+def per_request_count(src: Path, way: str, shape: str, requests: int, pool: Executor) -> float:
+    """Instructions a request of ``way`` costs (both runs in parallel)."""
+    short = pool.submit(count, src, way, shape, 0)
+    long = pool.submit(count, src, way, shape, requests)
+    return (long.result() - short.result()) / requests
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rev", nargs="?", help="the commit to compare this checkout with")
+    parser.add_argument("--requests", type=int, default=1000, help="requests counted (1000)")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.child:
+        way, shape, requests = options.child
+        child(way, shape, int(requests))
+        return 0
+    if options.rev is None:
+        parser.error("name the commit to compare with, e.g. HEAD~1")
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed: it counts the instructions", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        old_src = baseline_source(options.rev, Path(tmp))
+        if old_src is None:
+            print(f"cannot read commit {options.rev} of this repository", file=sys.stderr)
+            return 2
+        print(
+            f"Python {sys.version.split()[0]}; instructions a request costs, counted under "
+            f"valgrind over {options.requests} requests; {options.rev} and this checkout"
+        )
+        print(
+            f"{'request, session':<26} {options.rev:>14} {'this':>14} {'this / ' + options.rev:>14}"
+        )
+        with Executor(max_workers=2) as pool:
+            for shape in SHAPES:
+                counted = {
+                    (name, way): per_request_count(src, way, shape, options.requests, pool)
+                    for name, src in (("old", old_src), ("new", SRC))
+                    for way in WAYS
+                }
+                for way in WAYS:
+                    old, new = counted["old", way], counted["new", way]
+                    if way != "unprofiled":  # what greenprof adds
+                        old -= counted["old", "unprofiled"]
+                        new -= counted["new", "unprofiled"]
+                    print(
+                        f"{shape + ', ' + way:<26} {old:>14,.0f} {new:>14,.0f} {new / old:>14.3f}"
+                    )
+    print("(instructions a request costs unprofiled, and what each session adds to it)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

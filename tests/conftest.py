@@ -257,3 +257,8 @@ class SwitchCounter:
 
     def uninstall(self) -> None:
         greenlet.settrace(self.previous)
+
+
+def never_called(*args: object) -> None:
+    """Stands in for a function a test requires not to be called."""
+    raise AssertionError("called, and should not have been")

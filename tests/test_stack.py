@@ -15,6 +15,8 @@ import pytest
 from greenprof import Snapshot
 from greenprof._stack import FrameFormatter, capture
 
+from .conftest import never_called
+
 
 def expected(frame: FrameType, depth: int) -> list[tuple[str, str, int]]:
     summary = traceback.extract_stack(frame)[-depth:]
@@ -113,6 +115,8 @@ def test_build_makes_snapshots_as_their_constructor_does(
     assert SNAPSHOT_DRAFT is not None
     if draft == "setters":
         monkeypatch.setattr(_build, "SNAPSHOT_DRAFT", None)
+    else:  # the draft must be what builds them
+        monkeypatch.setattr(_build, "SNAPSHOT_SETTERS", (never_called,) * 9)
     raw = nest_call(3, lambda: capture(sys._getframe(), 128, mark=False))
     meta = (128, 11, "worker", 7, 5, False)
     pending = [((0, 100, raw), meta), ((4, 150, raw, 12, "other"), meta), ((2, 190, None), meta)]

@@ -168,8 +168,11 @@ def _draft_of(cls: type) -> type | None:
     interpreter does in a few steps, where a frozen class's slot setter is
     a call of its own) and then becomes a ``cls`` by ``__class__``
     assignment, exactly as ``cls`` would have made it. None where CPython
-    refuses that assignment: before 3.12 it does for any class whose
-    ``__weakref__`` slot follows its fields, as attrs lays them out."""
+    refuses that assignment: before 3.12 it does for any class with both
+    slots of its own and a ``__weakref__`` slot.
+
+    The assignment raises the ``object.__setattr__`` audit event: an audit
+    hook (``sys.addaudithook``) is called once for each object made so."""
     draft = type(f"_{cls.__name__}Draft", (), {"__slots__": cls.__dict__["__slots__"]})
     probe: Any = object.__new__(draft)
     try:

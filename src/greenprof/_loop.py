@@ -17,7 +17,7 @@ import time
 import weakref
 from collections.abc import Callable
 
-from ._threads import Waker, allocate_real_lock, original, thread_ident
+from ._threads import Waker, allocate_real_lock, block_signals, original, thread_ident
 
 __all__ = ["BackgroundLoop"]
 
@@ -119,6 +119,7 @@ class BackgroundLoop:
 
     def _run(self, running: _thread.LockType) -> None:
         self.thread_id = thread_ident()
+        block_signals()
         running.release()
         try:
             while True:

@@ -6,7 +6,7 @@ import sys
 import time
 
 from ._profiler import Profiler
-from ._threads import Waker, allocate_real_lock, original
+from ._threads import Waker, allocate_real_lock, block_signals, original
 
 __all__ = ["Progress"]
 
@@ -41,6 +41,7 @@ class Progress:
                 pass
 
     def _run(self) -> None:
+        block_signals()
         try:
             while not self._wake.wait(self._interval):
                 greenlets, snapshots = self._profiler._progress()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +42,21 @@ thread_ident: Callable[[], int] = original("get_ident")
 
 #: A lock that blocks the OS thread; never held across a greenlet switch.
 allocate_real_lock: Callable[[], _thread.LockType] = original("allocate_lock")
+
+
+def block_signals() -> None:
+    """Block every signal in the calling thread (a greenprof thread's).
+
+    A signal sent to the process goes to one of its threads that does not
+    block it. Python runs its handlers in the main thread only, and a
+    gevent program's main thread learns of one by its wait being
+    interrupted (libev's poll returning early): taken by a greenprof
+    thread, the signal would wake nothing, and the program's handler would
+    wait for the hub's next wakeup, minutes perhaps. So greenprof's threads
+    take none. (A fault in the thread itself, such as SIGSEGV, is still
+    delivered to it: the kernel does not let those be blocked.)"""
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # a platform without it
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
 
 
 def real_sleep(seconds: float) -> None:

@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import re
+import sys
 import textwrap
 from pathlib import Path
 
@@ -15,10 +16,10 @@ import pytest
 
 import greenprof
 from greenprof import exporters
-from greenprof._launch import Program, split_arguments
+from greenprof._launch import Launch, Program, split_arguments
 from greenprof._output import with_pid
 
-from .conftest import GREENPROF_DIR, greenprof_command, python_command
+from .conftest import GREENPROF_DIR, greenprof_command, never_called, python_command
 
 REPORTER = """
 import json, sys, __main__
@@ -693,3 +694,26 @@ def test_open_without_a_browser_says_so_and_keeps_the_status(tmp_path: Path) -> 
     assert result.stderr.endswith(
         "greenprof: found no web browser to open p.html in; open it yourself\n"
     )
+
+
+def test_the_programs_sys_path_entry_is_resolved_before_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Resolved by prepare(), before any session starts: resolving it as the
+    # program started let a hybrid sampler catch the main thread in
+    # posixpath.realpath, below the program's first frame.
+    folder = tmp_path / "real"
+    folder.mkdir()
+    script = write(folder / "where.py", "import sys\nseen = sys.path[0]\n")
+    (tmp_path / "link.py").symlink_to(script)
+    launch = Launch(Program(str(tmp_path / "link.py"), is_module=False))
+    launch.prepare()
+    monkeypatch.setattr(os.path, "realpath", never_called)
+    saved = sys.path[:]
+    main = sys.modules["__main__"]
+    try:
+        assert launch.run().status == 0
+        assert sys.modules["__main__"].seen == str(folder)
+    finally:
+        sys.path[:] = saved
+        sys.modules["__main__"] = main

@@ -122,12 +122,16 @@ class Launch:
         #: Files of the frames that called :meth:`run` (the console script,
         #: python's own runpy under ``python -m greenprof``): set by run().
         self._callers: frozenset[str] = frozenset()
+        #: What ``sys.path[0]`` becomes for the program (see ``_set_path0``):
+        #: found by prepare(), before any session samples the main thread.
+        self._path0: str | None = None
 
     # -- before the program runs -------------------------------------------------
 
     def prepare(self) -> None:
         """Read and compile a script. GreenprofError (one line) when it cannot
         be read; SyntaxError as compile() raises it."""
+        self._path0 = self._entry()
         if self.program.is_module or os.path.isdir(self._path) or zipfile.is_zipfile(self._path):
             return  # found by runpy, which says what is missing
         try:
@@ -170,19 +174,27 @@ class Launch:
             sys.modules["__main__"] = main  # and so it stays, as under python
             exec(self._code, main.__dict__)
 
-    def _set_path0(self) -> None:
-        """``sys.path[0]`` as python sets it for the program, in place of
-        the one it set for greenprof: the script's folder (symbolic links
-        resolved), the current folder for ``-m``, a folder or zip archive
-        itself. Nothing under ``-P`` or ``-I``, where python adds none."""
+    def _entry(self) -> str | None:
+        """``sys.path[0]`` as python sets it for the program: the script's
+        folder (symbolic links resolved), the current folder for ``-m``, a
+        folder or zip archive itself; None under ``-P`` or ``-I``, where
+        python adds none."""
         if getattr(sys.flags, "safe_path", False) or sys.flags.isolated:
-            return
+            return None
         if self.program.is_module:
-            entry = os.getcwd()
-        elif self._code is None:
-            entry = self._path
-        else:
-            entry = os.path.dirname(os.path.realpath(self._path))
+            return os.getcwd()
+        if os.path.isdir(self._path) or zipfile.is_zipfile(self._path):
+            return self._path
+        return os.path.dirname(os.path.realpath(self._path))
+
+    def _set_path0(self) -> None:
+        """``sys.path[0]`` for the program, in place of the one python set
+        for greenprof. Found by prepare(): resolving the script's path
+        (``realpath``) here, with a hybrid session's sampler running, gave
+        samples of the main thread whose stacks start in ``posixpath``."""
+        entry = self._path0 if self._path0 is not None else self._entry()
+        if entry is None:
+            return
         if sys.path:
             sys.path[0] = entry
         else:

@@ -53,3 +53,32 @@ def test_a_greenlet_class_is_freed_after_greenprof_named_one_of_its_greenlets() 
     del Worker
     gc.collect()
     assert freed() is None
+
+
+def test_a_class_is_told_from_a_freed_one_that_had_its_id() -> None:
+    from greenprof import _naming
+
+    class Old(greenlet.greenlet):
+        name = "old"
+
+    class New(greenlet.greenlet):
+        name = "new"
+
+    assert _naming.greenlet_name(Old(lambda: None)) == "old"
+    # As if New had been made where Old was, after Old was freed.
+    _naming._class_names[id(New)] = _naming._class_names[id(Old)]
+    freed = weakref.ref(Old)
+    del Old
+    gc.collect()
+    assert freed() is None
+    assert _naming.greenlet_name(New(lambda: None)) == "new"
+    assert _naming.greenlet_name(New(lambda: None)) == "new"  # and from its own entry
+
+
+def test_the_names_of_classes_made_on_the_fly_take_bounded_memory() -> None:
+    from greenprof import _naming
+
+    for number in range(3 * _naming._MAX_CLASSES):
+        cls = type(f"Made{number}", (greenlet.greenlet,), {"name": f"made-{number}"})
+        assert _naming.greenlet_name(cls(lambda: None)) == f"made-{number}"
+        assert len(_naming._class_names) <= _naming._MAX_CLASSES

@@ -84,32 +84,30 @@ def build(
     draft: type | None = SNAPSHOT_DRAFT
     new = object.__new__
     stack_of = FORMATTER.stack
-    # Formatted stacks by the raw stack's id, for the current depth (a
-    # switch-in shares its raw stack with the switch-out before it).
-    stacks: dict[int, tuple[Frame, ...]] = {}
+    raw_of, frames_of = FORMATTER.hits()  # stack_of()'s hit, inlined below
     sequence = first_sequence
     append = out.append
     current: Meta | None = None
     depth = gid = thread = record_gid = 0
     name = record_name = ""
     parent: int | None = None
-    last_raw: object = stacks  # matches no raw stack
+    last_raw: object = out  # matches no raw stack
     stack: tuple[Frame, ...] = ()
     snapshot: Any
     for record, meta in pending:
         if meta is not current:  # hoisted: usually one buffer throughout
             current = meta
             if meta[0] != depth:
-                stacks = {}
-                last_raw = stacks
+                last_raw = current  # matches no raw stack
             depth, gid, name, thread, parent, _ = meta
         raw = record[2]
-        if raw is not last_raw:
+        if raw is not last_raw:  # a switch-in shares the switch-out's raw stack
             last_raw = raw
-            found = stacks.get(id(raw))
-            if found is None:
-                found = stacks[id(raw)] = stack_of(raw, depth)
-            stack = found
+            key = id(raw)
+            if raw_of(key) is raw and (found := frames_of(key)) is not None and len(found) <= depth:
+                stack = found  # formatted before: the common case
+            else:
+                stack = stack_of(raw, depth)
         if len(record) == 5:  # a thread-mode sample, labelled
             record_gid = record[3]
             record_name = record[4]

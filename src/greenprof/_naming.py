@@ -24,21 +24,34 @@ def greenlet_name(glet: greenlet.greenlet) -> str:
         return name
     if glet.parent is None:
         return "main"
-    return f"{type(glet).__name__}-{id(glet):#x}"
+    return f"{type(glet).__name__}-{hex(id(glet))}"  # hex(): cheaper than a format spec
 
 
-#: Greenlet class -> the plain string ``name`` it gives its greenlets, if
-#: any. Weakly keyed: a class made on the fly (in a test, say) is freed as
-#: usual, and its reference count is the program's business.
-_class_names: weakref.WeakKeyDictionary[type, str | None] = weakref.WeakKeyDictionary()
+#: ``id()`` of a greenlet class -> (a weak reference to it, the plain
+#: string ``name`` it gives its greenlets, if any). Weak: a class made on
+#: the fly (in a test, say) is freed as usual, and its reference count is
+#: the program's business; an entry whose class was freed is found out by
+#: its reference (another class may have its id by then). Not a
+#: WeakKeyDictionary: its lookup, in Python, cost more than the rest of
+#: naming a greenlet, once per kept request.
+_class_names: dict[int, tuple[weakref.ref[type], str | None]] = {}
+#: Entries kept at most (dead classes' entries are dropped when it is full).
+_MAX_CLASSES = 1024
 
 
 def _class_name(cls: type) -> str | None:
     """A ``name`` set on the class (not a property like gevent's)."""
-    try:
-        return _class_names[cls]
-    except KeyError:
-        found = next((k.__dict__["name"] for k in cls.__mro__ if "name" in k.__dict__), None)
-        name = found if isinstance(found, str) else None
-        _class_names[cls] = name
-        return name
+    entry = _class_names.get(id(cls))
+    if entry is not None and entry[0]() is cls:
+        return entry[1]
+    found = next((k.__dict__["name"] for k in cls.__mro__ if "name" in k.__dict__), None)
+    name = found if isinstance(found, str) else None
+    if len(_class_names) >= _MAX_CLASSES:
+        # A copy made in one step: another thread may name a greenlet meanwhile.
+        for key, (ref, _) in list(_class_names.items()):
+            if ref() is None:
+                _class_names.pop(key, None)
+        if len(_class_names) >= _MAX_CLASSES:
+            _class_names.clear()
+    _class_names[id(cls)] = (weakref.ref(cls), name)
+    return name

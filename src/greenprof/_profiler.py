@@ -255,10 +255,10 @@ class Profiler:
     @property
     def snapshots(self) -> list[Snapshot]:
         """Everything recorded so far, in order."""
-        runs = self._runs()
-        if len(runs) == 1:
-            return list(runs[0].snapshots())
-        return [snapshot for run in runs for snapshot in run.snapshots()]
+        kept = self._kept
+        if self._run is None and len(kept) == 1:  # a request's, read once it stopped
+            return list(kept[0].snapshots())
+        return [snapshot for run in self._runs() for snapshot in run.snapshots()]
 
     @property
     def sessions(self) -> list[Session]:

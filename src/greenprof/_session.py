@@ -647,11 +647,16 @@ class Run:
     def _take_records(self) -> list[Taken]:
         """Every buffer's records not taken yet (under self.lock); buffers of
         greenlets no longer profiled are let go."""
-        self._take_adopted()
+        if self.adopted:
+            self._take_adopted()
         if not self.buffers:
             return []
-        _name_targets(self.targets.values())
-        live = {id(t.buffer) for t in self.targets.values()}
+        targets = self.targets
+        if targets:
+            _name_targets(targets.values())
+            live = {id(t.buffer) for t in targets.values()}
+        else:  # stopped
+            live = set()
         if not self.stop_ns:
             # A picked-up greenlet that ended records nothing more: let it go
             # (a server's session picks up a greenlet per request).

@@ -34,6 +34,7 @@ stops at the session's root, the one frame its ``start()`` marks (see
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from operator import is_
 from types import CodeType, FrameType
 from typing import Any, Final
@@ -526,6 +527,15 @@ class FrameFormatter:
             found = Frame(code.co_filename, code_name(code), _line_for_offset(code, offset))
             self._frames[key] = found
         return found
+
+    def hits(
+        self,
+    ) -> tuple[Callable[[int], tuple[Any, ...] | None], Callable[[int], tuple[Frame, ...] | None]]:
+        """``frames()``'s hit, for a loop that inlines it (``build``): two
+        getters by a raw stack's id, ``(raw_of, frames_of)``. ``raw`` is
+        formatted if ``raw_of(id(raw)) is raw`` and then ``frames_of(id(raw))``
+        is not None (the tables are cleared in place, raw stacks first)."""
+        return self._done_raw.get, self._done.get
 
     def stack(self, raw: RawStack, depth: int) -> tuple[Frame, ...]:
         """Outermost first, keeping at most the ``depth`` innermost frames."""

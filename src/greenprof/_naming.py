@@ -47,8 +47,9 @@ def _class_name(cls: type) -> str | None:
     found = next((k.__dict__["name"] for k in cls.__mro__ if "name" in k.__dict__), None)
     name = found if isinstance(found, str) else None
     if len(_class_names) >= _MAX_CLASSES:
-        # A copy made in one step: another thread may name a greenlet meanwhile.
-        for key, (ref, _) in list(_class_names.items()):
+        # A copy made in one step (no item is allocated during it, so no
+        # garbage collection lets another thread add a class meanwhile).
+        for key, (ref, _) in _class_names.copy().items():
             if ref() is None:
                 _class_names.pop(key, None)
         if len(_class_names) >= _MAX_CLASSES:

@@ -843,6 +843,39 @@ def test_threads_that_end_and_reuse_idents_get_fresh_dispatchers() -> None:
     assert len(set(idents)) < len(idents)  # idents were reused: the case under test
 
 
+def test_a_thread_takes_its_own_dispatcher_back_without_looking_for_ended_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A server that serves one request at a time retires its thread's
+    # dispatcher at each stop() and takes it back at the next start(): no
+    # look at every thread of the process then (only a new dispatcher can
+    # make the registry grow).
+    from greenprof import _dispatcher
+
+    looked: list[int] = []
+    forget = _dispatcher._forget_dead_threads
+    monkeypatch.setattr(_dispatcher, "_forget_dead_threads", lambda: looked.append(1) or forget())
+    scope = greenprof.profile()
+    made = []
+    for _ in range(5):
+        with scope as profiler:
+            greenlet.greenlet(lambda: None).switch()
+        assert greenlet.gettrace() is None  # retired at each stop()
+        made.append(_dispatcher._spares[threading.get_ident()])
+        assert [s.event for s in profiler.snapshots].count("switch_out") == 1
+    assert all(dispatcher is made[0] for dispatcher in made)
+    assert len(looked) <= 1  # the first start() may make it
+
+    def in_a_new_thread() -> None:
+        with scope:
+            greenlet.greenlet(lambda: None).switch()
+
+    thread = threading.Thread(target=in_a_new_thread)
+    thread.start()
+    thread.join()
+    assert len(looked) >= 1  # a new thread's new dispatcher looks
+
+
 def test_a_thread_given_an_ident_whose_thread_ended_profiling_gets_its_own_dispatcher() -> None:
     left: list[tuple[greenprof.Profiler, greenlet.greenlet, int]] = []
     after: dict[int, object] = {}

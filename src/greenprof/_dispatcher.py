@@ -568,12 +568,18 @@ def dispatcher_for_current_thread() -> SwitchDispatcher:
     """The calling thread's dispatcher, installed and receiving switches."""
     ident = thread_ident()
     dispatcher = _registry.get(ident)  # only this thread adds its own
-    if dispatcher is None or _this_thread.__dict__.get("dispatcher") is not dispatcher:
+    mine = _this_thread.__dict__.get("dispatcher")
+    if dispatcher is None or mine is not dispatcher:
         # None yet, or one left by an ended thread whose ident this one reuses.
         with _registry_lock:
-            _forget_dead_threads()
             dispatcher = _spares.pop(ident, None)
-            if dispatcher is None or dispatcher.watches:
+            if dispatcher is None or dispatcher is not mine or dispatcher.watches:
+                # A new one (a spare an ended thread with this ident left
+                # goes): the only way the registry grows, so the one place
+                # that lets ended threads' dispatchers go. Not when this
+                # thread takes its own spare back, at each request of a
+                # server that serves one at a time.
+                _forget_dead_threads()
                 dispatcher = SwitchDispatcher(ident)
             else:
                 dispatcher.reset()

@@ -146,8 +146,8 @@ class Launch:
     # -- running -----------------------------------------------------------------
 
     def run(self) -> Ending:
-        """Run the program to its end; its uncaught exception printed as
-        python prints it (through ``sys.excepthook``), without our frames.
+        """Run the program (after :meth:`prepare`) to its end; its uncaught
+        exception printed as python prints it (through ``sys.excepthook``), without our frames.
 
         GreenprofError when runpy found nothing to run (no such module, a
         package or folder without ``__main__``): none of the program ran.
@@ -192,8 +192,8 @@ class Launch:
         for greenprof. Found by prepare(): resolving the script's path
         (``realpath``) here, with a hybrid session's sampler running, gave
         samples of the main thread whose stacks start in ``posixpath``."""
-        entry = self._path0 if self._path0 is not None else self._entry()
-        if entry is None:
+        entry = self._path0
+        if entry is None:  # none under -P or -I
             return
         if sys.path:
             sys.path[0] = entry

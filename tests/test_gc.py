@@ -232,4 +232,7 @@ def test_a_following_session_starts_no_thread_and_compacts_as_the_program_alloca
         buffers = sum(type(o) is GreenletBuffer for o in gc.get_objects())
     assert new_threads == set()  # a program counting its OS threads sees no new one
     assert buffers < spawned * 0.8  # let go as it ran, not kept to the end
-    assert sum(s.event == "exit" for s in profiler.snapshots) == spawned
+    # Every greenlet it spawned, to its end. (Its own exit may be there too,
+    # or past its max_snapshots: on a slow machine it switches less.)
+    exits = [s for s in profiler.snapshots if s.event == "exit"]
+    assert sum(s.greenlet_id != id(main) for s in exits) == spawned

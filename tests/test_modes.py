@@ -272,15 +272,23 @@ def test_sampler_comes_back_in_a_forked_child() -> None:
             while time.perf_counter() < end:
                 pass
 
+        def samples():
+            return sum(s.event == "sample" for s in profiler.snapshots)
+
+        def spin_until(count):
+            # A loaded machine runs the sampler late: up to 20 s, not 30 ms.
+            end = time.perf_counter() + 20
+            while samples() < count and time.perf_counter() < end:
+                spin(0.005)
+            return samples()
+
         profiler = greenprof.Profiler(mode="hybrid", dump_period=0.001)
         profiler.start()          # this greenlet
-        spin(0.03)
-        before = sum(s.event == "sample" for s in profiler.snapshots)
+        before = spin_until(5)
         starts = SAMPLER.starts
         pid = os.fork()
         if pid == 0:
-            spin(0.1)
-            after = sum(s.event == "sample" for s in profiler.snapshots)
+            after = spin_until(before + 10)
             ok = SAMPLER.starts == starts + 1 and after >= before + 10
             profiler.stop()
             os._exit(0 if ok and SAMPLER.thread_id is None else 3)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -251,7 +252,9 @@ def test_middleware_tags_a_request_that_raised_with_its_error(tmp_path: Path) ->
 def test_group_by_path_merges_every_request_of_each_endpoint(tmp_path: Path) -> None:
     path = tmp_path / "shop.jsonl"
     app = ProfilerMiddleware(shop, sinks=[JSONSink(path)])
+    began = time.perf_counter_ns()
     serve(app, ["/checkout", "/search"] * 10)
+    served_ns = time.perf_counter_ns() - began
     report = Report.from_file(path)
     groups = report.group_by("path")
     assert list(groups) == ["/checkout", "/search"]  # heaviest first
@@ -274,8 +277,11 @@ def test_group_by_path_merges_every_request_of_each_endpoint(tmp_path: Path) -> 
     checkout_on = groups["/checkout"].total_ns(0, function_name(checkout))
     search_on = groups["/search"].total_ns(0, function_name(search))
     # At least what they spun (a loaded machine only adds to it).
-    assert 10 * 0.004 <= checkout_on / 1e9 < 10 * 0.004 * 5
-    assert 10 * 0.001 <= search_on / 1e9 < 10 * 0.001 * 5
+    assert checkout_on / 1e9 >= 10 * 0.004
+    assert search_on / 1e9 >= 10 * 0.001
+    # One thread ran them all: their on-CPU time fits in the time they took
+    # to serve (greenlet mode gives no burst to two requests).
+    assert sum(g.on_cpu_ns for g in report.greenlets.values()) <= served_ns
     # Off-CPU: its 6 ms waits, and the time the other requests then ran.
     waited = groups["/checkout"].greenlets[0].off_cpu_ns
     assert waited / 1e9 >= 10 * 0.006 * 0.95

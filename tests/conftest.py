@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import traceback
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -194,6 +195,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_until_listening(port: int, seconds: float = 60.0) -> None:
+    """Return once 127.0.0.1:``port`` accepts connections (a server started
+    in another process), without sending it a request: a request that a
+    loaded machine served late would be retried, and served twice."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def http_get(port: int, path: str) -> bytes:

@@ -19,7 +19,7 @@ import greenprof
 from greenprof.exceptions import ConfigurationError
 from greenprof.integrations.gunicorn import hooks, worker_path
 
-from .conftest import free_port
+from .conftest import free_port, wait_until_listening
 
 pytest.importorskip("gunicorn")
 
@@ -62,14 +62,9 @@ def serve_with_gunicorn(
         stderr=subprocess.PIPE,
     )
     try:
-        for _ in range(300):  # until a worker accepts connections
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.05)
-        for _ in range(requests - 1):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as reply:
+        wait_until_listening(port)
+        for _ in range(requests):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=60) as reply:
                 assert reply.read() == b"ok"
     finally:
         # gunicorn's gevent worker may hang for its graceful timeout when

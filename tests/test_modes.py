@@ -377,8 +377,11 @@ def test_min_duration_drops_short_sessions_and_keeps_long_ones(mode: str) -> Non
         busy(seconds / 2)
         gevent.sleep(seconds / 2)
 
+    began = time.perf_counter()
     handler(0.002)
-    assert sink.snapshots == []
+    if time.perf_counter() - began < 0.02:  # else a loaded machine made it long
+        assert sink.snapshots == []
+    sink.snapshots.clear()
     handler(0.05)
     assert len({s.session_id for s in sink.snapshots}) == 1
     assert sink.snapshots

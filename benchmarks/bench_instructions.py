@@ -16,8 +16,15 @@ count favours is then timed with ``bench_session.py --alternate REV``.
 Printed: instructions added to a request by commit ``REV``'s greenprof and
 by this checkout's, and this / REV.
 
-Run: ``python benchmarks/bench_instructions.py REV [--requests N]`` (needs
-valgrind and git; about 4 minutes).
+``--misses``: this checkout alone, with valgrind's cache simulation on:
+instructions and first-level cache misses (instruction and data) per
+request, and misses per 1,000 instructions, the unprofiled request's
+against what each session adds. It shows why a session's share of the
+time is larger than its share of the instructions.
+
+Run: ``python benchmarks/bench_instructions.py REV [--requests N]`` or
+``python benchmarks/bench_instructions.py --misses [--requests N]`` (needs
+valgrind, and git for ``REV``; about 4 and 10 minutes).
 """
 
 from __future__ import annotations
@@ -78,13 +85,19 @@ def child(way: str, shape: str, requests: int) -> None:
     idle.stop()
 
 
-def count(src: Path, way: str, shape: str, requests: int) -> int:
-    """Instructions valgrind counted for a whole child process."""
+#: The counters read from valgrind's summary: instructions, and with the
+#: cache simulated, first-level instruction and data cache misses.
+COUNTERS = {"instructions": r"I\s+refs", "I1 misses": r"I1\s+misses", "D1 misses": r"D1\s+misses"}
+
+
+def count(src: Path, way: str, shape: str, requests: int, cache: bool = False) -> dict[str, int]:
+    """What valgrind counted for a whole child process: its instructions,
+    and with ``cache`` its first-level cache misses too."""
     result = subprocess.run(
         [
             "valgrind",
             "--tool=cachegrind",
-            "--cache-sim=no",
+            f"--cache-sim={'yes' if cache else 'no'}",
             "--cachegrind-out-file=/dev/null",
             sys.executable,
             __file__,
@@ -102,10 +115,14 @@ def count(src: Path, way: str, shape: str, requests: int) -> int:
             "PYTHONHASHSEED": "0",  # dicts laid out alike in every run
         },
     )
-    found = re.search(r"I\s+refs:\s+([\d,]+)", result.stderr)
-    if result.returncode or found is None:
+    counted: dict[str, int] = {}
+    for name, pattern in COUNTERS.items():
+        found = re.search(pattern + r":\s+([\d,]+)", result.stderr)
+        if found is not None:
+            counted[name] = int(found.group(1).replace(",", ""))
+    if result.returncode or "instructions" not in counted:
         raise RuntimeError(f"{way}, {shape}, under valgrind, failed:\n{result.stderr}")
-    return int(found.group(1).replace(",", ""))
+    return counted
 
 
 def compile_all(*folders: Path) -> None:
@@ -115,28 +132,79 @@ def compile_all(*folders: Path) -> None:
         compileall.compile_dir(str(folder), quiet=1)
 
 
+def per_request_counts(
+    src: Path, way: str, shape: str, requests: int, pool: Executor, cache: bool = False
+) -> dict[str, float]:
+    """What a request of ``way`` costs, per counter (both runs in parallel)."""
+    short = pool.submit(count, src, way, shape, 0, cache)
+    long = pool.submit(count, src, way, shape, requests, cache)
+    more, less = long.result(), short.result()
+    return {name: (more[name] - less[name]) / requests for name in more}
+
+
 def per_request_count(src: Path, way: str, shape: str, requests: int, pool: Executor) -> float:
     """Instructions a request of ``way`` costs (both runs in parallel)."""
-    short = pool.submit(count, src, way, shape, 0)
-    long = pool.submit(count, src, way, shape, requests)
-    return (long.result() - short.result()) / requests
+    return per_request_counts(src, way, shape, requests, pool)["instructions"]
+
+
+def misses(requests: int) -> None:
+    """This checkout's request: instructions and first-level cache misses
+    added by each way of profiling it, and misses per 1,000 instructions,
+    the request's own against what greenprof adds."""
+    compile_all(SRC, Path(__file__).parent)
+    print(
+        f"Python {sys.version.split()[0]}; a request's instructions and first-level "
+        f"cache misses, simulated by valgrind over {requests} requests"
+    )
+    print(
+        f"{'request, session':<26} {'instructions':>13} {'I1 misses':>10} {'D1 misses':>10}"
+        f" {'I1 / 1000':>10} {'D1 / 1000':>10}"
+    )
+    with Executor(max_workers=2) as pool:
+        for shape in SHAPES:
+            counted = {
+                way: per_request_counts(SRC, way, shape, requests, pool, cache=True) for way in WAYS
+            }
+            base = counted["unprofiled"]
+            for way in WAYS:
+                row = dict(counted[way])
+                if way != "unprofiled":  # what greenprof adds
+                    row = {name: row[name] - base[name] for name in row}
+                per_1000 = {
+                    name: 1000 * row[name] / row["instructions"]
+                    for name in ("I1 misses", "D1 misses")
+                }
+                print(
+                    f"{shape + ', ' + way:<26} {row['instructions']:>13,.0f}"
+                    f" {row['I1 misses']:>10,.0f} {row['D1 misses']:>10,.0f}"
+                    f" {per_1000['I1 misses']:>10.1f} {per_1000['D1 misses']:>10.1f}"
+                )
+    print("(the unprofiled request, then what each session adds to it)")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rev", nargs="?", help="the commit to compare this checkout with")
     parser.add_argument("--requests", type=int, default=1000, help="requests counted (1000)")
+    parser.add_argument(
+        "--misses",
+        action="store_true",
+        help="this checkout alone, with the cache misses valgrind simulates",
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
         way, shape, requests = options.child
         child(way, shape, int(requests))
         return 0
-    if options.rev is None:
+    if options.rev is None and not options.misses:
         parser.error("name the commit to compare with, e.g. HEAD~1")
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: it counts the instructions", file=sys.stderr)
         return 2
+    if options.misses:
+        misses(options.requests)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         old_src = baseline_source(options.rev, Path(tmp))
         if old_src is None:

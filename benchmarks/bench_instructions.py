@@ -120,7 +120,8 @@ def count(src: Path, way: str, shape: str, requests: int, cache: bool = False) -
         found = re.search(pattern + r":\s+([\d,]+)", result.stderr)
         if found is not None:
             counted[name] = int(found.group(1).replace(",", ""))
-    if result.returncode or "instructions" not in counted:
+    wanted = COUNTERS if cache else ("instructions",)
+    if result.returncode or any(name not in counted for name in wanted):
         raise RuntimeError(f"{way}, {shape}, under valgrind, failed:\n{result.stderr}")
     return counted
 
@@ -171,7 +172,7 @@ def misses(requests: int) -> None:
                 if way != "unprofiled":  # what greenprof adds
                     row = {name: row[name] - base[name] for name in row}
                 per_1000 = {
-                    name: 1000 * row[name] / row["instructions"]
+                    name: 1000 * row[name] / max(row["instructions"], 1)
                     for name in ("I1 misses", "D1 misses")
                 }
                 print(
@@ -199,6 +200,8 @@ def main() -> int:
         return 0
     if options.rev is None and not options.misses:
         parser.error("name the commit to compare with, e.g. HEAD~1")
+    if options.rev is not None and options.misses:
+        parser.error("--misses counts this checkout alone: give no commit with it")
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: it counts the instructions", file=sys.stderr)
         return 2

@@ -93,9 +93,9 @@ def sampling_slack_ns(
     their gap; before a slice's first sample (or after its last) the time
     goes to that sample, so a call starting (ending) there is off by its
     distance from the slice's edge. A slice without a sample goes whole to
-    one stack. On a machine that runs the sampler on time this is a few
-    microseconds a call; on an overloaded one a 12 ms burst can go
-    unsampled.
+    one stack, and so may a call that no sample fell in. On a machine that
+    runs the sampler on time this is a few microseconds a call; on an
+    overloaded one a 12 ms burst can go unsampled.
     """
     times = sorted(s.timestamp_ns for s in samples)
     slack = 0
@@ -105,15 +105,17 @@ def sampling_slack_ns(
         for start, end in calls:
             if not lo <= start < end <= hi:
                 continue
-            if not inside:
+            if not any(start <= t <= end for t in inside):
+                # No sample in the call: its time may go whole to a sample
+                # on either side of it, or to where the slice yielded.
                 slack += end - start
                 continue
             before = [t for t in inside if t <= start]
             after = [t for t in inside if t > start]
-            slack += (after[0] - before[-1]) // 2 if before and after else start - lo
+            slack += (after[0] - before[-1] + 1) // 2 if before and after else start - lo
             before = [t for t in inside if t < end]
             after = [t for t in inside if t >= end]
-            slack += (after[0] - before[-1]) // 2 if before and after else hi - end
+            slack += (after[0] - before[-1] + 1) // 2 if before and after else hi - end
     return slack
 
 

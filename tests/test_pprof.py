@@ -90,7 +90,12 @@ class Recording:
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory: pytest.TempPathFactory) -> Recording:
     path = tmp_path_factory.mktemp("pprof") / "profile.jsonl"
-    profiler, red, blue = record_red_and_blue(sinks=[JSONSink(path)])
+
+    def sinks() -> list[JSONSink]:
+        path.unlink(missing_ok=True)  # only the last attempt's recording
+        return [JSONSink(path)]
+
+    profiler, red, blue = record_red_and_blue(sinks=sinks)
     return Recording(profiler.report(), path, id(red), id(blue))
 
 

@@ -32,6 +32,25 @@ def busy(seconds: float) -> None:
         pass
 
 
+def busy_until(seconds: float, enough: Callable[[], bool]) -> None:
+    """``busy(seconds)``, then on until ``enough()`` (asked every 5 ms), for
+    at most 20 s: a loaded machine can keep the sampling thread off the CPU
+    for all of a short loop."""
+    busy(seconds)
+    give_up = time.perf_counter() + 20
+    while not enough() and time.perf_counter() < give_up:
+        busy(0.005)
+
+
+def samples_of(profiler: greenprof.Profiler, greenlet_id: int | None = None) -> int:
+    """How many samples ``profiler`` took so far (of ``greenlet_id``)."""
+    count = 0
+    for snapshot in profiler.snapshots:  # no generator: no frame of its own on top
+        if snapshot.event == "sample" and greenlet_id in (None, snapshot.greenlet_id):
+            count += 1
+    return count
+
+
 class Truth:
     """What the workload really did, measured by the workload itself."""
 
@@ -215,7 +234,7 @@ def test_thread_mode_profiles_plain_threaded_code() -> None:
 def test_sampler_runs_only_while_a_sampling_session_does() -> None:
     assert SAMPLER.thread_id is None
     profiler = greenprof.Profiler(mode="hybrid", dump_period=0.001)
-    glet = gevent.spawn(busy, 0.05)
+    glet = gevent.spawn(busy_until, 0.05, lambda: samples_of(profiler) >= 10)
     profiler.start(glet)
     glet.join()
     ident = SAMPLER.thread_id
@@ -227,7 +246,7 @@ def test_sampler_runs_only_while_a_sampling_session_does() -> None:
 
     assert ident not in sys._current_frames()
     samples = [s for s in profiler.snapshots if s.event == "sample"]
-    # The sampler ran during a 50 ms busy loop that never yields: a real thread.
+    # The sampler ran during a busy loop that never yields: a real thread.
     assert len(samples) >= 10
 
 
@@ -238,12 +257,23 @@ def test_sampler_is_a_real_os_thread_after_patch_all() -> None:
         import json, sys, threading, time, gevent, greenprof
         from greenprof._sampler import SAMPLER
 
-        def spin():
-            end = time.perf_counter() + 0.1
+        def samples():
+            return sum(s.event == "sample" for s in profiler.snapshots)
+
+        def spin(seconds=0.1):
+            end = time.perf_counter() + seconds
             while time.perf_counter() < end:
                 pass
 
-        glet = gevent.spawn(spin)
+        def spin_until_sampled():
+            # 100 ms, then on until 20 samples (a loaded machine runs the
+            # sampler late), for at most 20 s.
+            spin()
+            give_up = time.perf_counter() + 20
+            while samples() < 20 and time.perf_counter() < give_up:
+                spin(0.005)
+
+        glet = gevent.spawn(spin_until_sampled)
         profiler = greenprof.Profiler(mode="hybrid", dump_period=0.001)
         profiler.start(glet)
         glet.join()
@@ -391,11 +421,15 @@ def test_min_duration_drops_short_sessions_and_keeps_long_ones(mode: str) -> Non
 
 @pytest.mark.parametrize("mode", ["hybrid", "thread"])
 def test_samples_honour_max_depth_and_max_snapshots(mode: str) -> None:
+    wanted = 12 - (1 if mode == "hybrid" else 0)
+
     def deep(n: int) -> None:
         if n:
             deep(n - 1)
         else:
-            busy(0.06)
+            # Until the buffer is full, then 20 more periods: a sample too many would land.
+            busy_until(0.06, lambda: samples_of(profiler) >= wanted)
+            busy(0.02)
 
     glet = gevent.spawn(deep, 40)
     profiler = greenprof.Profiler(mode=mode, dump_period=0.001, max_depth=7, max_snapshots=12)
@@ -404,7 +438,7 @@ def test_samples_honour_max_depth_and_max_snapshots(mode: str) -> None:
     profiler.stop()
     samples = [s for s in profiler.snapshots if s.event == "sample"]
     # hybrid: the first of the 12 is the switch_in; the exit came too late
-    assert len(samples) == 12 - (1 if mode == "hybrid" else 0)
+    assert len(samples) == wanted
     assert all(len(s.stack) == 7 for s in samples)
     assert profiler.stats.dropped > 0
 
@@ -436,7 +470,8 @@ def test_modes_record_the_events_they_promise() -> None:
 
 def test_hybrid_with_follow_spawned_samples_the_children_too() -> None:
     def child_crunch() -> None:
-        busy(0.03)
+        mine = id(greenlet.getcurrent())
+        busy_until(0.03, lambda: samples_of(profiler, mine) >= 10)
         gevent.sleep(0)
 
     def request() -> None:
@@ -460,8 +495,16 @@ def test_hybrid_with_follow_spawned_samples_the_children_too() -> None:
             continue
         assert sample.greenlet_id in children
         # in busy(), or (rarely) caught between busy() returning and
-        # gevent.sleep() yielding: in child_crunch itself, or in sleep
-        assert sample.stack[-1].function.rsplit(".", 1)[-1] in {"busy", "sleep", "child_crunch"}
+        # gevent.sleep() yielding: in child_crunch itself, or in sleep; or
+        # in busy_until() counting the samples so far
+        assert sample.stack[-1].function.rsplit(".", 1)[-1] in {
+            "busy",
+            "sleep",
+            "child_crunch",
+            "busy_until",
+            "<lambda>",
+            "samples_of",
+        }
         assert sample.stack[0].function.endswith("child_crunch")
     in_children = [s for s in samples if s.greenlet_id in children]
     assert sum(s.stack[-1].function == "busy" for s in in_children) >= 0.9 * len(in_children)

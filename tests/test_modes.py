@@ -59,6 +59,8 @@ class Truth:
         self.waited_in_wait = 0.0
         #: ``(start, end)`` ``perf_counter_ns()`` of each call of compute().
         self.compute_calls: list[tuple[int, int]] = []
+        #: ``(start, end)`` ``perf_counter_ns()`` of each call of wait().
+        self.wait_calls: list[tuple[int, int]] = []
 
 
 def compute(truth: Truth) -> None:
@@ -70,9 +72,11 @@ def compute(truth: Truth) -> None:
 
 
 def wait(truth: Truth) -> None:
-    start = time.perf_counter()
+    start = time.perf_counter_ns()
     gevent.sleep(0.008)
-    truth.waited_in_wait += time.perf_counter() - start
+    end = time.perf_counter_ns()
+    truth.waited_in_wait += (end - start) / 1e9
+    truth.wait_calls.append((start, end))
 
 
 def profiled_work(truth: Truth) -> None:
@@ -99,6 +103,32 @@ def run_workload(mode: str, **options: Any) -> tuple[greenprof.Profiler, greenle
 
 
 # -- time attribution against ground truth ----------------------------------------
+
+
+def running_in_calls_ns(
+    snapshots: list[greenprof.Snapshot], greenlet_id: int, calls: list[tuple[int, int]]
+) -> int:
+    """The time within ``calls`` (``(start, end)`` wall-clock ns) that the
+    greenlet was not switched out: a wait's own steps before it switches
+    out and after it is back. Some microseconds a call; but an overloaded
+    machine can take the CPU from the process in them for milliseconds, which
+    the workload's clock counts as waiting and greenprof, rightly, as the
+    greenlet running."""
+    out: int | None = None
+    switched_out: list[tuple[int, int]] = []
+    for snapshot in snapshots:
+        if snapshot.greenlet_id != greenlet_id:
+            continue
+        if snapshot.event in ("switch_out", "exit"):
+            out = snapshot.timestamp_ns
+        elif snapshot.event in ("switch_in", "throw") and out is not None:
+            switched_out.append((out, snapshot.timestamp_ns))
+            out = None
+    running = 0
+    for start, end in calls:
+        away = sum(max(0, min(end, back) - max(start, left)) for left, back in switched_out)
+        running += end - start - away
+    return running
 
 
 def sampling_slack_ns(
@@ -150,7 +180,10 @@ def test_hybrid_attributes_on_and_off_cpu_time_within_ten_percent() -> None:
     # The sampler ran on time in most slices, even on a loaded machine.
     assert slack < truth.cpu_in_compute / 2
     assert abs(on_compute - truth.cpu_in_compute) <= 0.10 * truth.cpu_in_compute + slack
-    assert off_wait == pytest.approx(truth.waited_in_wait, rel=0.10)
+    waits = [(offset + start, offset + end) for start, end in truth.wait_calls]
+    running = running_in_calls_ns(profiler.snapshots, id(target), waits) / 1e9
+    assert running < truth.waited_in_wait / 2
+    assert abs(off_wait - truth.waited_in_wait) <= 0.10 * truth.waited_in_wait + running
     # No time lands on another greenlet's code.
     assert report.total_ns(id(target), "bystander_work") == 0
     assert set(report.greenlets) == {id(target)}
@@ -163,7 +196,11 @@ def test_greenlet_mode_attributes_off_cpu_time_to_the_exact_wait_site() -> None:
     profiler, target, truth = run_workload("greenlet")
     report = profiler.report()
     off_wait = report.total_ns(id(target), "wait", on_cpu=False) / 1e9
-    assert off_wait == pytest.approx(truth.waited_in_wait, rel=0.10)
+    offset = profiler._pipeline.offset_ns
+    waits = [(offset + start, offset + end) for start, end in truth.wait_calls]
+    running = running_in_calls_ns(profiler.snapshots, id(target), waits) / 1e9
+    assert running < truth.waited_in_wait / 2
+    assert abs(off_wait - truth.waited_in_wait) <= 0.10 * truth.waited_in_wait + running
     slices = report.longest_slices(3)
     assert len(slices) == 3
     # Each slice ran compute() (12 ms of CPU) without yielding.
@@ -517,7 +554,12 @@ def test_every_suspension_is_a_wait_at_its_wait_site() -> None:
     assert len(waits) == 8
     assert all(w.stack[-2].function.endswith("wait") for w in waits)
     assert sum(w.duration_ns for w in waits) == report.greenlets[id(target)].off_cpu_ns
-    assert sum(w.duration_ns for w in waits) / 1e9 == pytest.approx(truth.waited_in_wait, rel=0.1)
+    offset = profiler._pipeline.offset_ns
+    calls = [(offset + start, offset + end) for start, end in truth.wait_calls]
+    running = running_in_calls_ns(profiler.snapshots, id(target), calls) / 1e9
+    waited = sum(w.duration_ns for w in waits) / 1e9
+    assert running < truth.waited_in_wait / 2
+    assert abs(waited - truth.waited_in_wait) <= 0.10 * truth.waited_in_wait + running
     assert [w.start_ns for w in waits] == sorted(w.start_ns for w in waits)
 
 

@@ -70,8 +70,9 @@ def record_red_and_blue(
             if s.event == "sample" and any(f.function == "spin" for f in s.stack)
         }
         if spun == {id(red), id(blue)}:
-            break
-    return profiler, red, blue
+            return profiler, red, blue
+    msg = f"no sample in spin for both greenlets in {attempts} recordings: {spun}"
+    raise AssertionError(msg)
 
 
 def recorded_red_work(directory: Path) -> Path:

@@ -91,14 +91,18 @@ def test_each_endpoint_gets_its_requests_cpu_and_wait_time(mode: str, published:
     on, off, snapshots = interval.totals(CHECKOUT)
     # checkout spins 4 ms and sleeps 6 ms, search 1 ms and 2 ms: at least
     # that, and no more than the time their requests were being served (a
-    # loaded machine makes that longer, for both).
+    # loaded machine makes that longer, for both). Off-CPU time may fall a
+    # little short: the OS can take the CPU from the process between
+    # sleep() arming its timer and switching out, which is time running.
     assert on >= 6 * 4 * MS
-    assert off >= 6 * 6 * MS
+    assert off >= 0.75 * 6 * 6 * MS
+    assert on + off >= 6 * (4 + 6) * MS
     assert on + off <= served_ns["/checkout"]
     assert snapshots >= 6 * 4  # start, switch out, switch in, stop each
     search_on, search_off, _ = interval.totals(SEARCH)
     assert search_on >= 4 * 1 * MS
-    assert search_off >= 4 * 2 * MS
+    assert search_off >= 0.75 * 4 * 2 * MS
+    assert search_on + search_off >= 4 * (1 + 2) * MS
     assert search_on + search_off <= served_ns["/search"]
     stacks = interval.stacks[CHECKOUT]
     # Off-CPU: waiting in gevent.sleep, called by checkout.

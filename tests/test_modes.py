@@ -24,31 +24,7 @@ from greenprof.exceptions import ConfigurationError
 from greenprof.sinks import MemorySink
 
 from .conftest import GREENPROF_DIR, line_of, run_python
-
-
-def busy(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
-def busy_until(seconds: float, enough: Callable[[], bool]) -> None:
-    """``busy(seconds)``, then on until ``enough()`` (asked every 5 ms), for
-    at most 20 s: a loaded machine can keep the sampling thread off the CPU
-    for all of a short loop."""
-    busy(seconds)
-    give_up = time.perf_counter() + 20
-    while not enough() and time.perf_counter() < give_up:
-        busy(0.005)
-
-
-def samples_of(profiler: greenprof.Profiler, greenlet_id: int | None = None) -> int:
-    """How many samples ``profiler`` took so far (of ``greenlet_id``)."""
-    count = 0
-    for snapshot in profiler.snapshots:  # no generator: no frame of its own on top
-        if snapshot.event == "sample" and greenlet_id in (None, snapshot.greenlet_id):
-            count += 1
-    return count
+from .workloads import samples_of, spin, spin_until
 
 
 class Truth:
@@ -64,7 +40,7 @@ class Truth:
 
 def compute(truth: Truth) -> None:
     start = time.perf_counter_ns()
-    busy(0.012)
+    spin(0.012)
     end = time.perf_counter_ns()
     truth.cpu_in_compute += (end - start) / 1e9
     truth.compute_calls.append((start, end))
@@ -85,7 +61,7 @@ def profiled_work(truth: Truth) -> None:
 
 def bystander_work() -> None:
     for _ in range(40):
-        busy(0.0002)
+        spin(0.0002)
         gevent.sleep(0.001)
 
 
@@ -229,13 +205,13 @@ def test_thread_mode_shows_foreign_greenlets_and_the_others_show_none() -> None:
             assert samples
         others = [s for s in samples if s.greenlet_id != id(target)]
         foreign[mode] = len(others) / len(samples) if samples else 0.0
-        ours = {"profiled_work", "compute", "wait", "busy"}
+        ours = {"profiled_work", "compute", "wait", "spin"}
         if mode == "thread":
             # Each sample is labelled with the greenlet really running: the
             # foreign ones hold the hub's or the bystanders' frames, never ours.
             assert others
             for sample in others:
-                assert not {f.function for f in sample.stack} & (ours - {"busy"})
+                assert not {f.function for f in sample.stack} & (ours - {"spin"})
             for sample in samples:
                 if sample.greenlet_id == id(target):
                     assert sample.stack[0].function == "profiled_work"
@@ -280,7 +256,7 @@ def test_thread_mode_profiles_plain_threaded_code() -> None:
 def test_sampler_runs_only_while_a_sampling_session_does() -> None:
     assert SAMPLER.thread_id is None
     profiler = greenprof.Profiler(mode="hybrid", dump_period=0.001)
-    glet = gevent.spawn(busy_until, 0.05, lambda: samples_of(profiler) >= 10)
+    glet = gevent.spawn(spin_until, 0.05, lambda: samples_of(profiler) >= 10)
     profiler.start(glet)
     glet.join()
     ident = SAMPLER.thread_id
@@ -452,7 +428,7 @@ def test_min_duration_drops_short_sessions_and_keeps_long_ones(mode: str) -> Non
 
     @greenprof.profile(sinks=[sink], mode=mode, min_duration=0.02, dump_period=0.001)
     def handler(seconds: float) -> None:
-        busy(seconds / 2)
+        spin(seconds / 2)
         gevent.sleep(seconds / 2)
 
     began = time.perf_counter()
@@ -475,8 +451,8 @@ def test_samples_honour_max_depth_and_max_snapshots(mode: str) -> None:
         else:
             # Until the buffer is full, then until a sample too many came:
             # it must be dropped, not kept.
-            busy_until(0.06, lambda: samples_of(profiler) >= wanted)
-            busy_until(0.002, lambda: profiler.stats.dropped > 0)
+            spin_until(0.06, lambda: samples_of(profiler) >= wanted)
+            spin_until(0.002, lambda: profiler.stats.dropped > 0)
 
     glet = gevent.spawn(deep, 40)
     profiler = greenprof.Profiler(mode=mode, dump_period=0.001, max_depth=7, max_snapshots=12)
@@ -518,13 +494,13 @@ def test_modes_record_the_events_they_promise() -> None:
 def test_hybrid_with_follow_spawned_samples_the_children_too() -> None:
     def child_crunch() -> None:
         mine = id(greenlet.getcurrent())
-        busy_until(0.03, lambda: samples_of(profiler, mine) >= 10)
+        spin_until(0.03, lambda: samples_of(profiler, mine) >= 10)
         gevent.sleep(0)
 
     def request() -> None:
         gevent.joinall([gevent.spawn(child_crunch) for _ in range(2)])
 
-    bystander = gevent.spawn(busy, 0.03)
+    bystander = gevent.spawn(spin, 0.03)
     target = gevent.spawn(request)
     with greenprof.profile(
         target, mode="hybrid", follow_spawned=True, dump_period=0.001
@@ -541,20 +517,20 @@ def test_hybrid_with_follow_spawned_samples_the_children_too() -> None:
             assert sample.stack[0].function.endswith("request")
             continue
         assert sample.greenlet_id in children
-        # in busy(), or (rarely) caught between busy() returning and
+        # in spin(), or (rarely) caught between spin() returning and
         # gevent.sleep() yielding: in child_crunch itself, or in sleep; or
-        # in busy_until() counting the samples so far
+        # in spin_until() counting the samples so far
         assert sample.stack[-1].function.rsplit(".", 1)[-1] in {
-            "busy",
+            "spin",
             "sleep",
             "child_crunch",
-            "busy_until",
+            "spin_until",
             "<lambda>",
             "samples_of",
         }
         assert sample.stack[0].function.endswith("child_crunch")
     in_children = [s for s in samples if s.greenlet_id in children]
-    assert sum(s.stack[-1].function == "busy" for s in in_children) >= 0.9 * len(in_children)
+    assert sum(s.stack[-1].function == "spin" for s in in_children) >= 0.9 * len(in_children)
 
 
 def test_every_suspension_is_a_wait_at_its_wait_site() -> None:
@@ -616,7 +592,7 @@ def blocked_in_a_loop_stop(release: threading.Event) -> BackgroundLoop:
 
 def program_work(loop: BackgroundLoop) -> None:
     assert loop.stop(10)  # 150 ms in greenprof's code
-    busy(0.15)  # 150 ms in the program's
+    spin(0.15)  # 150 ms in the program's
 
 
 def test_thread_mode_never_shows_greenprofs_own_work() -> None:
@@ -637,9 +613,9 @@ def test_thread_mode_never_shows_greenprofs_own_work() -> None:
     worker.join()
     profiler.stop()
     samples = profiler.snapshots
-    in_busy = [s for s in samples if s.stack and s.stack[-1].function == "busy"]
-    assert len(in_busy) >= 20
-    assert all(s.stack[-2].function == "program_work" for s in in_busy)
+    in_spin = [s for s in samples if s.stack and s.stack[-1].function == "spin"]
+    assert len(in_spin) >= 20
+    assert all(s.stack[-2].function == "program_work" for s in in_spin)
     for sample in samples:
         assert not any(f.filename.startswith(GREENPROF_DIR) for f in sample.stack)
 
@@ -767,7 +743,7 @@ def test_a_session_without_a_switch_still_reports_its_time() -> None:
     outer = time.perf_counter()
     with greenprof.profile() as profiler:  # where it starts and stops
         start = time.perf_counter()
-        busy(0.05)
+        spin(0.05)
         elapsed = time.perf_counter() - start
     outer = time.perf_counter() - outer
     line = line_of(test_a_session_without_a_switch_still_reports_its_time, "where it starts")
@@ -790,7 +766,7 @@ def test_a_session_without_a_switch_still_reports_its_time() -> None:
 def test_reused_profiler_discards_only_the_short_run() -> None:
     profiler = greenprof.Profiler(min_duration=0.03)
     profiler.start()
-    busy(0.04)
+    spin(0.04)
     gevent.sleep(0)
     profiler.stop()
     kept = profiler.snapshots
@@ -807,7 +783,7 @@ def test_switch_interval_comes_back_even_for_odd_dump_periods() -> None:
     import sys
 
     before = sys.getswitchinterval()
-    glet = gevent.spawn(busy, 0.01)
+    glet = gevent.spawn(spin, 0.01)
     with greenprof.profile(glet, mode="hybrid", dump_period=0.0015001):
         assert sys.getswitchinterval() < before
         glet.join()
@@ -818,7 +794,7 @@ def test_a_switch_interval_the_program_sets_during_sampling_is_kept() -> None:
     import sys
 
     before = sys.getswitchinterval()
-    glet = gevent.spawn(busy, 0.01)
+    glet = gevent.spawn(spin, 0.01)
     try:
         with greenprof.profile(glet, mode="hybrid", dump_period=0.001):
             sys.setswitchinterval(0.0002)

@@ -20,7 +20,7 @@ from greenprof.integrations.wsgi import ProfilerMiddleware
 from greenprof.sinks import JSONSink, MemorySink
 
 from .conftest import function_name, never_called, serve
-from .workloads import checkout, search, shop, spin
+from .workloads import checkout, search, shop, spin, spin_until
 
 Cells = dict[tuple[int, tuple[Frame, ...]], tuple[int, int]]
 
@@ -502,14 +502,8 @@ def test_thread_mode_invents_no_time_for_greenlets_it_did_not_sample() -> None:
     import threading
 
     def work() -> None:
-        spin(0.05)
-        # A loaded machine can keep the sampler off the CPU that long: on
-        # until the thread was sampled, for at most 20 s.
-        give_up = time.perf_counter() + 20
-        while time.perf_counter() < give_up:
-            if any(s.greenlet_id == 0 for s in profiler.snapshots):
-                break
-            spin(0.005)
+        # On until the thread was sampled (greenlet id 0).
+        spin_until(0.05, lambda: any(s.greenlet_id == 0 for s in profiler.snapshots))
 
     profiler = greenprof.Profiler(mode="thread", dump_period=0.001)
     thread = threading.Thread(target=work)

@@ -20,6 +20,25 @@ def spin(seconds: float) -> None:
         pass
 
 
+def spin_until(seconds: float, enough: Callable[[], bool]) -> None:
+    """``spin(seconds)``, then on until ``enough()`` (asked every 5 ms), for
+    at most 20 s: a loaded machine can keep the sampling thread off the CPU
+    for all of a short loop."""
+    spin(seconds)
+    give_up = time.perf_counter() + 20
+    while not enough() and time.perf_counter() < give_up:
+        spin(0.005)
+
+
+def samples_of(profiler: greenprof.Profiler, greenlet_id: int | None = None) -> int:
+    """How many samples ``profiler`` took so far (of ``greenlet_id``)."""
+    count = 0
+    for snapshot in profiler.snapshots:  # no generator: no frame of its own on top
+        if snapshot.event == "sample" and greenlet_id in (None, snapshot.greenlet_id):
+            count += 1
+    return count
+
+
 def red_wait() -> None:
     gevent.sleep(0.004)
 

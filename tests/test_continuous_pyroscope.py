@@ -245,7 +245,12 @@ def test_three_intervals_reach_pyroscope_per_endpoint_with_their_labels_times_an
             assert on >= spun
             # libev times a sleep from its loop's cached clock, which may
             # be a little behind: a sleep can end up to a loop turn early.
-            assert off >= 0.9 * slept
+            # And on a loaded machine the OS may take the CPU between a
+            # sleep arming its timer and switching out: time the greenlet
+            # was running, as greenprof counts it (a run beside valgrind
+            # measured 11.2 ms of 15); on and off together still cover both.
+            assert off >= 0.7 * slept
+            assert on + off >= spun + 0.9 * slept
 
 
 def test_the_server_going_away_and_back_loses_only_what_the_queue_cannot_hold(

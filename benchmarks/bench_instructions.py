@@ -22,9 +22,21 @@ request, and misses per 1,000 instructions, the unprofiled request's
 against what each session adds. It shows why a session's share of the
 time is larger than its share of the instructions.
 
-Run: ``python benchmarks/bench_instructions.py REV [--requests N]`` or
-``python benchmarks/bench_instructions.py --misses [--requests N]`` (needs
-valgrind, and git for ``REV``; about 4 and 10 minutes).
+``--web``: this checkout alone, on ``bench_web_cost.py``'s
+``gevent.pywsgi`` workload instead (its server under valgrind, with the
+cache simulated; a client in a process of its own sends the requests on
+one keep-alive connection): instructions and first-level misses each layer
+adds to a web request, and the unprofiled count over the layer's, the
+instruction-count twin of ``bench_web_cost.py``'s throughput ratio. Beside
+its layers: a session started and stopped with none of the request's
+switches inside it (dropped, and kept and read), a kept session never read,
+and ``peers.StrippedRecorder``, the least a pure-Python recorder can do
+for the same stacks, as a reference.
+
+Run: ``python benchmarks/bench_instructions.py REV [--requests N]``,
+``python benchmarks/bench_instructions.py --misses [--requests N]`` or
+``python benchmarks/bench_instructions.py --web [--requests N]`` (needs
+valgrind, and git for ``REV``; about 4, 10 and 15 minutes).
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import greenlet
 
@@ -66,6 +79,9 @@ def child(way: str, shape: str, requests: int) -> None:
     process, under valgrind."""
     import greenprof
 
+    if shape == "web":
+        web_child(way, requests)
+        return
     depth = handler_depth(shape)
     if way == "unprofiled":
 
@@ -183,14 +199,151 @@ def misses(requests: int) -> None:
     print("(the unprofiled request, then what each session adds to it)")
 
 
+#: The web workload's layers counted by ``--web``: ``bench_web_cost.py``'s,
+#: then the parts of a session, then the reference.
+WEB_WAYS = (
+    "unprofiled",
+    "session, dropped",
+    "session, kept",
+    "session, kept, unread",
+    "session, dropped, no switch",
+    "session, kept, no switch",
+    "stripped recorder, kept, read",
+)
+
+
+def web_layers() -> list[Any]:
+    """``WEB_WAYS``' peers."""
+    from bench_web_cost import NEVER, layers
+    from peers import Greenprof, Outcome, Session, StrippedRecorder
+
+    class Unread(Greenprof):
+        """Kept and never read: ``stop()`` alone."""
+
+        def end(self, session: Session) -> Outcome:
+            session.data.stop()
+            return Outcome()
+
+    class NoSwitch(Greenprof):
+        """Started and stopped (and read) before the request's work, none
+        of whose switches are then inside it."""
+
+        def begin(self, target: Any = None, keep: bool = False) -> Session:
+            Greenprof.end(self, Greenprof.begin(self, target, keep))
+            return Session(greenlet.getcurrent())
+
+        def end(self, session: Session) -> Outcome:
+            return Outcome()
+
+    more = [
+        Unread("greenlet", name="session, kept, unread"),
+        NoSwitch("greenlet", name="session, dropped, no switch", min_duration=NEVER),
+        NoSwitch("greenlet", name="session, kept, no switch"),
+        StrippedRecorder(),
+    ]
+    return [peer for peer in [*layers(), *more] if peer.name in WEB_WAYS]
+
+
+#: The client: ``--requests`` requests on one keep-alive connection.
+WEB_CLIENT = """
+import http.client, sys
+connection = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]))
+for number in range(int(sys.argv[3])):
+    connection.request("GET", f"/{number}")
+    response = connection.getresponse()
+    response.read()
+    assert response.status == 200, response.status
+"""
+
+
+def web_child(way: str, requests: int) -> None:
+    """Serve ``requests`` web requests with ``way`` on (after a warm-up), in
+    this process, under valgrind."""
+    import gevent.subprocess
+
+    import greenprof
+    from bench_peers import WebService
+
+    (peer,) = [p for p in web_layers() if p.name == way]
+    service = WebService()
+    host, port = service.server.address[:2]
+
+    def load(count: int) -> None:
+        # Waited for without polling: a wakeup every few milliseconds would
+        # count as many instructions as the run took seconds.
+        client = gevent.subprocess.Popen(
+            [sys.executable, "-c", WEB_CLIENT, host, str(port), str(count)]
+        )
+        if client.wait():
+            raise RuntimeError(f"{way}: the client failed")
+
+    idle = None
+    if way.startswith("session"):
+        # As when requests overlap: another session keeps greenprof's
+        # tracer installed between two requests.
+        idle = greenprof.Profiler()
+        idle.start(greenlet.greenlet(_nothing))
+    service.reset(peer)
+    peer.start_run(1)
+    load(WEB_WARM_UP)
+    if requests:
+        load(requests)
+    peer.stop_run()
+    if idle is not None:
+        idle.stop()
+    if service.served != WEB_WARM_UP + requests:
+        raise RuntimeError(f"{way}: served {service.served} requests, not {WEB_WARM_UP + requests}")
+    service.server.stop()
+    service.backend.stop()
+
+
+#: Web requests served before counting starts, in both runs of a pair.
+WEB_WARM_UP = 100
+
+
+def web(requests: int) -> None:
+    """``--web``: what each layer adds to a web request."""
+    compile_all(SRC, Path(__file__).parent)
+    print(
+        f"Python {sys.version.split()[0]}; a web request's instructions and first-level "
+        f"cache misses, simulated by valgrind over {requests} requests"
+    )
+    print(
+        f"{'layer':<31} {'instructions':>13} {'I1 misses':>10} {'D1 misses':>10}"
+        f" {'unprofiled / layer':>19}"
+    )
+    with Executor(max_workers=2) as pool:
+        counted = {
+            way: per_request_counts(SRC, way, "web", requests, pool, cache=True) for way in WEB_WAYS
+        }
+    base = counted["unprofiled"]
+    for way in WEB_WAYS:
+        row = dict(counted[way])
+        ratio = base["instructions"] / row["instructions"]
+        if way != "unprofiled":  # what it adds
+            row = {name: row[name] - base[name] for name in row}
+        print(
+            f"{way:<31} {row['instructions']:>+13,.0f} {row['I1 misses']:>+10,.0f}"
+            f" {row['D1 misses']:>+10,.0f} {ratio:>19.3f}"
+        )
+    print("(the unprofiled request, then what each layer adds to it)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rev", nargs="?", help="the commit to compare this checkout with")
-    parser.add_argument("--requests", type=int, default=1000, help="requests counted (1000)")
+    parser.add_argument(
+        "--requests", type=int, default=None, help="requests counted (1000; --web: 300)"
+    )
     parser.add_argument(
         "--misses",
         action="store_true",
         help="this checkout alone, with the cache misses valgrind simulates",
+    )
+    parser.add_argument(
+        "--web",
+        action="store_true",
+        help="this checkout alone, on the web workload, with the cache misses",
     )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     options = parser.parse_args()
@@ -198,15 +351,21 @@ def main() -> int:
         way, shape, requests = options.child
         child(way, shape, int(requests))
         return 0
-    if options.rev is None and not options.misses:
+    if options.rev is None and not (options.misses or options.web):
         parser.error("name the commit to compare with, e.g. HEAD~1")
-    if options.rev is not None and options.misses:
-        parser.error("--misses counts this checkout alone: give no commit with it")
+    if options.misses and options.web:
+        parser.error("--web counts its cache misses too: give one of --misses and --web")
+    if options.rev is not None and (options.misses or options.web):
+        parser.error("--misses and --web count this checkout alone: give no commit with them")
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: it counts the instructions", file=sys.stderr)
         return 2
+    requests = options.requests or (300 if options.web else 1000)
     if options.misses:
-        misses(options.requests)
+        misses(requests)
+        return 0
+    if options.web:
+        web(requests)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         old_src = baseline_source(options.rev, Path(tmp))
@@ -216,7 +375,7 @@ def main() -> int:
         compile_all(old_src, SRC, Path(__file__).parent)
         print(
             f"Python {sys.version.split()[0]}; instructions a request costs, counted under "
-            f"valgrind over {options.requests} requests; {options.rev} and this checkout"
+            f"valgrind over {requests} requests; {options.rev} and this checkout"
         )
         print(
             f"{'request, session':<26} {options.rev:>14} {'this':>14} {'this / ' + options.rev:>14}"
@@ -224,7 +383,7 @@ def main() -> int:
         with Executor(max_workers=2) as pool:
             for shape in SHAPES:
                 counted = {
-                    (name, way): per_request_count(src, way, shape, options.requests, pool)
+                    (name, way): per_request_count(src, way, shape, requests, pool)
                     for name, src in (("old", old_src), ("new", SRC))
                     for way in WAYS
                 }

@@ -35,6 +35,7 @@ import pstats
 import queue
 import sys
 import threading
+import time
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -145,6 +146,122 @@ class NoopTracer(Peer):
 
 def _noop(event: str, args: Any) -> None:
     return None
+
+
+class StrippedRecorder(Peer):
+    """Not a profiler: the least a pure-Python recorder can do and still keep
+    a request's whole stack at each switch-out and read it back, as a
+    reference for how much of greenprof's cost is its own work.
+
+    It records into a list per watched greenlet, with no limit on records
+    and nothing counted; holds the frame under the one that began the
+    request, where its walks stop (greenprof may hold no frame: it finds
+    that frame by a node in its ``f_trace``); formats a stack through one
+    dict keyed by its top frame and length; and reads back objects of four
+    slots (greenprof's have nine, and a session record). Its tracer replaces
+    any other. ``begin()`` must be called from the request's own frame.
+    """
+
+    name = "stripped recorder, kept, read"
+
+    def start_run(self, concurrency: int = 1) -> None:
+        watched: dict[greenlet.greenlet, tuple[list[Any], types.FrameType | None, Any]] = {}
+        self._watched = watched
+        get = watched.get
+        now = time.perf_counter_ns
+
+        def trace(event: str, args: Any) -> None:
+            if event == "switch" or event == "throw":
+                origin, target = args
+                entry = get(origin)
+                if entry is not None:
+                    frame = origin.gr_frame
+                    root = entry[1]
+                    pairs: list[Any] = []
+                    append = pairs.append
+                    while frame is not None and frame is not root:
+                        append(frame.f_code)
+                        append(frame.f_lasti)
+                        frame = frame.f_back
+                    entry[0].append((1, now(), tuple(pairs)))
+                entry = get(target)
+                if entry is not None:
+                    entry[0].append((2, now(), None))
+
+        self._previous = greenlet.settrace(trace)
+
+    def stop_run(self) -> None:
+        greenlet.settrace(self._previous)
+
+    def begin(self, target: greenlet.greenlet | None = None, keep: bool = False) -> Session:
+        glet = greenlet.getcurrent()
+        caller = sys._getframe(1)
+        root = caller.f_back
+        below: list[Any] = []
+        frame = root
+        while frame is not None:
+            below.append(frame.f_code)
+            below.append(frame.f_lasti)
+            frame = frame.f_back
+        records = [(0, time.perf_counter_ns(), (caller.f_code, caller.f_lasti))]
+        self._watched[glet] = (records, root, tuple(below))
+        return Session(glet)
+
+    def end(self, session: Session) -> Outcome:
+        glet = session.glet
+        records, _, below = self._watched.pop(glet)
+        caller = sys._getframe(1)
+        records.append((3, time.perf_counter_ns(), (caller.f_code, caller.f_lasti)))
+        under = _stripped_format(below)
+        mine = id(glet)
+        snapshots = []
+        stack: tuple[Any, ...] = ()
+        for event, when, pairs in records:
+            snapshot = _StrippedSnapshot()
+            snapshot.event = event
+            snapshot.time_ns = when
+            snapshot.greenlet_id = mine
+            if pairs is not None:  # a switch-in shares its switch-out's stack
+                stack = _stripped_format(pairs) + under
+            snapshot.stack = stack
+            snapshots.append(snapshot)
+        # Read as Greenprof.end reads greenprof's snapshots.
+        session.records = len(snapshots)
+        session.foreign = sum(s.greenlet_id != mine for s in snapshots)
+        session.deepest = max((len(s.stack) for s in snapshots), default=0)
+        return super().end(session)
+
+
+class _StrippedSnapshot:
+    __slots__ = ("event", "greenlet_id", "stack", "time_ns")
+
+
+#: StrippedRecorder's formatted stacks: (id(top code), top offset, length)
+#: -> (raw pairs, formatted), compared on a hit (no code object is hashed).
+_stripped_stacks: dict[tuple[int, ...], tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
+_stripped_lines: dict[tuple[int, int], int] = {}
+
+
+def _stripped_format(pairs: tuple[Any, ...]) -> tuple[Any, ...]:
+    key = (id(pairs[0]), pairs[1], len(pairs)) if pairs else ()
+    hit = _stripped_stacks.get(key)
+    if hit is not None and hit[0] == pairs:
+        return hit[1]
+    formatted = tuple(
+        (code.co_filename, getattr(code, "co_qualname", code.co_name), _stripped_line(code, offset))
+        for code, offset in zip(pairs[0::2], pairs[1::2], strict=True)
+    )
+    _stripped_stacks[key] = (pairs, formatted)
+    return formatted
+
+
+def _stripped_line(code: types.CodeType, offset: int) -> int:
+    key = (id(code), offset)
+    line = _stripped_lines.get(key)
+    if line is None:
+        line = next((ln or 0 for start, end, ln in code.co_lines() if start <= offset < end), 0)
+        _stripped_lines[key] = line
+    return line
 
 
 class Greenprof(Peer):

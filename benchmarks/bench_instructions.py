@@ -360,7 +360,7 @@ def main() -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: it counts the instructions", file=sys.stderr)
         return 2
-    requests = options.requests or (300 if options.web else 1000)
+    requests = options.requests if options.requests is not None else 300 if options.web else 1000
     if options.misses:
         misses(requests)
         return 0

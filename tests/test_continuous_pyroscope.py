@@ -248,9 +248,8 @@ def test_three_intervals_reach_pyroscope_per_endpoint_with_their_labels_times_an
             # And on a loaded machine the OS may take the CPU between a
             # sleep arming its timer and switching out: time the greenlet
             # was running, as greenprof counts it (a run beside valgrind
-            # measured 11.2 ms of 15); on and off together still cover both.
+            # measured 11.2 ms of 15); on + off still covers both (above).
             assert off >= 0.7 * slept
-            assert on + off >= spun + 0.9 * slept
 
 
 def test_the_server_going_away_and_back_loses_only_what_the_queue_cannot_hold(

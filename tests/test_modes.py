@@ -627,6 +627,7 @@ def test_thread_mode_never_shows_greenprofs_own_work() -> None:
     profiler.stop()
     samples = profiler.snapshots
     assert len(in_spin()) >= 20
+    assert all(s.stack[-2].function == "spin_until" for s in in_spin())
     assert all(s.stack[-3].function == "program_work" for s in in_spin())
     for sample in samples:
         assert not any(f.filename.startswith(GREENPROF_DIR) for f in sample.stack)

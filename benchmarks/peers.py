@@ -225,11 +225,17 @@ class StrippedRecorder(Peer):
                 stack = _stripped_format(pairs) + under
             snapshot.stack = stack
             snapshots.append(snapshot)
-        # Read as Greenprof.end reads greenprof's snapshots.
-        session.records = len(snapshots)
-        session.foreign = sum(s.greenlet_id != mine for s in snapshots)
-        session.deepest = max((len(s.stack) for s in snapshots), default=0)
+        _read(session, snapshots)  # as Greenprof.end reads greenprof's
         return super().end(session)
+
+
+def _read(session: Session, snapshots: list[Any]) -> None:
+    """Read a request's snapshots (greenprof's, or the stripped recorder's)
+    into ``session``: how many, how many of another greenlet, the deepest."""
+    mine = id(session.glet)
+    session.records = len(snapshots)
+    session.foreign = sum(s.greenlet_id != mine for s in snapshots)
+    session.deepest = max((len(s.stack) for s in snapshots), default=0)
 
 
 class _StrippedSnapshot:
@@ -287,11 +293,7 @@ class Greenprof(Peer):
     def end(self, session: Session) -> Outcome:
         profiler: greenprof.Profiler = session.data
         profiler.stop()
-        mine = id(session.glet)
-        snapshots = profiler.snapshots
-        session.records = len(snapshots)
-        session.foreign = sum(s.greenlet_id != mine for s in snapshots)
-        session.deepest = max((len(s.stack) for s in snapshots), default=0)
+        _read(session, profiler.snapshots)
         return super().end(session)
 
     def estimate(self, session: Session, function: str, on_cpu: bool) -> float:

@@ -278,11 +278,12 @@ def web_child(way: str, requests: int) -> None:
             raise RuntimeError(f"{way}: the client failed")
 
     idle = None
+    never_runs = greenlet.greenlet(_nothing)  # held: freed, its watch would go
     if way.startswith("session"):
         # As when requests overlap: another session keeps greenprof's
         # tracer installed between two requests.
         idle = greenprof.Profiler()
-        idle.start(greenlet.greenlet(_nothing))
+        idle.start(never_runs)
     service.reset(peer)
     peer.start_run(1)
     load(WEB_WARM_UP)

@@ -203,6 +203,7 @@ def misses(requests: int) -> None:
 #: then the parts of a session, then the reference.
 WEB_WAYS = (
     "unprofiled",
+    "tracer, no session",
     "session, dropped",
     "session, kept",
     "session, kept, unread",

@@ -556,6 +556,9 @@ def test_snapshots_built_by_the_profiler_equal_ones_built_by_their_class() -> No
         assert attrs.asdict(rebuilt) == attrs.asdict(snapshot)
 
 
+# Python 3.12+ warns at a fork with threads running, as greenprof's own may
+# be here (left by earlier tests): a fork a server makes with them running too.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_session_ids_are_unique_here_and_in_a_forked_child() -> None:
     ids = {greenprof.Profiler().session_id for _ in range(1000)}
     assert len(ids) == 1000

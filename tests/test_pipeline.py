@@ -315,6 +315,8 @@ def test_a_session_read_while_it_runs_names_its_greenlet() -> None:
 # -- fork -----------------------------------------------------------------------------------
 
 
+# Python 3.12+ warns at a fork with threads running: that is this test's point.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_goes_on_with_sessions_whose_locks_a_parent_thread_held() -> None:
     from greenprof._build import FORMATTER
 

@@ -279,10 +279,10 @@ def web_child(way: str, requests: int) -> None:
             raise RuntimeError(f"{way}: the client failed")
 
     idle = None
-    never_runs = greenlet.greenlet(_nothing)  # held: freed, its watch would go
     if way.startswith("session"):
         # As when requests overlap: another session keeps greenprof's
         # tracer installed between two requests.
+        never_runs = greenlet.greenlet(_nothing)  # held: freed, its watch would go
         idle = greenprof.Profiler()
         idle.start(never_runs)
     service.reset(peer)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import _weakrefset
 import os
 import queue
 import sys
 import threading
 import time
 import traceback
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from types import FrameType
@@ -496,6 +498,11 @@ def test_modes_record_the_events_they_promise() -> None:
     assert kinds["thread"] == {"sample"}
 
 
+#: The standard library's weak containers, whose callbacks run wherever an
+#: object they hold is collected.
+WEAKREF_FILES = {weakref.__file__, _weakrefset.__file__}
+
+
 def test_hybrid_with_follow_spawned_samples_the_children_too() -> None:
     def child_crunch() -> None:
         mine = id(greenlet.getcurrent())
@@ -524,8 +531,12 @@ def test_hybrid_with_follow_spawned_samples_the_children_too() -> None:
         assert sample.greenlet_id in children
         # in spin(), or (rarely) caught between spin() returning and
         # gevent.sleep() yielding: in child_crunch itself, or in sleep; or
-        # in spin_until() counting the samples so far
-        assert sample.stack[-1].function.rsplit(".", 1)[-1] in {
+        # in spin_until() counting the samples so far; perhaps in a weak
+        # container's callback, run there as some object was collected
+        stack = sample.stack
+        while stack[-1].filename in WEAKREF_FILES:
+            stack = stack[:-1]
+        assert stack[-1].function.rsplit(".", 1)[-1] in {
             "spin",
             "sleep",
             "child_crunch",
@@ -704,6 +715,51 @@ def test_code_greenprof_calls_is_the_programs_and_greenprof_waiting_is_greenprof
     finally:
         release.set()
         stopper.join()
+
+
+def test_what_the_interpreter_runs_inside_greenprofs_code_is_greenprofs() -> None:
+    """A weak reference's callback runs wherever the last reference to its
+    object went: inside greenprof's code (reading snapshots, say) a sample
+    there shows greenprof at work, though the callback is not greenprof's;
+    inside the program's, the program at work. (CI once sampled one such
+    callback, ``_weakrefset``'s ``_remove``, in a profiled greenlet.)"""
+    release = threading.Event()
+    greenprofs = compile(
+        "def drop(holder):\n    holder.clear()\n",
+        os.path.join(GREENPROF_DIR, "_drops_here.py"),
+        "exec",
+    )
+    namespace: dict[str, Any] = {}
+    exec(greenprofs, namespace)  # a function in greenprof's folder, as its own code is
+
+    class Collected:
+        pass
+
+    def program_drop(holder: list[Collected]) -> None:
+        holder.clear()
+
+    def waiting_callback(_: object) -> None:
+        release.wait(10)
+
+    threads = []
+    refs = []  # a callback runs only while its weak reference lives
+    for drop in (namespace["drop"], program_drop):
+        holder = [Collected()]
+        refs.append(weakref.ref(holder[0], waiting_callback))
+        threads.append(threading.Thread(target=drop, args=(holder,), name=drop.__name__))
+    for thread in threads:
+        thread.start()
+    try:
+        frames = [frame_when(t, waiting) for t in threads]
+        for frame, dropper in zip(frames, ("drop", "program_drop"), strict=True):
+            # In the callback, which the interpreter ran in the middle of dropper.
+            names = [f.f_code.co_name for f, _ in traceback.walk_stack(frame)]
+            assert names[names.index("waiting_callback") + 1] == dropper
+        assert [_greenprofs_own(frame) for frame in frames] == [True, False]
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join()
 
 
 def test_follow_spawned_never_adopts_the_hub() -> None:

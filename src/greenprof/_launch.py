@@ -22,6 +22,7 @@ from typing import Final
 
 import attrs
 
+from ._entries import runs_the_program
 from .exceptions import GreenprofError
 from .snapshot import Frame
 
@@ -161,6 +162,7 @@ class Launch:
             return self._uncaught(exc)
         return Ending(0)
 
+    @runs_the_program
     def _execute(self) -> None:
         program = self.program
         sys.argv = [program.target, *program.args]  # runpy puts a module's path first

@@ -16,9 +16,9 @@ import time
 from types import FrameType
 from typing import Any, Protocol
 
-from . import _dispatcher as dispatcher_module
 from ._buffer import SAMPLE, GreenletBuffer
 from ._dispatcher import GreenletWatch, SwitchDispatcher
+from ._entries import PROGRAM_ENTRIES
 from ._launch import MACHINERY_FILES
 from ._loop import BackgroundLoop
 from ._naming import greenlet_name
@@ -123,24 +123,22 @@ os.register_at_fork(after_in_child=SAMPLER._after_fork_in_child)
 
 # -- the two kinds of sampling sessions -------------------------------------------
 
-# A sample taken while greenprof's tracer runs was taken in the middle of a
-# switch, when "the greenlet running" is ambiguous: it is skipped.
-_TRACER_FILE = dispatcher_module.__file__
-_PACKAGE_DIR = os.path.dirname(_TRACER_FILE) + os.sep
-#: Code greenprof's own work waits or runs in without being greenprof's:
-#: ``threading``'s locks and events, ``contextlib``'s context managers,
-#: what attrs generates, and what ``greenprof run`` starts a program with
-#: (runpy, pkgutil, importlib, frozen or not). Any other code is the
-#: program's, the standard library's included (``greenprof run -m json.tool``
-#: profiles ``json``).
+#: greenprof's folder, and the one module in it that is a program
+#: (``greenprof demo``'s service).
+_PACKAGE_DIR = os.path.dirname(__file__) + os.sep
+_DEMO_FILE = os.path.join(_PACKAGE_DIR, "_demo.py")
+#: Code that runs above a function handing control to the program without
+#: being the program: ``threading``'s locks and events, ``contextlib``'s
+#: context managers, what attrs generates, and what ``greenprof run``
+#: starts a program with (runpy, pkgutil, importlib, frozen or not). Any
+#: other code is the program's, the standard library's included
+#: (``greenprof run -m json.tool`` profiles ``json``).
 _PASSED_FILES = MACHINERY_FILES | {threading.__file__, contextlib.__file__}
 _PASSED_PREFIXES = (
     "<frozen ",
     "<attrs generated ",
     os.path.dirname(os.path.abspath(importlib.__file__)) + os.sep,
 )
-#: The one module of greenprof that is a program (``greenprof demo``'s service).
-_DEMO_FILE = os.path.join(_PACKAGE_DIR, "_demo.py")
 
 
 def _runs(glet: Any) -> bool:
@@ -153,30 +151,36 @@ def _runs(glet: Any) -> bool:
     return glet is not None and bool(glet) and glet.gr_frame is None
 
 
-def _passed(filename: str) -> bool:
-    return filename in _PASSED_FILES or filename.startswith(_PASSED_PREFIXES)
-
-
 def _greenprofs_own(frame: FrameType) -> bool:
     """Whether a sample of the thread at ``frame`` would show greenprof at
-    work rather than the program: the thread is inside greenprof's tracer
-    (at any depth: other tracers may run below or above it), or the
-    innermost frame not in code it passes through (``_PASSED_FILES``) is
-    greenprof's (a ``start()`` waiting for the sampling thread to run, a
-    ``stop()``, a report being read). The program's code that greenprof
-    calls (a decorated handler, a middleware's application, a module
-    ``greenprof run`` runs) is the program's."""
-    below_the_program = False
+    work rather than the program: whether the innermost of greenprof's
+    frames on its stack is greenprof at work (its tracer, a ``start()``
+    waiting for the sampling thread to run, a ``stop()``, snapshots being
+    read), whatever runs above it: the standard library greenprof calls, or
+    what the interpreter runs in the middle of greenprof's code (a weak
+    container's callback, a signal handler). The program's code under one
+    of the functions that hand control to the program (``_entries``: a
+    decorated handler, a middleware's application, a module ``greenprof
+    run`` runs) is the program's, once code other than ``_PASSED_FILES``
+    runs above it; and so is ``greenprof demo``'s service."""
+    program_above = False
     while frame is not None:
-        filename = frame.f_code.co_filename
-        if filename == _TRACER_FILE:
-            return True
-        if not below_the_program and not _passed(filename):
-            if filename.startswith(_PACKAGE_DIR) and filename != _DEMO_FILE:
-                return True
-            below_the_program = True
+        code = frame.f_code
+        filename = code.co_filename
+        if filename.startswith(_PACKAGE_DIR):
+            if filename == _DEMO_FILE:
+                return False
+            # An entry's own lines, or the launcher finding the program's
+            # module above it, are greenprof's work.
+            return not (program_above and code in PROGRAM_ENTRIES)
+        if not program_above and not _passed(filename):
+            program_above = True
         frame = frame.f_back  # type: ignore[assignment]
     return False
+
+
+def _passed(filename: str) -> bool:
+    return filename in _PASSED_FILES or filename.startswith(_PASSED_PREFIXES)
 
 
 class HybridTaker:

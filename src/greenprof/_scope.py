@@ -9,6 +9,7 @@ from typing import Any, TypeVar, overload
 
 import greenlet
 
+from ._entries import runs_the_program
 from ._options import Options
 from ._pipeline import Pipeline
 from ._profiler import Profiler
@@ -92,6 +93,7 @@ class ProfileScope:
             )
             raise ConfigurationError(msg)
 
+        @runs_the_program
         @functools.wraps(func)
         def profiled(*args: Any, **kwargs: Any) -> Any:
             profiler = Profiler._of(self._pipeline)

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import attrs
 
+from .._entries import runs_the_program
 from .._loop import BackgroundLoop
 from .._threads import allocate_real_lock
 from .._validate import check_positive_int, check_tags, check_wait, is_number
@@ -207,6 +208,7 @@ class ContinuousProfiler:
         )
         self._middlewares.add(middleware)
 
+        @runs_the_program
         def profiled(environ: Environ, start_response: Any) -> Iterable[bytes]:
             if self._running:
                 return middleware(environ, start_response)

@@ -11,6 +11,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
+from .._entries import runs_the_program
 from .._options import Options
 from .._pipeline import Pipeline
 from .._profiler import Profiler
@@ -108,6 +109,7 @@ class ProfilerMiddleware:
                 return False
         return self.sample_rate >= 1 or self._random() < self.sample_rate
 
+    @runs_the_program
     def __call__(self, environ: Environ, start_response: Any) -> Iterable[bytes]:
         if not self._wanted(environ):
             return self.app(environ, start_response)
@@ -225,6 +227,7 @@ class _ProfiledBody:
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._body)
 
+    @runs_the_program
     def close(self) -> None:
         try:
             close = getattr(self._body, "close", None)

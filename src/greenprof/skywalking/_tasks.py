@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from .._entries import runs_the_program
 from .._loop import BackgroundLoop
 from .._options import Options
 from .._pipeline import Pipeline
@@ -311,6 +312,7 @@ class ProfileTaskPoller:
 
         make_segment = segment_id or (lambda environ: uuid.uuid4().hex)
 
+        @runs_the_program
         def profiled_app(environ: dict[str, Any], start_response: Any) -> Any:
             with self.profile_request(endpoint_name(environ), make_segment(environ)):
                 return app(environ, start_response)

@@ -659,6 +659,15 @@ def waiting(frame: FrameType) -> bool:
     return any(f.f_code.co_name == "wait" for f, _ in traceback.walk_stack(frame))
 
 
+def as_greenprofs(source: str, name: str) -> Callable[..., Any]:
+    """Function ``name`` of ``source``, compiled as if it were in a module of
+    greenprof's folder, as its own code is."""
+    code = compile(source, os.path.join(GREENPROF_DIR, f"_{name}_here.py"), "exec")
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    return namespace[name]  # type: ignore[no-any-return]
+
+
 def test_code_greenprof_calls_is_the_programs_and_greenprof_waiting_is_greenprofs() -> None:
     release = threading.Event()
 
@@ -682,17 +691,11 @@ def test_code_greenprof_calls_is_the_programs_and_greenprof_waiting_is_greenprof
     # The standard library is the program's, called by greenprof or not;
     # threading's waits are greenprof's when greenprof called them.
     jobs: queue.Queue[None] = queue.Queue()
-    greenprofs = compile(
-        "def hold(event):\n    event.wait(10)\n",
-        os.path.join(GREENPROF_DIR, "_waits_here.py"),
-        "exec",
-    )
-    namespace: dict[str, Any] = {}
-    exec(greenprofs, namespace)  # a function in greenprof's folder, as its own code is
+    hold = as_greenprofs("def hold(event):\n    event.wait(10)\n", "hold")
     release.clear()
     threads = [
         threading.Thread(target=greenprof.profile()(jobs.get), name="decorated stdlib"),
-        threading.Thread(target=namespace["hold"], args=(release,), name="greenprof waiting"),
+        threading.Thread(target=hold, args=(release,), name="greenprof waiting"),
     ]
     for thread in threads:
         thread.start()
@@ -724,13 +727,7 @@ def test_what_the_interpreter_runs_inside_greenprofs_code_is_greenprofs() -> Non
     inside the program's, the program at work. (CI once sampled one such
     callback, ``_weakrefset``'s ``_remove``, in a profiled greenlet.)"""
     release = threading.Event()
-    greenprofs = compile(
-        "def drop(holder):\n    holder.clear()\n",
-        os.path.join(GREENPROF_DIR, "_drops_here.py"),
-        "exec",
-    )
-    namespace: dict[str, Any] = {}
-    exec(greenprofs, namespace)  # a function in greenprof's folder, as its own code is
+    greenprofs_drop = as_greenprofs("def drop(holder):\n    holder.clear()\n", "drop")
 
     class Collected:
         pass
@@ -743,7 +740,7 @@ def test_what_the_interpreter_runs_inside_greenprofs_code_is_greenprofs() -> Non
 
     threads = []
     refs = []  # a callback runs only while its weak reference lives
-    for drop in (namespace["drop"], program_drop):
+    for drop in (greenprofs_drop, program_drop):
         holder = [Collected()]
         refs.append(weakref.ref(holder[0], waiting_callback))
         threads.append(threading.Thread(target=drop, args=(holder,), name=drop.__name__))

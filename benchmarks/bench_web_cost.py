@@ -108,7 +108,7 @@ def layer_table(
 ) -> tuple[dict[str, float], dict[str, float], float]:
     """Print each layer's throughput against ``unprofiled`` and the CPU it
     adds per request, each run against the unprofiled run of its own round
-    (the runs of a round follow each other: a drift of the shared
+    (every layer runs once a round, about half a minute: a drift of the shared
     machine's load over minutes cancels out), medians of the rounds ± half
     their IQR; ``(ratio, added CPU / unprofiled CPU, unprofiled CPU us)``
     by name."""

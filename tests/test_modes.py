@@ -659,10 +659,10 @@ def waiting(frame: FrameType) -> bool:
     return any(f.f_code.co_name == "wait" for f, _ in traceback.walk_stack(frame))
 
 
-def as_greenprofs(source: str, name: str) -> Callable[..., Any]:
+def as_greenprofs(source: str, name: str, module: str = "") -> Callable[..., Any]:
     """Function ``name`` of ``source``, compiled as if it were in a module of
-    greenprof's folder, as its own code is."""
-    code = compile(source, os.path.join(GREENPROF_DIR, f"_{name}_here.py"), "exec")
+    greenprof's folder (``module``, default a new one), as its own code is."""
+    code = compile(source, os.path.join(GREENPROF_DIR, module or f"_{name}_here.py"), "exec")
     namespace: dict[str, Any] = {}
     exec(code, namespace)
     return namespace[name]  # type: ignore[no-any-return]
@@ -703,6 +703,24 @@ def test_code_greenprof_calls_is_the_programs_and_greenprof_waiting_is_greenprof
         assert [_greenprofs_own(frame_when(t, waiting)) for t in threads] == [False, True]
     finally:
         jobs.put(None)
+        release.set()
+        for thread in threads:
+            thread.join()
+
+    # A decorated function of the locks greenprof waits in is greenprof's:
+    # nothing of the program's runs above the decorator's frame. The demo's
+    # service, in greenprof's folder, is a program.
+    release.clear()
+    demo = as_greenprofs("def serve(event):\n    event.wait(10)\n", "serve", "_demo.py")
+    threads = [
+        threading.Thread(target=greenprof.profile()(release.wait), args=(10,), name="lock"),
+        threading.Thread(target=demo, args=(release,), name="demo"),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        assert [_greenprofs_own(frame_when(t, waiting)) for t in threads] == [True, False]
+    finally:
         release.set()
         for thread in threads:
             thread.join()

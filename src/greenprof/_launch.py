@@ -272,6 +272,7 @@ def _exit_status(code: object) -> int:
     return 1
 
 
+@runs_the_program  # sys.excepthook, which the program may have replaced
 def print_uncaught(exc: BaseException, traceback: TracebackType | None) -> None:
     """Print ``exc`` with ``traceback`` as python prints an uncaught
     exception: through ``sys.excepthook``, which the program may have

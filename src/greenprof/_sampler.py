@@ -170,9 +170,9 @@ def _greenprofs_own(frame: FrameType) -> bool:
         if filename.startswith(_PACKAGE_DIR):
             if filename == _DEMO_FILE:
                 return False
-            # An entry's own lines, or the launcher finding the program's
-            # module above it, are greenprof's work.
-            return not (program_above and code in PROGRAM_ENTRIES)
+            # An entry's own lines, or only locks or the launching
+            # machinery (runpy, importlib) above it, are greenprof's work.
+            return not (program_above and id(code) in PROGRAM_ENTRIES)
         if not program_above and not _passed(filename):
             program_above = True
         frame = frame.f_back  # type: ignore[assignment]

@@ -13,6 +13,7 @@ from types import FrameType
 from typing import Any, Final, TypeAlias
 
 from ._dump import render_dump
+from ._entries import runs_the_program
 from ._signals import redeliver
 from ._threads import real_sleep
 from .exceptions import ConfigurationError, NotMainThreadError
@@ -53,6 +54,7 @@ class SignalDumpHandler:
         self.errors = 0
         self.busy = False
 
+    @runs_the_program  # the program's own handler, chained
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         # Python may run the handler again, for the same signal sent twice,
         # between two bytecodes of this one: one dump is enough.

@@ -165,6 +165,7 @@ class _Request:
             tags["path"] = str(self.environ.get("PATH_INFO", ""))
 
     def start_response(self, start_response: Any) -> Any:
+        @runs_the_program  # the server's start_response runs under it
         def recording(status: str, headers: Any, exc_info: Any = None) -> Any:
             self.status = str(status).split(" ", 1)[0]
             return start_response(status, headers, exc_info)
@@ -224,6 +225,7 @@ class _ProfiledBody:
         self._body = body
         self._finish = finish
 
+    @runs_the_program
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._body)
 

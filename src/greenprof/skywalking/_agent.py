@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 
+from .._entries import runs_the_program
 from .._options import Options
 from .._pipeline import Pipeline
 from .._profiler import Profiler
@@ -223,6 +224,7 @@ def install(*, mode: str = "greenlet", max_depth: int | None = None) -> AgentTak
                 self._current_profiling_cnt.add_and_get(-1)
                 break
 
+    @runs_the_program  # the agent's own start, its tracing
     def start(self: Any, span: Any) -> Any:
         started = original_start(self, span)
         slot = pending.pop(self, None)
@@ -230,6 +232,7 @@ def install(*, mode: str = "greenlet", max_depth: int | None = None) -> AgentTak
             slot.profiler.start()
         return started
 
+    @runs_the_program  # the agent's own stop
     def stop(self: Any, span: Any) -> Any:
         # The agent never ends a request's profiling when its segment ends
         # (its profilers run until the task does); greenprof stops there:

@@ -659,6 +659,21 @@ def waiting(frame: FrameType) -> bool:
     return any(f.f_code.co_name == "wait" for f, _ in traceback.walk_stack(frame))
 
 
+def owned_while_waiting(
+    threads: list[threading.Thread], release: Callable[[], object]
+) -> list[bool]:
+    """Start ``threads``; whether a sample of each, once it waits, would be
+    greenprof's own; then ``release()`` them and wait for them to end."""
+    for thread in threads:
+        thread.start()
+    try:
+        return [_greenprofs_own(frame_when(t, waiting)) for t in threads]
+    finally:
+        release()
+        for thread in threads:
+            thread.join()
+
+
 def as_greenprofs(source: str, name: str, module: str = "") -> Callable[..., Any]:
     """Function ``name`` of ``source``, compiled as if it were in a module of
     greenprof's folder (``module``, default a new one), as its own code is."""
@@ -679,14 +694,7 @@ def test_code_greenprof_calls_is_the_programs_and_greenprof_waiting_is_greenprof
         release.wait(10)
 
     threads = [threading.Thread(target=f, name=f.__name__) for f in (handler, plain)]
-    for thread in threads:
-        thread.start()
-    try:
-        assert [_greenprofs_own(frame_when(t, waiting)) for t in threads] == [False, False]
-    finally:
-        release.set()
-        for thread in threads:
-            thread.join()
+    assert owned_while_waiting(threads, release.set) == [False, False]
 
     # The standard library is the program's, called by greenprof or not;
     # threading's waits are greenprof's when greenprof called them.
@@ -697,15 +705,7 @@ def test_code_greenprof_calls_is_the_programs_and_greenprof_waiting_is_greenprof
         threading.Thread(target=greenprof.profile()(jobs.get), name="decorated stdlib"),
         threading.Thread(target=hold, args=(release,), name="greenprof waiting"),
     ]
-    for thread in threads:
-        thread.start()
-    try:
-        assert [_greenprofs_own(frame_when(t, waiting)) for t in threads] == [False, True]
-    finally:
-        jobs.put(None)
-        release.set()
-        for thread in threads:
-            thread.join()
+    assert owned_while_waiting(threads, lambda: (jobs.put(None), release.set())) == [False, True]
 
     # A decorated function of the locks greenprof waits in is greenprof's:
     # nothing of the program's runs above the decorator's frame. The demo's
@@ -716,14 +716,7 @@ def test_code_greenprof_calls_is_the_programs_and_greenprof_waiting_is_greenprof
         threading.Thread(target=greenprof.profile()(release.wait), args=(10,), name="lock"),
         threading.Thread(target=demo, args=(release,), name="demo"),
     ]
-    for thread in threads:
-        thread.start()
-    try:
-        assert [_greenprofs_own(frame_when(t, waiting)) for t in threads] == [True, False]
-    finally:
-        release.set()
-        for thread in threads:
-            thread.join()
+    assert owned_while_waiting(threads, release.set) == [True, False]
 
     release.clear()
     loop = blocked_in_a_loop_stop(release)

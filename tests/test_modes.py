@@ -23,6 +23,7 @@ import greenprof
 from greenprof._loop import BackgroundLoop
 from greenprof._sampler import SAMPLER, _greenprofs_own
 from greenprof.exceptions import ConfigurationError
+from greenprof.integrations.wsgi import ProfilerMiddleware
 from greenprof.sinks import MemorySink
 
 from .conftest import GREENPROF_DIR, line_of, run_python
@@ -717,6 +718,23 @@ def test_code_greenprof_calls_is_the_programs_and_greenprof_waiting_is_greenprof
         threading.Thread(target=demo, args=(release,), name="demo"),
     ]
     assert owned_while_waiting(threads, release.set) == [True, False]
+
+    # The server's start_response, which the app calls through the WSGI
+    # middleware's, is the program's.
+    release.clear()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b""]
+
+    def server_start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        release.wait(10)
+
+    middleware = ProfilerMiddleware(app)
+    threads = [
+        threading.Thread(target=middleware, args=({"PATH_INFO": "/"}, server_start_response))
+    ]
+    assert owned_while_waiting(threads, release.set) == [False]
 
     release.clear()
     loop = blocked_in_a_loop_stop(release)

@@ -145,7 +145,7 @@ def _prefixes(paths: object) -> tuple[str, ...] | None:
 class _Request:
     """One profiled request: its profiler and what its tags need."""
 
-    __slots__ = ("environ", "error", "middleware", "profiler", "status")
+    __slots__ = ("environ", "error", "middleware", "profiler", "server_start_response", "status")
 
     def __init__(self, middleware: ProfilerMiddleware, environ: Environ, profiler: Profiler):
         self.middleware = middleware
@@ -165,12 +165,15 @@ class _Request:
             tags["path"] = str(self.environ.get("PATH_INFO", ""))
 
     def start_response(self, start_response: Any) -> Any:
-        @runs_the_program  # the server's start_response runs under it
-        def recording(status: str, headers: Any, exc_info: Any = None) -> Any:
-            self.status = str(status).split(" ", 1)[0]
-            return start_response(status, headers, exc_info)
+        """What the app is given as its ``start_response``: the server's,
+        noting the status."""
+        self.server_start_response = start_response
+        return self._recording
 
-        return recording
+    @runs_the_program  # the server's start_response runs under it
+    def _recording(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        self.status = str(status).split(" ", 1)[0]
+        return self.server_start_response(status, headers, exc_info)
 
     def finish(self) -> None:
         profiler = self.profiler

@@ -99,7 +99,7 @@ def main() -> int:
         f"unprofiled run, medians ± half the IQR; "
         f"default sample_rate {DEFAULT_SAMPLE_RATE}"
     )
-    ratio, added_share, _ = layer_table(runs, "")
+    ratio, added_share = layer_table(runs, "")
     throughput = ratio[DEFAULTS]
     cpu = added_share[DEFAULTS]
     met = throughput >= 0.97 and cpu <= 0.03

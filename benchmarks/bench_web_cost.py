@@ -105,29 +105,22 @@ def spread(values: list[float]) -> float:
 
 def layer_table(
     runs: dict[str, list[Any]], heading: str
-) -> tuple[dict[str, float], dict[str, float], float]:
+) -> tuple[dict[str, float], dict[str, float]]:
     """Print each layer's throughput against ``unprofiled`` and the CPU it
     adds per request, each run against the unprofiled run of its own round
     (every layer runs once a round, about half a minute: a drift of the shared
     machine's load over minutes cancels out), medians of the rounds ± half
-    their IQR; ``(ratio, added CPU / unprofiled CPU, unprofiled CPU us)``
-    by name."""
+    their IQR; ``(ratio, added CPU / unprofiled CPU)`` by name."""
     base = runs["unprofiled"]
-    base_cpu = statistics.median(m["cpu_per_request_ms"] * 1000 for m in base)
     ratio: dict[str, float] = {}
     added_share: dict[str, float] = {}
     print(f"{heading:<28} {'rps ratio':>14} {'CPU per request':>16} {'added':>14}")
     for name, values in runs.items():
-        ratios = [m["rps"] / b["rps"] for m, b in zip(values, base, strict=True)]
+        pairs = list(zip(values, base, strict=True))
+        ratios = [m["rps"] / b["rps"] for m, b in pairs]
         cpus = [m["cpu_per_request_ms"] * 1000 for m in values]
-        added = [
-            (m["cpu_per_request_ms"] - b["cpu_per_request_ms"]) * 1000
-            for m, b in zip(values, base, strict=True)
-        ]
-        shares = [
-            m["cpu_per_request_ms"] / b["cpu_per_request_ms"] - 1
-            for m, b in zip(values, base, strict=True)
-        ]
+        added = [(m["cpu_per_request_ms"] - b["cpu_per_request_ms"]) * 1000 for m, b in pairs]
+        shares = [m["cpu_per_request_ms"] / b["cpu_per_request_ms"] - 1 for m, b in pairs]
         ratio[name] = statistics.median(ratios)
         added_share[name] = statistics.median(shares)
         print(
@@ -135,7 +128,7 @@ def layer_table(
             f"{statistics.median(cpus):>13.0f} us {statistics.median(added):>+7.0f} "
             f"±{spread(added):>3.0f} us"
         )
-    return ratio, added_share, base_cpu
+    return ratio, added_share
 
 
 def main() -> int:
@@ -154,7 +147,7 @@ def main() -> int:
         f"{repeats} interleaved rounds of {duration:g} s per layer; each run against its "
         f"round's unprofiled run, medians ± half the IQR"
     )
-    ratio, added_share, _ = layer_table(runs, "layer")
+    ratio, added_share = layer_table(runs, "layer")
     met_all = True
     print("targets (every request profiled):")
     for layer, what, wanted in TARGETS:

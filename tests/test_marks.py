@@ -372,7 +372,10 @@ def test_a_min_duration_session_marks_only_the_frame_under_its_caller(
     # one that started the session (its root), marked once at start().
     assert marked[0] == 1
     assert root_marked[0]
-    assert marked[1] >= 10  # without min_duration, the very same program marks
+    # Without min_duration the start walk is the same; its switch-out and
+    # stop walks mark the frames above the root they pass, the top one here.
+    assert marked[1] == 2
+    assert root_marked[1]
 
 
 @pytest.mark.parametrize("min_duration", [0.0, 1e-9], ids=["marking", "min_duration"])
@@ -1171,6 +1174,93 @@ def _serve(under: int, request: Callable[[], None]) -> tuple[SwitchCounter, Any,
     return counter, roots, raws
 
 
+def _root_at(caller: FrameType, depth: int) -> Any:
+    """The root a session started from ``caller`` would get (or None)."""
+    from greenprof._stack import start_walk
+
+    return start_walk(caller, depth, False)[1]
+
+
+@pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
+def test_a_kept_sessions_start_marks_only_its_root_and_its_stacks_repeat() -> None:
+    # A server's requests on one connection: new frames for each, the same
+    # frames under them. A kept session's start walk marks the frame under
+    # its caller alone; the frames under that one come out as the very same
+    # tuple at every request, so every stack built on it does too, and the
+    # formatter finds each of them by identity after the first request.
+    main = greenlet.getcurrent()
+    seen: list[Any] = []
+    marked: list[int] = []
+
+    def request() -> None:
+        with greenprof.profile() as profiler:
+            _waits(3, main, 2)
+        seen.append(profiler)
+        marked.append(_marked_frames(sys._getframe(1)))
+
+    def serve() -> None:
+        for _ in range(3):
+            _served(2, request)
+
+    glet = greenlet.greenlet(lambda: _served(12, serve))
+    counter = SwitchCounter(glet)
+    counter.install()
+    try:
+        while not glet.dead:
+            glet.switch()
+    finally:
+        counter.uninstall()
+    assert marked == [1, 1, 1]  # request()'s caller, the root; nothing under it
+    stacks = [[s.stack for s in p.snapshots] for p in seen]
+    assert [len(st) for st in stacks] == [6, 6, 6]  # start, 2 outs, 2 ins, stop
+    for first, second, third in zip(*stacks, strict=True):
+        assert first is second is third
+    outs = [short(s.stack) for p in seen for s in p.snapshots if s.event == "switch_out"]
+    assert outs == counter.stacks
+    assert len(outs) == 6
+
+
+@pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
+def test_frames_under_a_root_are_shared_only_for_the_same_code_objects() -> None:
+    from greenprof._stack import start_walk
+
+    formatter = FrameFormatter()
+    source = "def twin(call):\n    return call()\n"
+    twins = []
+    for name in ("first.py", "second.py"):  # equal code objects, two files
+        namespace: dict[str, Any] = {}
+        exec(compile(source, name, "exec"), namespace)
+        twins.append(namespace["twin"])
+    assert twins[0].__code__ == twins[1].__code__
+
+    def caller() -> Any:
+        return start_walk(sys._getframe(), 1000, True)
+
+    def root() -> Any:
+        return caller()
+
+    def common() -> Any:  # the top frame under the root: the same code each time
+        return root()
+
+    def walk(twin: Any) -> Any:
+        return _served(3, lambda: twin(common))
+
+    first, second = twins
+    starts = [walk(twin)[0] for twin in (first, first, second, second)]
+    # caller, root, common, then the twin
+    assert [formatter.frames(start)[-4].filename for start in starts] == [
+        "first.py",
+        "first.py",
+        "second.py",
+        "second.py",
+    ]
+    below = [start[2][2] for start in starts]  # caller, root, then the rest
+    assert below[1] is below[0]  # the same code objects: the same tuple
+    assert below[2] == below[0]  # equal, yet not the same code objects
+    assert below[2] is not below[0]
+    assert below[3] is below[2]
+
+
 def _started(box: dict[str, Any]) -> None:
     """Start a min_duration profiler into ``box``: a hook that returns."""
     box["profiler"] = greenprof.Profiler(min_duration=1e-9)
@@ -1229,8 +1319,6 @@ def test_a_walk_that_cannot_reach_its_root_within_max_depth_keeps_the_innermost_
 
 @pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
 def test_no_root_where_another_tool_set_f_trace_or_in_a_generator() -> None:
-    from greenprof._stack import root_of, walk_whole
-
     def tool(frame: FrameType, event: str, arg: Any) -> None:
         return None
 
@@ -1238,8 +1326,7 @@ def test_no_root_where_another_tool_set_f_trace_or_in_a_generator() -> None:
         return callee()
 
     def here() -> Any:
-        frame = sys._getframe()
-        return root_of(frame, walk_whole(frame, 128), 128)
+        return _root_at(sys._getframe(), 128)
 
     assert caller_of(here) is not None  # the frame under here(): caller_of's
     assert caller_of(here) is not None  # found marked the second time: the same
@@ -1258,13 +1345,12 @@ def test_no_root_where_another_tool_set_f_trace_or_in_a_generator() -> None:
         yield here()
 
     assert next(generator()) is None
-    frame = sys._getframe()
-    assert root_of(frame, walk_whole(frame, 3), 3) is None  # a stack cut at max_depth
+    assert _root_at(sys._getframe(), 3) is None  # a stack cut at max_depth
 
 
 @pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
 def test_a_walk_down_to_a_root_is_the_whole_walk_for_any_depth() -> None:
-    from greenprof._stack import root_of, walk_to_root, walk_whole
+    from greenprof._stack import start_walk, walk_to_root, walk_whole
 
     formatter = FrameFormatter()
     rng = random.Random(5)
@@ -1276,7 +1362,14 @@ def test_a_walk_down_to_a_root_is_the_whole_walk_for_any_depth() -> None:
         def at_root(depth: int = depth, above: int = above, walks: list[Any] = walks) -> None:
             def make_root() -> Any:
                 caller = sys._getframe()
-                return root_of(caller, walk_whole(caller, depth), depth)
+                whole = walk_whole(caller, depth)
+                for read in (False, True):
+                    start, root = start_walk(caller, depth, read)
+                    # The same frames (the top one on another line here).
+                    started, walked = formatter.frames(start), formatter.frames(whole)
+                    assert started[:-1] == walked[:-1]
+                    assert started[-1].function == walked[-1].function
+                return root
 
             root = make_root()
 
@@ -1326,12 +1419,9 @@ def test_a_root_node_copied_into_a_callee_is_not_the_root() -> None:
 
 
 @pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
-def test_root_of_takes_no_node_copied_from_the_roots_caller() -> None:
-    from greenprof._stack import root_of, walk_whole
-
+def test_a_start_walk_takes_no_root_node_copied_from_the_roots_caller() -> None:
     def here() -> Any:
-        frame = sys._getframe()
-        return root_of(frame, walk_whole(frame, 128), 128)
+        return _root_at(sys._getframe(), 128)
 
     def root() -> Any:  # its f_trace: outer()'s node, copied at its call
         return here()
@@ -1350,11 +1440,10 @@ def test_root_of_takes_no_node_copied_from_the_roots_caller() -> None:
 
 @pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
 def test_no_root_for_a_stack_cut_at_max_depth() -> None:
-    from greenprof._stack import MIN_UNDER_ROOT, root_of, walk_whole
+    from greenprof._stack import MIN_UNDER_ROOT
 
     def here(depth: int) -> Any:
-        frame = sys._getframe()
-        return root_of(frame, walk_whole(frame, depth), depth)
+        return _root_at(sys._getframe(), depth)
 
     deep_enough = MIN_UNDER_ROOT + 4
     assert _served(20, lambda: here(200)) is not None

@@ -55,7 +55,6 @@ class GreenletBuffer:
 
     def __init__(
         self,
-        *,
         limit: int,
         depth: int,
         greenlet_id: int,

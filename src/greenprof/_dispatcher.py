@@ -303,6 +303,17 @@ class SwitchDispatcher:
             self.set_running(watch)
         return watch
 
+    def watch_running(self, glet: greenlet.greenlet, buffer: GreenletBuffer) -> GreenletWatch:
+        """``watch()`` of the greenlet running in this thread (a request's
+        own), in fewer steps when nothing watches it yet."""
+        if self.gone_roots or glet in self.watches:
+            return self.watch(glet, buffer)
+        watch = GreenletWatch.of(glet, self.forget, buffer.depth, buffer.marks)
+        watch.buffers = (buffer,)
+        self.watches[watch] = watch
+        self.set_running(watch)
+        return watch
+
     def unwatch(self, watch: GreenletWatch, buffer: GreenletBuffer) -> None:
         """Stop recording into ``buffer``; forget the greenlet if nothing else watches it."""
         if self.gone_roots:
@@ -310,7 +321,10 @@ class SwitchDispatcher:
         if watch.root_buffer is buffer:  # the root its session set goes with it
             watch.root = watch.root_buffer = None
         buffers = watch.buffers
-        remaining = () if buffers == (buffer,) else tuple(b for b in buffers if b is not buffer)
+        if len(buffers) == 1 and buffers[0] is buffer:
+            remaining: tuple[GreenletBuffer, ...] = ()
+        else:
+            remaining = tuple(b for b in buffers if b is not buffer)
         watch.buffers = remaining
         if remaining:
             watch.marks = any(b.marks for b in remaining)
@@ -586,6 +600,19 @@ def dispatcher_for_current_thread() -> SwitchDispatcher:
             _registry[ident] = _this_thread.dispatcher = dispatcher
     dispatcher.ensure_installed()
     return dispatcher
+
+
+def dispatcher_here() -> SwitchDispatcher:
+    """``dispatcher_for_current_thread()``, its commonest case (a request's
+    session) in a few steps: this thread's own dispatcher, installed, its
+    tracer on top."""
+    dispatcher: SwitchDispatcher | None = _this_thread.__dict__.get("dispatcher")
+    if dispatcher is not None and dispatcher.installed and not dispatcher.detach_requested:
+        tracer = greenlet.gettrace()
+        # Installed, so in the registry: only detach() takes it out, uninstalled.
+        if tracer is dispatcher.trace or tracer is dispatcher.chained:
+            return dispatcher
+    return dispatcher_for_current_thread()
 
 
 def installed_dispatcher(ident: int) -> SwitchDispatcher | None:

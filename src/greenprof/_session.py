@@ -32,12 +32,13 @@ from ._dispatcher import (
     GreenletWatch,
     SwitchDispatcher,
     dispatcher_for_current_thread,
+    dispatcher_here,
     installed_dispatcher,
 )
 from ._naming import greenlet_name
 from ._sampler import SAMPLER, HybridTaker, ThreadTaker
 from ._signals import redeliver
-from ._stack import capture, clear_interned_if_full, root_of, walk_to_root, walk_whole
+from ._stack import capture, clear_interned_if_full, start_walk, walk_to_root
 from ._threads import allocate_real_lock, thread_ident
 from .exceptions import (
     AlreadyProfilingError,
@@ -296,32 +297,28 @@ class Run:
         No lock: the session is not visible to another thread yet."""
         pipeline = self.pipeline
         options = pipeline.options
-        dispatcher = dispatcher_for_current_thread()
+        dispatcher = dispatcher_here()
         key = id(glet)
-        buffer = GreenletBuffer(
-            limit=options.max_snapshots,
-            depth=options.max_depth,
-            greenlet_id=key,
-            greenlet_name=None,  # named if the session is kept: see _name_targets
-            thread_id=dispatcher.thread_id,
-            marks=pipeline.marks,
-        )
+        # Positional: keywords cost more than the rest of the call. Named if
+        # the session is kept (see _name_targets).
+        limit, depth, marks = options.max_snapshots, options.max_depth, pipeline.marks
+        buffer = GreenletBuffer(limit, depth, key, None, dispatcher.thread_id, marks)
         if pipeline.delivery.slice_watchers:
             buffer.run = weakref.ref(self)
         started = time.perf_counter_ns()
         buffer.count = 1  # max_snapshots >= 1: the start record always fits
         caller = _caller(caller)
-        if buffer.marks or caller is None:
-            start_stack = capture(caller, buffer.depth, mark=buffer.marks)
-        else:  # nothing to mark: the whole walk, the cheapest
-            start_stack = walk_whole(caller, buffer.depth)
+        if caller is None:
+            start_stack, root = None, None
+        else:  # nothing marked but the root: the whole walk, the cheapest
+            start_stack, root = start_walk(caller, depth, marks)
         buffer.records.append((START, started, start_stack))
         record = _Target(key, buffer, dispatcher)
-        record.watch = record.ref = watch = dispatcher.watch(glet, buffer)
-        if not buffer.marks and caller is not None and watch.root is None:
+        record.watch = record.ref = watch = dispatcher.watch_running(glet, buffer)
+        if root is not None and watch.root is None:
             # Its switch-outs walk down to the frame under the caller, not
             # further: the frames under that one stay as this walk found them.
-            watch.root = root_of(caller, start_stack, buffer.depth)
+            watch.root = root
             watch.root_buffer = buffer
         self.start_ns = wall = pipeline.offset_ns + started
         self.targets[key] = record
@@ -475,7 +472,7 @@ class Run:
         """Take every watch down; the records stay, to be built when read.
         ``caller``: the frame that called greenprof (or a greenprof frame
         above it)."""
-        with self.lock:
+        with _locks[self.session_number % _STRIPES]:  # self.lock, one call less
             targets = list(self.targets.values())
             self.targets.clear()
             # From here no compaction takes this session's buffers: with no
@@ -531,14 +528,16 @@ class Run:
         dispatcher, buffer, watch = target.dispatcher, target.buffer, target.watch
         assert dispatcher is not None  # greenlet mode: a watch in this dispatcher
         assert watch is not None
-        recheck_tracer((target,))  # counts a tracer other code removed
+        tracer = greenlet.gettrace()
+        if not (tracer is dispatcher.trace or tracer is dispatcher.chained):
+            recheck_tracer((target,))  # counts a tracer other code removed
         stopped_perf = time.perf_counter_ns()
         stopped = self.stop_ns = self.pipeline.offset_ns + stopped_perf
         discarding = stopped - self.start_ns < self.pipeline.options.min_duration_ns
         if buffer.limit and not discarding and watch() is greenlet.getcurrent():
             caller = _caller(caller)
             root = watch.root
-            if root is None or caller is None:
+            if root is None or caller is None or buffer.marks:
                 stop_stack = capture(caller, buffer.depth, mark=buffer.marks)
             else:
                 stop_stack = walk_to_root(caller, buffer.depth, root)
@@ -546,12 +545,14 @@ class Run:
         bounds = self.bounds
         bounds[buffer.greenlet_id] = (bounds[buffer.greenlet_id][0], stopped)
         dispatcher.unwatch(watch, buffer)
-        dispatcher.release()
+        if not dispatcher.watches:  # else release() has nothing to do
+            dispatcher.release()
         clear_interned_if_full()
         if discarding:
             self.discard()
             return
-        _name_targets((target,))
+        if buffer.greenlet_name is None:
+            _name_targets((target,))
         if buffer.dropped:
             self._report_drops([buffer])
 
@@ -573,7 +574,7 @@ class Run:
 
     def discard(self) -> None:
         """Drop everything recorded, unformatted; call back what went to the sinks."""
-        with self.lock:
+        with _locks[self.session_number % _STRIPES]:  # self.lock, one call less
             for buffer in self.buffers:
                 buffer.records.clear()
             self.buffers = []
@@ -603,7 +604,7 @@ class Run:
 
     def snapshots(self) -> list[Snapshot]:
         """Every snapshot so far, built now if need be (from any thread)."""
-        with self.lock:
+        with _locks[self.session_number % _STRIPES]:  # self.lock, one call less
             self._build_pending()
             return self.built
 

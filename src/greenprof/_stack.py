@@ -27,8 +27,9 @@ there greenprof marks nothing and walks the whole stack each time, into one
 node. From 3.12 a session with a ``min_duration`` marks nothing either (see
 ``GreenletBuffer.marks``): most such sessions are dropped unread, and on a
 server's switch path a whole walk costs less than marking. Such a walk
-stops at the session's root, the one frame its ``start()`` marks (see
-``root_of``).
+stops at the session's root, the frame under the one that called
+``start()``, which ``start()`` marks (see ``start_walk``): the one frame
+the start of any session marks.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class StackNode:
     ``owner`` is ``id()`` of the frame whose ``f_trace`` holds this node (0:
     none). Nodes live in frames only: records hold their ``key``, never a
     node, so a frame's node goes with the frame; but for a session's root
-    (see ``root_of``), which its greenlet's watch holds too, until the
+    (see ``start_walk``), which its greenlet's watch holds too, until the
     session stops or a walk finds the frame gone.
 
     Python calls a frame's ``f_trace`` only while a ``sys.settrace`` tracer
@@ -317,7 +318,7 @@ def walk_whole(frame: FrameType, depth: int) -> RawStack:
     return tuple(pairs)
 
 
-#: Frames under a root that make it worth its cost (``root_of``): a walk
+#: Frames under a root that make it worth its cost (``start_walk``): a walk
 #: down to a root looks at each frame's ``f_trace`` too, which costs about
 #: half a plain step; fewer frames under it save less than that costs.
 MIN_UNDER_ROOT: Final = 4
@@ -328,34 +329,96 @@ MIN_UNDER_ROOT: Final = 4
 Root = tuple[StackNode, RawStack, int]
 
 
-def root_of(caller: FrameType, stack: RawStack, depth: int) -> Root | None:
-    """Where whole walks of ``caller``'s greenlet may stop from now on: at
-    the frame under ``caller``, marked here (or found marked already) with
-    the raw stack under it, ``stack`` (a walk from ``caller``, just made)
-    less its top two frames. None before 3.12, near the bottom of a greenlet
-    (fewer than ``MIN_UNDER_ROOT`` frames under it), for a generator's
-    frame, one whose ``f_trace`` another tool set, or a stack cut at
-    ``depth``."""
+def start_walk(caller: FrameType, depth: int, read: bool) -> tuple[RawStack, Root | None]:
+    """The stack a session's ``start()`` records, ``caller``'s (at most
+    ``depth`` frames), and where the whole walks of ``caller``'s greenlet
+    may stop from now on (see ``walk_to_root``): at the frame under
+    ``caller``, the root, marked here (or found marked already, when it
+    lives on from one request to the next: then the frames under it are not
+    walked again) with the raw stack of the frames under it, walked whole.
+    The stack is ``caller``'s frame on top of the root's key.
+
+    No root (a whole walk, and None) before 3.12, near the bottom of a
+    greenlet (fewer than ``MIN_UNDER_ROOT`` frames under it), for a
+    generator's frame, one whose ``f_trace`` another tool set, or a stack
+    cut at ``depth``.
+
+    With ``read`` (a session that will likely be read: one that marks), the
+    raw stack under the root is the very tuple of the last request's that
+    had the same frames there (see ``_same_below``), so the root's key, and
+    every key its marking walks build on it, are the same tuples too:
+    formatted once, not at every request. (Marking every frame of this walk
+    instead would cost more than the walk.)"""
     root = caller.f_back
-    frames = height(stack)
-    if not MARKS or root is None or frames >= depth or frames - 2 < MIN_UNDER_ROOT:
-        return None
+    if not MARKS or root is None or depth < MIN_UNDER_ROOT + 3:
+        return _rootless(caller, depth, read), None
     found = root.f_trace
-    if found is None:
-        if root.f_code.co_flags & UNTRUSTED_CODE:
-            return None
-        below = drop_top(stack, 2)
-        node = _mark(root, (root.f_code, root.f_lasti, below), frames - 1)
-    elif type(found) is StackNode and trusted(found, root, 0, depth):
+    if found is None and not root.f_code.co_flags & UNTRUSTED_CODE:
+        under = root.f_back
+        below = walk_whole(under, depth - 2) if under is not None else None
+        frames = (len(below) - 1) >> 1 if below is not None else 0  # one tuple
+        if frames + 2 >= depth or frames < MIN_UNDER_ROOT:
+            if read:
+                return _rootless(caller, depth, read), None
+            return (caller.f_code, caller.f_lasti, root.f_code, root.f_lasti, below), None
+        if read:
+            below = _same_below(below)  # type: ignore[arg-type]
+            key = _interned(root.f_code, root.f_lasti, below)
+        else:
+            key = (root.f_code, root.f_lasti, below)
+        node = _mark(root, key, frames + 1)
+    elif (
+        type(found) is StackNode
+        and trusted(found, root, 0, depth)
+        and MIN_UNDER_ROOT < found.height < depth - 1
+    ):
         below = found.key[2]
+        frames = found.height - 1
         node = found
         if found.lasti != root.f_lasti:
             # Moved on since it was marked: a new node, as capture() makes,
             # else the next marking walk would replace it with one.
             node = _mark(root, _interned(found.code, root.f_lasti, below), found.height)
     else:
-        return None
-    return (node, below, depth - (frames - 2))
+        return _rootless(caller, depth, read), None
+    top = (
+        _interned(caller.f_code, caller.f_lasti, node.key)
+        if read
+        else (caller.f_code, caller.f_lasti, node.key)
+    )
+    return top, (node, below, depth - frames)
+
+
+def _rootless(caller: FrameType, depth: int, read: bool) -> RawStack:
+    """A start walk with no root: marked, for a session that will likely be
+    read (its switch-outs then stop where it did), else whole."""
+    return capture(caller, depth) if read else walk_whole(caller, depth)
+
+
+#: The raw stacks under session roots (``start_walk``), by their top code's
+#: ``id()``, its offset and their length, then compared: a server's next
+#: request walks the same frames under its root again, and gets the very
+#: same tuple, so the keys of its stacks above are the same tuples too
+#: (``_interned``), formatted once for all its requests. The tuples keep
+#: their code objects alive, so an id stays its own. Emptied when full, at a
+#: session's start (never on the switch path).
+_BELOW: dict[tuple[int, int, int], tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
+MAX_BELOW: Final = 1 << 10
+
+
+def _same_below(below: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The one tuple equal to ``below``, a whole walk under a root."""
+    key = (id(below[0]), below[1], len(below))
+    found = _BELOW.get(key)
+    codes = below[0::2]
+    # == matches distinct code objects with equal bytecode: only the same
+    # code objects are the same stack.
+    if found is not None and found[0] == below and all(map(is_, found[1], codes)):
+        return found[0]
+    if len(_BELOW) >= MAX_BELOW:
+        _BELOW.clear()
+    _BELOW[key] = (below, codes)
+    return below
 
 
 def _mark(frame: FrameType, key: tuple[Any, ...], height: int) -> StackNode:
@@ -372,7 +435,7 @@ def _mark(frame: FrameType, key: tuple[Any, ...], height: int) -> StackNode:
 
 
 def walk_to_root(frame: FrameType, depth: int, root: Root) -> RawStack:
-    """``walk_whole()``, cut short at the root (see ``root_of``): the frames
+    """``walk_whole()``, cut short at the root (see ``start_walk``): the frames
     from ``frame`` down to the root frame in one tuple, and the raw stack
     under it, walked once when the session started. The root frame is
     known by its node, still in its ``f_trace``: the very frame, alive all
@@ -400,17 +463,6 @@ def walk_to_root(frame: FrameType, depth: int, root: Root) -> RawStack:
         if not left:  # the root not met within its frames: the rest as a whole walk
             append(walk_whole(frame, depth - above))
             return tuple(pairs)
-
-
-def drop_top(raw: RawStack, frames: int) -> RawStack:
-    """The raw stack under the top ``frames`` frames of ``raw``."""
-    while frames > 0 and raw is not None:
-        pairs = len(raw) >> 1
-        if frames < pairs:
-            return raw[2 * frames :]
-        frames -= pairs
-        raw = raw[-1]
-    return raw
 
 
 def mark_top(frame: FrameType, stack: tuple[Any, ...], depth: int) -> RawStack:

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import gevent
+import greenlet
 import pytest
 
 import greenprof
@@ -618,3 +619,33 @@ def test_a_kept_sessions_record_is_the_session_its_constructor_makes(
     assert profiler.report().sessions == [session]
     with pytest.raises(AttributeError):
         session.stop_ns = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("read_first", [True, False], ids=["read first", "stats first"])
+def test_a_request_sessions_drops_still_count_once_its_snapshots_are_read(
+    read_first: bool,
+) -> None:
+    # A request's session, read after it stopped, takes its one buffer's
+    # records and lets the buffer go: what the buffer dropped stays counted.
+    scope = greenprof.profile(max_snapshots=3)
+    main = greenlet.getcurrent()
+    seen: list[greenprof.Profiler] = []
+
+    def request() -> None:
+        with scope as profiler:
+            for _ in range(5):
+                main.switch()
+        seen.append(profiler)
+
+    glet = greenlet.greenlet(request)
+    while not glet.dead:
+        glet.switch()
+    (profiler,) = seen
+    if not read_first:
+        assert profiler.stats.dropped == 9
+    # start, 5 switch-outs, 5 switch-ins and stop: 12 records, the first 3 kept
+    assert [s.event for s in profiler.snapshots] == ["start", "switch_out", "switch_in"]
+    assert profiler.stats.dropped == 9
+    assert profiler.stats.dropped_by_greenlet == {id(glet): 9}
+    assert profiler.sessions[0].dropped == 9
+    assert [s.event for s in profiler.snapshots] == ["start", "switch_out", "switch_in"]

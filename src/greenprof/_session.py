@@ -632,18 +632,40 @@ class Run:
 
     def _build_pending(self) -> None:
         # Under self.lock.
-        self.raw.extend(self._take_records())
-        if self.raw:
+        buffers = self.buffers
+        if len(buffers) == 1 and self.stop_ns and not self.raw and self.pipeline.plain:
+            # A request's session, read once it stopped: one buffer, which
+            # nothing appends to any more (no switch path: its watch is
+            # gone; no sampler in greenlet mode).
+            (buffer,) = buffers
+            self.buffers = []
+            self._let_go(buffer)
+            records = buffer.records
+            if not records:
+                return
+            taken: list[Taken] = [(tuple(records), meta_of(buffer))]
+            records.clear()
+        else:
+            self.raw.extend(self._take_records())
+            if not self.raw:
+                return
             taken, self.raw = self.raw, []
-            before = len(self.built)
-            build(
-                in_time_order(taken),
-                self.built,
-                session_id=self.id(),
-                first_sequence=self.sequence,
-                offset_ns=self.pipeline.offset_ns,
+        before = len(self.built)
+        build(
+            in_time_order(taken),
+            self.built,
+            session_id=self.id(),
+            first_sequence=self.sequence,
+            offset_ns=self.pipeline.offset_ns,
+        )
+        self.sequence += len(self.built) - before
+
+    def _let_go(self, buffer: GreenletBuffer) -> None:
+        """Count what ``buffer``, no longer kept, dropped (under self.lock)."""
+        if buffer.dropped and buffer.limit:
+            self.dropped_done[buffer.greenlet_id] = (
+                self.dropped_done.get(buffer.greenlet_id, 0) + buffer.dropped
             )
-            self.sequence += len(self.built) - before
 
     def _take_records(self) -> list[Taken]:
         """Every buffer's records not taken yet (under self.lock); buffers of
@@ -671,10 +693,8 @@ class Run:
                 drained.append((records, meta_of(buffer)))
             if id(buffer) in live:
                 keep.append(buffer)
-            elif buffer.dropped and buffer.limit:
-                self.dropped_done[buffer.greenlet_id] = (
-                    self.dropped_done.get(buffer.greenlet_id, 0) + buffer.dropped
-                )
+            else:
+                self._let_go(buffer)
         self.buffers = keep
         return drained
 

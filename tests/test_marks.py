@@ -1261,6 +1261,49 @@ def test_frames_under_a_root_are_shared_only_for_the_same_code_objects() -> None
     assert below[3] is below[2]
 
 
+@pytest.mark.skipif(not MARKS, reason="whole walks stop at a root from 3.12")
+def test_a_sessions_root_stays_while_other_sessions_start_and_stop_on_its_greenlet() -> None:
+    # Only a session that marks nothing keeps a root on the greenlet's watch
+    # (one that marks finds the root by its node), and a session started
+    # while the greenlet has a root leaves it alone.
+    def watch_root() -> Any:
+        dispatcher = installed_dispatcher(thread_ident())
+        assert dispatcher is not None
+        return dispatcher.watches[greenlet.getcurrent()].root
+
+    roots: dict[str, Any] = {}
+
+    def marking_first() -> None:  # the root of both sessions
+        marking = greenprof.Profiler()
+        rare = greenprof.Profiler(min_duration=1e-9)
+        (lambda: marking.start())()
+        (lambda: rare.start())()
+        roots["both"] = watch_root()
+        marking.stop()
+        roots["rare alone"] = watch_root()
+        rare.stop()
+
+    def two_rare() -> None:
+        first = greenprof.Profiler(min_duration=1e-9)
+        second = greenprof.Profiler(min_duration=1e-9)
+        (lambda: first.start())()
+        roots["first"] = watch_root()
+        (lambda: second.start())()  # another call site in the same root frame
+        roots["second"] = watch_root()
+        roots["node"] = sys._getframe().f_trace
+        second.stop()
+        first.stop()
+
+    glet = greenlet.greenlet(lambda: (_served(8, marking_first), _served(8, two_rare)))
+    glet.switch()
+    assert glet.dead
+    assert roots["both"] is not None
+    assert roots["rare alone"] is roots["both"]  # the rare one's, kept
+    assert roots["first"] is not None
+    assert roots["second"] is roots["first"]
+    assert roots["node"] is roots["first"][0]  # still in the root frame
+
+
 def _started(box: dict[str, Any]) -> None:
     """Start a min_duration profiler into ``box``: a hook that returns."""
     box["profiler"] = greenprof.Profiler(min_duration=1e-9)

@@ -38,7 +38,13 @@ from ._dispatcher import (
 from ._naming import greenlet_name
 from ._sampler import SAMPLER, HybridTaker, ThreadTaker
 from ._signals import redeliver
-from ._stack import capture, clear_interned_if_full, start_walk, walk_to_root
+from ._stack import (
+    capture,
+    clear_interned_if_full,
+    rootless_walk,
+    start_walk,
+    walk_to_root,
+)
 from ._threads import allocate_real_lock, thread_ident
 from .exceptions import (
     AlreadyProfilingError,
@@ -307,19 +313,22 @@ class Run:
             buffer.run = weakref.ref(self)
         started = time.perf_counter_ns()
         buffer.count = 1  # max_snapshots >= 1: the start record always fits
-        caller = _caller(caller)
-        if caller is None:
-            start_stack, root = None, None
-        else:  # nothing marked but the root: the whole walk, the cheapest
-            start_stack, root = start_walk(caller, depth, marks)
-        buffer.records.append((START, started, start_stack))
         record = _Target(key, buffer, dispatcher)
         record.watch = record.ref = watch = dispatcher.watch_running(glet, buffer)
-        if root is not None and watch.root is None:
-            # Its switch-outs walk down to the frame under the caller, not
-            # further: the frames under that one stay as this walk found them.
-            watch.root = root
-            watch.root_buffer = buffer
+        caller = _caller(caller)
+        if caller is None:
+            start_stack = None
+        elif watch.root is None:  # nothing marked but the root
+            start_stack, root = start_walk(caller, depth, marks)
+            if root is not None and not marks:
+                # Its switch-outs walk down to the frame under the caller, not
+                # further: the frames under that one stay as this walk found
+                # them. (A session that marks finds the root by its node.)
+                watch.root = root
+                watch.root_buffer = buffer
+        else:  # another session's root (nested): its walks stop there already
+            start_stack = rootless_walk(caller, depth, marks)
+        buffer.records.append((START, started, start_stack))
         self.start_ns = wall = pipeline.offset_ns + started
         self.targets[key] = record
         self.buffers.append(buffer)

@@ -351,7 +351,7 @@ def start_walk(caller: FrameType, depth: int, read: bool) -> tuple[RawStack, Roo
     instead would cost more than the walk.)"""
     root = caller.f_back
     if not MARKS or root is None or depth < MIN_UNDER_ROOT + 3:
-        return _rootless(caller, depth, read), None
+        return rootless_walk(caller, depth, read), None
     found = root.f_trace
     if found is None and not root.f_code.co_flags & UNTRUSTED_CODE:
         under = root.f_back
@@ -359,7 +359,7 @@ def start_walk(caller: FrameType, depth: int, read: bool) -> tuple[RawStack, Roo
         frames = (len(below) - 1) >> 1 if below is not None else 0  # one tuple
         if frames + 2 >= depth or frames < MIN_UNDER_ROOT:
             if read:
-                return _rootless(caller, depth, read), None
+                return rootless_walk(caller, depth, read), None
             return (caller.f_code, caller.f_lasti, root.f_code, root.f_lasti, below), None
         if read:
             below = _same_below(below)  # type: ignore[arg-type]
@@ -380,7 +380,7 @@ def start_walk(caller: FrameType, depth: int, read: bool) -> tuple[RawStack, Roo
             # else the next marking walk would replace it with one.
             node = _mark(root, _interned(found.code, root.f_lasti, below), found.height)
     else:
-        return _rootless(caller, depth, read), None
+        return rootless_walk(caller, depth, read), None
     top = (
         _interned(caller.f_code, caller.f_lasti, node.key)
         if read
@@ -389,9 +389,10 @@ def start_walk(caller: FrameType, depth: int, read: bool) -> tuple[RawStack, Roo
     return top, (node, below, depth - frames)
 
 
-def _rootless(caller: FrameType, depth: int, read: bool) -> RawStack:
-    """A start walk with no root: marked, for a session that will likely be
-    read (its switch-outs then stop where it did), else whole."""
+def rootless_walk(caller: FrameType, depth: int, read: bool) -> RawStack:
+    """A start walk that sets no root (see ``start_walk``): marked, for a
+    session that will likely be read (its switch-outs then stop where it
+    did, or at a root another session set), else whole."""
     return capture(caller, depth) if read else walk_whole(caller, depth)
 
 

@@ -404,7 +404,7 @@ def rootless_walk(caller: FrameType, depth: int, read: bool) -> RawStack:
 #: their code objects alive, so an id stays its own. Emptied when full, at a
 #: session's start (never on the switch path).
 _BELOW: dict[tuple[int, int, int], tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
-MAX_BELOW: Final = 1 << 10
+MAX_BELOW: Final = 1 << 8
 
 
 def _same_below(below: tuple[Any, ...]) -> tuple[Any, ...]:

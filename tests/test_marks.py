@@ -1204,12 +1204,7 @@ def test_a_kept_sessions_start_marks_only_its_root_and_its_stacks_repeat() -> No
 
     glet = greenlet.greenlet(lambda: _served(12, serve))
     counter = SwitchCounter(glet)
-    counter.install()
-    try:
-        while not glet.dead:
-            glet.switch()
-    finally:
-        counter.uninstall()
+    _to_the_end(glet, counter)
     assert marked == [1, 1, 1]  # request()'s caller, the root; nothing under it
     stacks = [[s.stack for s in p.snapshots] for p in seen]
     assert [len(st) for st in stacks] == [6, 6, 6]  # start, 2 outs, 2 ins, stop

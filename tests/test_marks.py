@@ -1191,12 +1191,15 @@ def test_a_kept_sessions_start_marks_only_its_root_and_its_stacks_repeat() -> No
     main = greenlet.getcurrent()
     seen: list[Any] = []
     marked: list[int] = []
+    raws: list[list[Any]] = []
 
     def request() -> None:
         with greenprof.profile() as profiler:
             _waits(3, main, 2)
         seen.append(profiler)
         marked.append(_marked_frames(sys._getframe(1)))
+        (buffer,) = profiler._last.buffers  # its records, not read yet
+        raws.append([record[2] for record in buffer.records])
 
     def serve() -> None:
         for _ in range(3):
@@ -1206,8 +1209,10 @@ def test_a_kept_sessions_start_marks_only_its_root_and_its_stacks_repeat() -> No
     counter = SwitchCounter(glet)
     _to_the_end(glet, counter)
     assert marked == [1, 1, 1]  # request()'s caller, the root; nothing under it
+    assert [len(raw) for raw in raws] == [6, 6, 6]  # start, 2 outs, 2 ins, stop
+    for first, second, third in zip(*raws, strict=True):
+        assert first is second is third  # the very same raw stacks
     stacks = [[s.stack for s in p.snapshots] for p in seen]
-    assert [len(st) for st in stacks] == [6, 6, 6]  # start, 2 outs, 2 ins, stop
     for first, second, third in zip(*stacks, strict=True):
         assert first is second is third
     outs = [short(s.stack) for p in seen for s in p.snapshots if s.event == "switch_out"]

@@ -338,10 +338,10 @@ def start_walk(caller: FrameType, depth: int, read: bool) -> tuple[RawStack, Roo
     walked again) with the raw stack of the frames under it, walked whole.
     The stack is ``caller``'s frame on top of the root's key.
 
-    No root (a whole walk, and None) before 3.12, near the bottom of a
-    greenlet (fewer than ``MIN_UNDER_ROOT`` frames under it), for a
-    generator's frame, one whose ``f_trace`` another tool set, or a stack
-    cut at ``depth``.
+    No root (``rootless_walk()``'s stack, and None) before 3.12, near the
+    bottom of a greenlet (fewer than ``MIN_UNDER_ROOT`` frames under it),
+    for a generator's frame, one whose ``f_trace`` another tool set, or a
+    stack cut at ``depth``.
 
     With ``read`` (a session that will likely be read: one that marks), the
     raw stack under the root is the very tuple of the last request's that

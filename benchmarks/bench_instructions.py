@@ -31,7 +31,7 @@ instruction-count twin of ``bench_web_cost.py``'s throughput ratio. Beside
 its layers: a session started and stopped with none of the request's
 switches inside it (dropped, and kept and read), a kept session never read,
 and ``peers.StrippedRecorder``, the least a pure-Python recorder can do
-for the same stacks, as a reference.
+for the same stacks, kept and read or dropped unread, as references.
 
 Run: ``python benchmarks/bench_instructions.py REV [--requests N]``,
 ``python benchmarks/bench_instructions.py --misses [--requests N]`` or
@@ -209,6 +209,7 @@ WEB_WAYS = (
     "session, kept, unread",
     "session, dropped, no switch",
     "session, kept, no switch",
+    "stripped recorder, dropped",
     "stripped recorder, kept, read",
 )
 
@@ -216,7 +217,7 @@ WEB_WAYS = (
 def web_layers() -> list[Any]:
     """``WEB_WAYS``' peers."""
     from bench_web_cost import NEVER, layers
-    from peers import Greenprof, Outcome, Session, StrippedRecorder
+    from peers import Greenprof, Outcome, Session
 
     class Unread(Greenprof):
         """Kept and never read: ``stop()`` alone."""
@@ -240,7 +241,6 @@ def web_layers() -> list[Any]:
         Unread("greenlet", name="session, kept, unread"),
         NoSwitch("greenlet", name="session, dropped, no switch", min_duration=NEVER),
         NoSwitch("greenlet", name="session, kept, no switch"),
-        StrippedRecorder(),
     ]
     return [peer for peer in [*layers(), *more] if peer.name in WEB_WAYS]
 

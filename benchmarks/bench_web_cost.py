@@ -12,7 +12,12 @@ this same process:
    session's own cost, with captures as cheap as they get;
 3. the same with full stacks: adds the stack captures on the switch path;
 4. the same, kept: adds building and formatting the snapshots at ``stop()``
-   (row 4 is ``bench_peers.py``'s "greenprof greenlet").
+   (row 4 is ``bench_peers.py``'s "greenprof greenlet");
+5. ``Profiler()`` made per request, kept;
+6. two references, not greenprof: ``peers.StrippedRecorder``, the least a
+   pure-Python recorder can do to keep and read the same stacks, and the
+   same recorder letting its records go unread (as a dropped session). They
+   show how much of the targets' allowance pure Python itself takes.
 
 Printed: requests per second against unprofiled, and server CPU per request
 added, in microseconds, each run against the unprofiled run of its own
@@ -36,7 +41,15 @@ import greenlet
 
 import greenprof
 from bench_peers import WEB_CONCURRENCY, WEB_FULL, WEB_QUICK, web_runs
-from peers import Greenprof, NoopTracer, Peer, Session, Unprofiled
+from peers import (
+    Greenprof,
+    NoopTracer,
+    Peer,
+    Session,
+    StrippedDropper,
+    StrippedRecorder,
+    Unprofiled,
+)
 
 #: Seconds no request lasts: sessions shorter than this are dropped.
 NEVER = 3600.0
@@ -81,6 +94,8 @@ def layers() -> list[Peer]:
         Greenprof("greenlet", name="session, dropped", min_duration=NEVER),
         Greenprof("greenlet", name="session, kept"),
         ProfilerPerRequest("greenlet", name="Profiler() per request, kept"),
+        StrippedDropper(),
+        StrippedRecorder(),
     ]
 
 
@@ -114,7 +129,7 @@ def layer_table(
     base = runs["unprofiled"]
     ratio: dict[str, float] = {}
     added_share: dict[str, float] = {}
-    print(f"{heading:<28} {'rps ratio':>14} {'CPU per request':>16} {'added':>14}")
+    print(f"{heading:<30} {'rps ratio':>14} {'CPU per request':>16} {'added':>14}")
     for name, values in runs.items():
         pairs = list(zip(values, base, strict=True))
         ratios = [m["rps"] / b["rps"] for m, b in pairs]
@@ -124,7 +139,7 @@ def layer_table(
         ratio[name] = statistics.median(ratios)
         added_share[name] = statistics.median(shares)
         print(
-            f"{name:<28} {ratio[name]:>7.3f} ±{spread(ratios):.3f} "
+            f"{name:<30} {ratio[name]:>7.3f} ±{spread(ratios):.3f} "
             f"{statistics.median(cpus):>13.0f} us {statistics.median(added):>+7.0f} "
             f"±{spread(added):>3.0f} us"
         )

@@ -229,6 +229,18 @@ class StrippedRecorder(Peer):
         return super().end(session)
 
 
+class StrippedDropper(StrippedRecorder):
+    """``StrippedRecorder`` for a session that is dropped unread (a
+    ``min_duration`` session of a quick request): it records the same and
+    lets the records go at ``end()``."""
+
+    name = "stripped recorder, dropped"
+
+    def end(self, session: Session) -> Outcome:
+        del self._watched[session.glet]
+        return Outcome()
+
+
 def _read(session: Session, snapshots: list[Any]) -> None:
     """Read a request's snapshots (greenprof's, or the stripped recorder's)
     into ``session``: how many, how many of another greenlet, the deepest."""

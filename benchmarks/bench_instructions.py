@@ -27,11 +27,12 @@ time is larger than its share of the instructions.
 cache simulated; a client in a process of its own sends the requests on
 one keep-alive connection): instructions and first-level misses each layer
 adds to a web request, and the unprofiled count over the layer's, the
-instruction-count twin of ``bench_web_cost.py``'s throughput ratio. Beside
-its layers: a session started and stopped with none of the request's
-switches inside it (dropped, and kept and read), a kept session never read,
-and ``peers.StrippedRecorder``, the least a pure-Python recorder can do
-for the same stacks, kept and read or dropped unread, as references.
+instruction-count twin of ``bench_web_cost.py``'s throughput ratio. Its
+layers, among them its two references (``peers.StrippedRecorder``, the
+least a pure-Python recorder can do for the same stacks, kept and read or
+dropped unread), and the parts of a session: one started and stopped with
+none of the request's switches inside it (dropped, and kept and read), and
+a kept session never read.
 
 Run: ``python benchmarks/bench_instructions.py REV [--requests N]``,
 ``python benchmarks/bench_instructions.py --misses [--requests N]`` or
@@ -199,8 +200,9 @@ def misses(requests: int) -> None:
     print("(the unprofiled request, then what each session adds to it)")
 
 
-#: The web workload's layers counted by ``--web``: ``bench_web_cost.py``'s,
-#: then the parts of a session, then the reference.
+#: The web workload's layers counted by ``--web``: ``bench_web_cost.py``'s
+#: (its two references, the stripped recorder's rows, last), with the parts
+#: of a session before those.
 WEB_WAYS = (
     "unprofiled",
     "tracer, no session",

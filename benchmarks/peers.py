@@ -231,8 +231,9 @@ class StrippedRecorder(Peer):
 
 class StrippedDropper(StrippedRecorder):
     """``StrippedRecorder`` for a session that is dropped unread (a
-    ``min_duration`` session of a quick request): it records the same and
-    lets the records go at ``end()``."""
+    ``min_duration`` session of a quick request): it records the same, but
+    for the record where the request ends, and lets the records go at
+    ``end()``."""
 
     name = "stripped recorder, dropped"
 
